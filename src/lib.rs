@@ -1,0 +1,1 @@
+//! streamtract: real-time inference on Kafka streams.
