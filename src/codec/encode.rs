@@ -1,0 +1,214 @@
+//! Encoders: one record's slice of every model output → one output record value.
+
+use std::fmt::{self, Write as _};
+use std::str::FromStr;
+
+use crate::error::ModelError;
+use crate::model::Signature;
+
+/// How output record values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputFormat {
+    /// `{"<output name>": <array shaped like the output row>, ...}` plus `"top_k"` when asked.
+    #[default]
+    Json,
+    /// Every output's values flattened and joined by `,`, in signature order; with top-k, the
+    /// K class indices and then the K scores follow.
+    Csv,
+    /// Little-endian float32 bytes of every output in signature order.
+    Raw,
+}
+
+impl FromStr for OutputFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "json" => Ok(OutputFormat::Json),
+            "csv" => Ok(OutputFormat::Csv),
+            "raw" => Ok(OutputFormat::Raw),
+            _ => Err("one of json, csv, raw".into()),
+        }
+    }
+}
+
+impl fmt::Display for OutputFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            OutputFormat::Json => "json",
+            OutputFormat::Csv => "csv",
+            OutputFormat::Raw => "raw",
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+struct OutputLayout {
+    name: String,
+    shape: Vec<usize>,
+    len: usize,
+}
+
+/// Writes one record's model outputs.
+///
+/// ```
+/// use streamtract::codec::{Encoder, OutputFormat};
+/// use streamtract::model::{Dim, ElementType, Signature, TensorSpec};
+/// let sig = Signature {
+///     inputs: vec![],
+///     outputs: vec![TensorSpec { name: "p".into(), element_type: ElementType::F32,
+///                                shape: vec![Dim::Symbolic("N".into()), Dim::Fixed(3)] }],
+/// };
+/// let enc = Encoder::new(OutputFormat::Json, &sig, Some(1), "m.onnx").unwrap();
+/// let out = enc.encode(&[&[0.1, 0.7, 0.2]]);
+/// assert_eq!(String::from_utf8(out).unwrap(),
+///            r#"{"p":[0.1,0.7,0.2],"top_k":[{"index":1,"score":0.7}]}"#);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Encoder {
+    format: OutputFormat,
+    outputs: Vec<OutputLayout>,
+    top_k: Option<usize>,
+}
+
+impl Encoder {
+    /// Builds an encoder for the model's outputs. `top_k` ranks the first output's values.
+    pub fn new(
+        format: OutputFormat,
+        signature: &Signature,
+        top_k: Option<usize>,
+        model: &str,
+    ) -> Result<Encoder, ModelError> {
+        let mut outputs = Vec::new();
+        for spec in &signature.outputs {
+            let shape = spec.row_shape().ok_or_else(|| ModelError::Signature {
+                model: model.into(),
+                message: format!("output `{spec}` has a symbolic dimension after the batch dimension"),
+            })?;
+            let len = shape.iter().product();
+            outputs.push(OutputLayout { name: spec.name.clone(), shape, len });
+        }
+        if let Some(k) = top_k {
+            let classes = outputs.first().map(|o| o.len).unwrap_or(0);
+            if k == 0 || k > classes {
+                return Err(ModelError::Signature {
+                    model: model.into(),
+                    message: format!("top_k = {k} but the first output has {classes} values"),
+                });
+            }
+            if format == OutputFormat::Raw {
+                return Err(ModelError::Signature {
+                    model: model.into(),
+                    message: "top_k cannot be written in the raw output format; use json or csv".into(),
+                });
+            }
+        }
+        Ok(Encoder { format, outputs, top_k })
+    }
+
+    /// Number of values of each output for one record, in signature order.
+    pub fn output_lens(&self) -> Vec<usize> {
+        self.outputs.iter().map(|o| o.len).collect()
+    }
+
+    /// Encodes one record: `outputs[i]` is this record's slice of output `i`.
+    pub fn encode(&self, outputs: &[&[f32]]) -> Vec<u8> {
+        match self.format {
+            OutputFormat::Json => self.encode_json(outputs).into_bytes(),
+            OutputFormat::Csv => self.encode_csv(outputs).into_bytes(),
+            OutputFormat::Raw => outputs.iter().flat_map(|o| o.iter().flat_map(|v| v.to_le_bytes())).collect(),
+        }
+    }
+
+    fn top_k(&self, outputs: &[&[f32]]) -> Vec<(usize, f32)> {
+        let Some(k) = self.top_k else { return Vec::new() };
+        let mut ranked: Vec<(usize, f32)> = outputs[0].iter().copied().enumerate().collect();
+        // Ties keep the lower index first; NaN ranks last.
+        ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Less).then(a.0.cmp(&b.0)));
+        ranked.truncate(k);
+        ranked
+    }
+
+    fn encode_json(&self, outputs: &[&[f32]]) -> String {
+        let mut s = String::with_capacity(32 + 12 * outputs.iter().map(|o| o.len()).sum::<usize>());
+        s.push('{');
+        for (i, (layout, values)) in self.outputs.iter().zip(outputs).enumerate() {
+            if i > 0 {
+                s.push(',');
+            }
+            write_json_string(&mut s, &layout.name);
+            s.push(':');
+            let mut it = values.iter();
+            write_nested(&mut s, &layout.shape, &mut it);
+        }
+        if self.top_k.is_some() {
+            s.push_str(",\"top_k\":[");
+            for (i, (index, score)) in self.top_k(outputs).into_iter().enumerate() {
+                if i > 0 {
+                    s.push(',');
+                }
+                let _ = write!(s, "{{\"index\":{index},\"score\":");
+                write_json_number(&mut s, score);
+                s.push('}');
+            }
+            s.push(']');
+        }
+        s.push('}');
+        s
+    }
+
+    fn encode_csv(&self, outputs: &[&[f32]]) -> String {
+        let mut s = String::new();
+        let mut first = true;
+        let mut field = |s: &mut String, text: String| {
+            if !first {
+                s.push(',');
+            }
+            first = false;
+            s.push_str(&text);
+        };
+        for v in outputs.iter().flat_map(|o| o.iter()) {
+            field(&mut s, v.to_string());
+        }
+        let ranked = self.top_k(outputs);
+        for (index, _) in &ranked {
+            field(&mut s, index.to_string());
+        }
+        for (_, score) in &ranked {
+            field(&mut s, score.to_string());
+        }
+        s
+    }
+}
+
+fn write_nested<'a>(s: &mut String, shape: &[usize], values: &mut impl Iterator<Item = &'a f32>) {
+    match shape.split_first() {
+        None => {
+            let v = values.next().copied().unwrap_or(f32::NAN);
+            write_json_number(s, v);
+        }
+        Some((&n, rest)) => {
+            s.push('[');
+            for i in 0..n {
+                if i > 0 {
+                    s.push(',');
+                }
+                write_nested(s, rest, values);
+            }
+            s.push(']');
+        }
+    }
+}
+
+/// JSON has no NaN or infinity: those are written as `null`.
+fn write_json_number(s: &mut String, v: f32) {
+    if v.is_finite() {
+        let _ = write!(s, "{v}");
+    } else {
+        s.push_str("null");
+    }
+}
+
+fn write_json_string(s: &mut String, text: &str) {
+    // serde_json escapes exactly as JSON requires; output names are short.
+    s.push_str(&serde_json::Value::String(text.to_owned()).to_string());
+}

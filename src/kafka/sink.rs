@@ -1,0 +1,215 @@
+//! Writing records to one output topic, in order per partition, with acknowledgements.
+//!
+//! Each output partition has a task that takes whatever records are queued for it (up to a
+//! batch bound), produces them in one request and waits for the broker's acknowledgement
+//! before sending the next. One request in flight per partition keeps the order of records
+//! within a partition even when a request is retried.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
+use rskafka::client::Client;
+use rskafka::record::Record;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::client::{topic_partitions, KafkaConfig};
+use super::partitioner::partition_for_key;
+use crate::error::KafkaError;
+
+/// Where an output record came from; reported back when the broker acknowledged it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceCoordinates {
+    /// Input topic.
+    pub topic: Arc<str>,
+    /// Input partition.
+    pub partition: i32,
+    /// Input offset.
+    pub offset: i64,
+}
+
+/// A record to write.
+#[derive(Debug, Clone)]
+pub struct OutputRecord {
+    /// Record key; also decides the partition (murmur2, like the Java client).
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub value: Vec<u8>,
+    /// Record headers.
+    pub headers: BTreeMap<String, Vec<u8>>,
+    /// Record timestamp.
+    pub timestamp: DateTime<Utc>,
+    /// The input record this output answers, if any.
+    pub source: Option<SourceCoordinates>,
+}
+
+/// How the sink batches.
+#[derive(Debug, Clone)]
+pub struct SinkConfig {
+    /// Output topic (must exist).
+    pub topic: String,
+    /// Most records in one produce request.
+    pub max_batch_records: usize,
+    /// Most value bytes in one produce request.
+    pub max_batch_bytes: usize,
+    /// Records queued per partition before [`Sink::send`] waits.
+    pub queue_per_partition: usize,
+}
+
+impl SinkConfig {
+    /// Defaults: up to 2000 records or 1 MiB per request, 4096 records queued per partition.
+    pub fn new(topic: impl Into<String>) -> SinkConfig {
+        SinkConfig { topic: topic.into(), max_batch_records: 2000, max_batch_bytes: 1 << 20, queue_per_partition: 4096 }
+    }
+}
+
+/// An ordered, batching writer to one topic.
+#[derive(Debug)]
+pub struct Sink {
+    topic: String,
+    queues: Vec<mpsc::Sender<OutputRecord>>,
+    tasks: JoinSet<Result<(), KafkaError>>,
+    acked: Arc<AtomicU64>,
+    acks: Option<mpsc::UnboundedSender<Vec<SourceCoordinates>>>,
+}
+
+impl Sink {
+    /// Connects to every partition of the output topic.
+    ///
+    /// When `acks` is given, the source coordinates of every acknowledged batch are sent to it,
+    /// in order per output partition, which is what offset tracking builds on.
+    pub async fn start(
+        client: Arc<Client>,
+        kafka: &KafkaConfig,
+        config: &SinkConfig,
+        acks: Option<mpsc::UnboundedSender<Vec<SourceCoordinates>>>,
+    ) -> Result<Sink, KafkaError> {
+        let partitions = topic_partitions(&client, kafka, &config.topic, "output").await?;
+        let mut queues = Vec::new();
+        let mut tasks = JoinSet::new();
+        let acked = Arc::new(AtomicU64::new(0));
+        // Partition numbers of a Kafka topic are 0..n; the partitioner relies on that.
+        for p in 0..partitions.len() as i32 {
+            let pc = client
+                .partition_client(config.topic.clone(), p, UnknownTopicHandling::Retry)
+                .await
+                .map_err(|e| KafkaError::Request {
+                    operation: "connect to leader",
+                    topic: config.topic.clone(),
+                    partition: p,
+                    message: e.to_string(),
+                })?;
+            let (tx, rx) = mpsc::channel(config.queue_per_partition.max(1));
+            queues.push(tx);
+            tasks.spawn(produce_partition(pc, rx, config.clone(), Arc::clone(&acked), acks.clone()));
+        }
+        Ok(Sink { topic: config.topic.clone(), queues, tasks, acked, acks })
+    }
+
+    /// Number of partitions of the output topic.
+    pub fn partitions(&self) -> i32 {
+        self.queues.len() as i32
+    }
+
+    /// The partition a record goes to: by key (murmur2, as the Java client's default
+    /// partitioner) or, without a key, `fallback % partitions`.
+    pub fn partition_for(&self, key: Option<&[u8]>, fallback: i32) -> i32 {
+        match key {
+            Some(k) => partition_for_key(k, self.partitions()),
+            None => fallback.rem_euclid(self.partitions()),
+        }
+    }
+
+    /// Queues a record for `partition`, waiting while that partition's queue is full.
+    ///
+    /// Fails if the partition's writer has stopped on an error; [`close`](Self::close) returns
+    /// that error.
+    pub async fn send(&self, partition: i32, record: OutputRecord) -> Result<(), KafkaError> {
+        let queue = self.queues.get(partition as usize).ok_or_else(|| KafkaError::Request {
+            operation: "produce",
+            topic: self.topic.clone(),
+            partition,
+            message: format!("no such partition (the topic has {})", self.queues.len()),
+        })?;
+        queue.send(record).await.map_err(|_| KafkaError::Request {
+            operation: "produce",
+            topic: self.topic.clone(),
+            partition,
+            message: "the partition writer stopped after an earlier error".into(),
+        })
+    }
+
+    /// Records acknowledged by the broker so far.
+    pub fn acked(&self) -> u64 {
+        self.acked.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every queued record is acknowledged, then stops. Returns the first error.
+    pub async fn close(mut self) -> Result<u64, KafkaError> {
+        self.queues.clear();
+        self.acks = None;
+        let mut first_error = None;
+        while let Some(done) = self.tasks.join_next().await {
+            let result = done.unwrap_or_else(|e| {
+                Err(KafkaError::Request {
+                    operation: "produce",
+                    topic: self.topic.clone(),
+                    partition: -1,
+                    message: format!("writer task failed: {e}"),
+                })
+            });
+            if let Err(e) = result {
+                first_error.get_or_insert(e);
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(self.acked()),
+        }
+    }
+}
+
+async fn produce_partition(
+    pc: PartitionClient,
+    mut queue: mpsc::Receiver<OutputRecord>,
+    config: SinkConfig,
+    acked: Arc<AtomicU64>,
+    acks: Option<mpsc::UnboundedSender<Vec<SourceCoordinates>>>,
+) -> Result<(), KafkaError> {
+    let mut batch = Vec::new();
+    let mut sources = Vec::new();
+    while let Some(first) = queue.recv().await {
+        let mut bytes = 0;
+        let mut next = Some(first);
+        // Take what is already queued: while a request is in flight the queue fills, so the
+        // batch size follows the load without a linger timer.
+        while let Some(r) = next.take() {
+            bytes += r.value.len();
+            if let Some(s) = r.source {
+                sources.push(s);
+            }
+            batch.push(Record { key: r.key, value: Some(r.value), headers: r.headers, timestamp: r.timestamp });
+            if batch.len() < config.max_batch_records && bytes < config.max_batch_bytes {
+                next = queue.try_recv().ok();
+            }
+        }
+        let n = batch.len() as u64;
+        pc.produce(std::mem::take(&mut batch), Compression::NoCompression)
+            .await
+            .map_err(|e| KafkaError::Request {
+                operation: "produce",
+                topic: config.topic.clone(),
+                partition: pc.partition(),
+                message: e.to_string(),
+            })?;
+        acked.fetch_add(n, Ordering::Relaxed);
+        let done = std::mem::take(&mut sources);
+        if let Some(acks) = &acks {
+            let _ = acks.send(done);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,328 @@
+//! Reading records from a set of topic partitions.
+//!
+//! One task per partition fetches from the partition leader and pushes what it read into one
+//! bounded channel; when the consumer of that channel is slow the fetch tasks wait, so memory
+//! stays bounded by `channel capacity × fetch size` whatever the topic size.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
+use rskafka::client::Client;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use super::client::{topic_partitions, KafkaConfig};
+use crate::error::{ConfigError, KafkaError};
+
+/// Where to start reading a partition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StartPosition {
+    /// The oldest record still kept.
+    #[default]
+    Earliest,
+    /// Only records produced after start-up.
+    Latest,
+    /// This offset in every partition (must lie within the partition's range).
+    Offset(i64),
+    /// The first record whose timestamp is at or after this instant.
+    Timestamp(DateTime<Utc>),
+}
+
+impl FromStr for StartPosition {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "earliest" => Ok(StartPosition::Earliest),
+            "latest" => Ok(StartPosition::Latest),
+            _ => {
+                if let Ok(n) = s.parse::<i64>() {
+                    if n >= 0 {
+                        return Ok(StartPosition::Offset(n));
+                    }
+                }
+                DateTime::parse_from_rfc3339(s)
+                    .map(|t| StartPosition::Timestamp(t.with_timezone(&Utc)))
+                    .map_err(|_| {
+                        "`earliest`, `latest`, an offset >= 0 or an RFC 3339 timestamp \
+                         such as 2026-11-27T13:00:00Z"
+                            .to_string()
+                    })
+            }
+        }
+    }
+}
+
+impl fmt::Display for StartPosition {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartPosition::Earliest => f.write_str("earliest"),
+            StartPosition::Latest => f.write_str("latest"),
+            StartPosition::Offset(n) => write!(f, "{n}"),
+            StartPosition::Timestamp(t) => write!(f, "{}", t.to_rfc3339()),
+        }
+    }
+}
+
+/// A topic to read, with all its partitions or an explicit set.
+///
+/// Parses from `topic` or `topic:0,2,5`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSelection {
+    /// Topic name.
+    pub topic: String,
+    /// `None` means every partition of the topic.
+    pub partitions: Option<Vec<i32>>,
+}
+
+impl FromStr for TopicSelection {
+    type Err = ConfigError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let invalid = || ConfigError::Invalid {
+            field: "input",
+            expected: "`TOPIC` or `TOPIC:P1,P2,...` with partition numbers >= 0".into(),
+            found: s.into(),
+        };
+        let (topic, partitions) = match s.split_once(':') {
+            None => (s, None),
+            Some((topic, list)) => {
+                let parts: Result<Vec<i32>, _> = list.split(',').map(|p| p.trim().parse::<i32>()).collect();
+                match parts {
+                    Ok(p) if !p.is_empty() && p.iter().all(|&x| x >= 0) => (topic, Some(p)),
+                    _ => return Err(invalid()),
+                }
+            }
+        };
+        if topic.is_empty() {
+            return Err(invalid());
+        }
+        Ok(TopicSelection { topic: topic.to_string(), partitions })
+    }
+}
+
+/// A record read from Kafka, with all its coordinates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceRecord {
+    /// Topic it was read from.
+    pub topic: Arc<str>,
+    /// Partition it was read from.
+    pub partition: i32,
+    /// Its offset in that partition.
+    pub offset: i64,
+    /// Record timestamp (create or log-append time, as the topic is configured).
+    pub timestamp: DateTime<Utc>,
+    /// Record key.
+    pub key: Option<Vec<u8>>,
+    /// Record value.
+    pub value: Option<Vec<u8>>,
+    /// Record headers.
+    pub headers: BTreeMap<String, Vec<u8>>,
+}
+
+/// How the source reads.
+#[derive(Debug, Clone)]
+pub struct SourceConfig {
+    /// Topics (and partitions) to read.
+    pub topics: Vec<TopicSelection>,
+    /// Where to start in each partition.
+    pub start: StartPosition,
+    /// Stop each partition at the end offset read at start-up (bounded mode) instead of
+    /// following it forever.
+    pub until_end: bool,
+    /// Most bytes one fetch may return per partition.
+    pub fetch_max_bytes: i32,
+    /// How long the broker may hold a fetch open waiting for new records.
+    pub fetch_max_wait: Duration,
+    /// Fetch responses buffered between the fetch tasks and the consumer.
+    pub channel_capacity: usize,
+}
+
+impl SourceConfig {
+    /// Reads all partitions of `topics` from the earliest offset, following forever.
+    pub fn new(topics: Vec<TopicSelection>) -> SourceConfig {
+        SourceConfig {
+            topics,
+            start: StartPosition::Earliest,
+            until_end: false,
+            fetch_max_bytes: 1 << 20,
+            fetch_max_wait: Duration::from_millis(100),
+            channel_capacity: 8,
+        }
+    }
+}
+
+/// Where one partition starts and (in bounded mode) stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionRange {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset to read.
+    pub start: i64,
+    /// Offset to stop before (the high watermark at start-up), in bounded mode.
+    pub end: Option<i64>,
+}
+
+/// Records from many partitions, delivered in offset order per partition.
+#[derive(Debug)]
+pub struct Source {
+    records: mpsc::Receiver<Result<Vec<SourceRecord>, KafkaError>>,
+    ranges: Vec<PartitionRange>,
+    tasks: JoinSet<()>,
+}
+
+impl Source {
+    /// Resolves every partition's start (and end) offset, then starts fetching.
+    ///
+    /// Fails before reading anything if a topic or partition does not exist or a start offset
+    /// is out of range.
+    pub async fn start(client: Arc<Client>, kafka: &KafkaConfig, config: &SourceConfig) -> Result<Source, KafkaError> {
+        let mut plan = Vec::new();
+        for sel in &config.topics {
+            let existing = topic_partitions(&client, kafka, &sel.topic, "input").await?;
+            let partitions: Vec<i32> = match &sel.partitions {
+                None => existing.iter().copied().collect(),
+                Some(wanted) => {
+                    for p in wanted {
+                        if !existing.contains(p) {
+                            return Err(KafkaError::UnknownPartition {
+                                topic: sel.topic.clone(),
+                                partition: *p,
+                                count: existing.len(),
+                            });
+                        }
+                    }
+                    wanted.clone()
+                }
+            };
+            for p in partitions {
+                let pc = client
+                    .partition_client(sel.topic.clone(), p, UnknownTopicHandling::Retry)
+                    .await
+                    .map_err(|e| request_error("connect to leader", &sel.topic, p, e))?;
+                let range = resolve_range(&pc, config.start, config.until_end).await?;
+                plan.push((pc, range));
+            }
+        }
+        let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
+        let mut tasks = JoinSet::new();
+        let mut ranges = Vec::new();
+        for (pc, range) in plan {
+            ranges.push(range.clone());
+            if range.end.is_some_and(|end| range.start >= end) {
+                continue; // nothing to read in bounded mode
+            }
+            tasks.spawn(fetch_partition(pc, range, config.clone(), tx.clone()));
+        }
+        Ok(Source { records: rx, ranges, tasks })
+    }
+
+    /// The partitions being read, with their start and end offsets.
+    pub fn ranges(&self) -> &[PartitionRange] {
+        &self.ranges
+    }
+
+    /// Records in bounded mode: the sum over partitions of `end - start`.
+    pub fn bounded_total(&self) -> Option<u64> {
+        self.ranges.iter().map(|r| r.end.map(|e| (e - r.start).max(0) as u64)).sum()
+    }
+
+    /// The next records from some partition; `None` once every partition reached its end
+    /// (bounded mode only; in follow mode this waits for new records forever).
+    pub async fn next_chunk(&mut self) -> Option<Result<Vec<SourceRecord>, KafkaError>> {
+        self.records.recv().await
+    }
+}
+
+impl Drop for Source {
+    fn drop(&mut self) {
+        self.tasks.abort_all();
+    }
+}
+
+fn request_error(operation: &'static str, topic: &str, partition: i32, e: impl fmt::Display) -> KafkaError {
+    KafkaError::Request { operation, topic: topic.to_string(), partition, message: e.to_string() }
+}
+
+async fn resolve_range(pc: &PartitionClient, start: StartPosition, until_end: bool) -> Result<PartitionRange, KafkaError> {
+    let (topic, partition) = (pc.topic().to_string(), pc.partition());
+    let offset_at = |at: OffsetAt| async move {
+        pc.get_offset(at).await.map_err(|e| request_error("list offsets", pc.topic(), pc.partition(), e))
+    };
+    let low = offset_at(OffsetAt::Earliest).await?;
+    let high = offset_at(OffsetAt::Latest).await?;
+    let first = match start {
+        StartPosition::Earliest => low,
+        StartPosition::Latest => high,
+        StartPosition::Offset(n) => {
+            if n < low || n > high {
+                return Err(request_error(
+                    "start",
+                    &topic,
+                    partition,
+                    format!("start offset {n} is outside the partition's range {low}..={high}"),
+                ));
+            }
+            n
+        }
+        StartPosition::Timestamp(t) => {
+            let found = offset_at(OffsetAt::Timestamp(t)).await?;
+            // Kafka answers -1 when no record is that recent: start at the end.
+            if found < 0 { high } else { found.clamp(low, high) }
+        }
+    };
+    Ok(PartitionRange { topic, partition, start: first, end: until_end.then_some(high) })
+}
+
+async fn fetch_partition(
+    pc: PartitionClient,
+    range: PartitionRange,
+    config: SourceConfig,
+    tx: mpsc::Sender<Result<Vec<SourceRecord>, KafkaError>>,
+) {
+    let topic: Arc<str> = Arc::from(range.topic.as_str());
+    let max_wait_ms = config.fetch_max_wait.as_millis().min(i32::MAX as u128) as i32;
+    let mut offset = range.start;
+    loop {
+        if range.end.is_some_and(|end| offset >= end) {
+            return;
+        }
+        let fetched = pc.fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms).await;
+        let records = match fetched {
+            Ok((records, _high_watermark)) => records,
+            Err(e) => {
+                let _ = tx.send(Err(request_error("fetch", &range.topic, range.partition, e))).await;
+                return;
+            }
+        };
+        if records.is_empty() {
+            // Brokers that answer an empty fetch at once would make this loop spin.
+            tokio::time::sleep(config.fetch_max_wait.min(Duration::from_millis(50))).await;
+            continue;
+        }
+        let mut chunk = Vec::with_capacity(records.len());
+        for r in records {
+            if range.end.is_some_and(|end| r.offset >= end) {
+                break;
+            }
+            offset = r.offset + 1;
+            chunk.push(SourceRecord {
+                topic: Arc::clone(&topic),
+                partition: range.partition,
+                offset: r.offset,
+                timestamp: r.record.timestamp,
+                key: r.record.key,
+                value: r.record.value,
+                headers: r.record.headers,
+            });
+        }
+        if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
+            return; // the consumer went away
+        }
+    }
+}

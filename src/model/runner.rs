@@ -1,0 +1,107 @@
+//! Dedicated inference threads.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::sync::{mpsc, oneshot};
+use tract_onnx::prelude::Tensor;
+
+use super::{run_with_state, Model};
+use crate::error::ModelError;
+
+type Reply = Result<Vec<Tensor>, ModelError>;
+
+struct Job {
+    inputs: Vec<Tensor>,
+    reply: oneshot::Sender<Reply>,
+}
+
+/// A fixed set of OS threads, each holding its own tract state for one model.
+///
+/// Batches are queued on a bounded channel (two per worker), so a producer that outruns the
+/// workers waits in [`submit`](Self::submit) instead of piling up tensors in memory.
+///
+/// ```no_run
+/// # async fn demo() -> Result<(), streamtract::Error> {
+/// use streamtract::model::{InferencePool, Model};
+/// use tract_onnx::prelude::Tensor;
+/// let model = Model::load("models/digits_mlp.onnx")?;
+/// let pool = InferencePool::new(&model, 2)?;
+/// let batch = Tensor::from_shape(&[1, 64], &[0f32; 64]).unwrap();
+/// let outputs = pool.submit(vec![batch]).await?.await?;
+/// assert_eq!(outputs[0].shape(), &[1, 10]);
+/// # Ok(()) }
+/// ```
+pub struct InferencePool {
+    jobs: mpsc::Sender<Job>,
+    workers: usize,
+}
+
+impl std::fmt::Debug for InferencePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InferencePool").field("workers", &self.workers).finish()
+    }
+}
+
+impl InferencePool {
+    /// Starts `workers` threads (at least one) running `model`.
+    pub fn new(model: &Model, workers: usize) -> Result<InferencePool, ModelError> {
+        let workers = workers.max(1);
+        let (tx, rx) = mpsc::channel::<Job>(workers * 2);
+        let rx = Arc::new(Mutex::new(rx));
+        for ix in 0..workers {
+            let rx = Arc::clone(&rx);
+            let mut state =
+                model.plan().spawn().map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            std::thread::Builder::new()
+                .name(format!("streamtract-infer-{ix}"))
+                .spawn(move || loop {
+                    // Hold the lock only while waiting for the next job, not while running it.
+                    let job = match rx.lock() {
+                        Ok(mut guard) => guard.blocking_recv(),
+                        Err(_) => None,
+                    };
+                    let Some(job) = job else { break };
+                    let result = run_with_state(&mut state, job.inputs);
+                    // The caller may have given up on this batch; nothing to do then.
+                    let _ = job.reply.send(result);
+                })
+                .map_err(|e| ModelError::Run(format!("cannot start inference thread: {e}")))?;
+        }
+        Ok(InferencePool { jobs: tx, workers })
+    }
+
+    /// Number of worker threads.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Queues a batch (inputs in signature order) and returns a future of its outputs.
+    ///
+    /// Waits while the queue is full, which is what gives the pipeline its backpressure.
+    pub async fn submit(&self, inputs: Vec<Tensor>) -> Result<PendingBatch, ModelError> {
+        let (reply, rx) = oneshot::channel();
+        self.jobs
+            .send(Job { inputs, reply })
+            .await
+            .map_err(|_| ModelError::Run("inference threads have stopped".into()))?;
+        Ok(PendingBatch(rx))
+    }
+}
+
+/// The outputs of a batch queued with [`InferencePool::submit`], once a worker has run it.
+#[derive(Debug)]
+pub struct PendingBatch(oneshot::Receiver<Reply>);
+
+impl Future for PendingBatch {
+    type Output = Reply;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|r| match r {
+            Ok(reply) => reply,
+            Err(_) => Err(ModelError::Run("an inference thread stopped during a batch".into())),
+        })
+    }
+}
