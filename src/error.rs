@@ -147,3 +147,11 @@ pub enum KafkaError {
     #[error("Kafka metadata request failed: {0}")]
     Metadata(String),
 }
+
+impl KafkaError {
+    /// True for errors found while checking the configuration against the cluster (unreachable
+    /// broker, unknown topic or partition), before anything was consumed.
+    pub fn is_startup(&self) -> bool {
+        matches!(self, KafkaError::Unreachable { .. } | KafkaError::UnknownTopic { .. } | KafkaError::UnknownPartition { .. })
+    }
+}

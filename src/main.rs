@@ -1,1 +1,127 @@
-fn main() {}
+//! `streamtract`: the command-line face of the library. Everything here is parsing flags,
+//! setting up logs and signals, and calling library types.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use streamtract::config::RunArgs;
+use streamtract::model::Model;
+use streamtract::pipeline::Pipeline;
+use streamtract::Error;
+
+/// Real-time inference on Kafka streams with TensorFlow models exported to ONNX.
+#[derive(Debug, Parser)]
+#[command(name = "streamtract", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read input topics, run the model on every record, write one output record per input.
+    ///
+    /// Every flag can also be set in a TOML file given with --config (same names, with `_`
+    /// instead of `-`); flags override the file. Logs go to stderr (level from RUST_LOG, default
+    /// info). SIGINT/SIGTERM stop reading, finish the batches in flight and exit 0.
+    Run(Box<RunArgs>),
+    /// Print a model's inputs and outputs (names, element types, shapes with the symbolic batch
+    /// dimension) and its SHA-256.
+    Inspect {
+        /// ONNX model file.
+        model: std::path::PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    match cli.command {
+        Command::Inspect { model } => match Model::load(&model) {
+            Ok(m) => {
+                println!("model:  {}", m.path().display());
+                println!("sha256: {}", m.sha256());
+                println!("batch:  {}", if m.has_dynamic_batch() { "dynamic" } else { "compiled per batch size" });
+                print!("{}", m.signature());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e.into()),
+        },
+        Command::Run(args) => run(*args),
+    }
+}
+
+fn run(flags: RunArgs) -> ExitCode {
+    let file = match &flags.config {
+        Some(path) => match RunArgs::from_file(path) {
+            Ok(f) => f,
+            Err(e) => return fail(&e.into()),
+        },
+        None => RunArgs::default(),
+    };
+    let config = match flags.over(file).into_pipeline_config() {
+        Ok(c) => c,
+        Err(e) => return fail(&e.into()),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => return fail(&Error::Internal(format!("cannot start the async runtime: {e}"))),
+    };
+    let result = runtime.block_on(async {
+        let pipeline = Pipeline::connect(config).await?;
+        pipeline.run_until(shutdown_signal()).await
+    });
+    match result {
+        Ok(summary) => {
+            eprintln!(
+                "done: {} records in, {} outputs written, {} rejected, {:.2} s",
+                summary.records_in,
+                summary.records_out,
+                summary.rejected,
+                summary.elapsed.as_secs_f64()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Prints the error the way a user reads it and picks the exit code: 2 for configuration
+/// problems found before anything was consumed, 1 for the rest.
+fn fail(e: &Error) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        Error::Config(_) | Error::Model(_) => ExitCode::from(2),
+        Error::Kafka(k) if k.is_startup() => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}

@@ -152,7 +152,11 @@ pub struct Decoder {
 
 impl Decoder {
     /// Builds a decoder for `signature`, failing if the format cannot feed the model.
-    pub fn new(format: InputFormat, signature: &Signature, model: &str) -> Result<Decoder, ModelError> {
+    pub fn new(
+        format: InputFormat,
+        signature: &Signature,
+        model: &str,
+    ) -> Result<Decoder, ModelError> {
         let mut inputs = Vec::new();
         for spec in &signature.inputs {
             let shape = spec.row_shape().ok_or_else(|| ModelError::Signature {
@@ -160,13 +164,24 @@ impl Decoder {
                 message: format!("input `{spec}` has a symbolic row dimension"),
             })?;
             let len = shape.iter().product();
-            inputs.push(InputLayout { name: spec.name.clone(), shape, len });
+            inputs.push(InputLayout {
+                name: spec.name.clone(),
+                shape,
+                len,
+            });
         }
         if inputs.is_empty() {
-            return Err(ModelError::Signature { model: model.into(), message: "the model has no inputs".into() });
+            return Err(ModelError::Signature {
+                model: model.into(),
+                message: "the model has no inputs".into(),
+            });
         }
         let total_len = inputs.iter().map(|i| i.len).sum();
-        Ok(Decoder { format, inputs, total_len })
+        Ok(Decoder {
+            format,
+            inputs,
+            total_len,
+        })
     }
 
     /// The format this decoder reads.
@@ -187,8 +202,11 @@ impl Decoder {
     }
 
     fn what(&self) -> String {
-        let parts: Vec<String> =
-            self.inputs.iter().map(|i| format!("`{}` {:?}", i.name, i.shape)).collect();
+        let parts: Vec<String> = self
+            .inputs
+            .iter()
+            .map(|i| format!("`{}` {:?}", i.name, i.shape))
+            .collect();
         parts.join(" + ")
     }
 
@@ -218,7 +236,11 @@ impl Decoder {
             flat.push(parse_number(field.trim(), index)?);
         }
         if found != self.total_len {
-            return Err(DecodeError::Count { what: self.what(), expected: self.total_len, found });
+            return Err(DecodeError::Count {
+                what: self.what(),
+                expected: self.total_len,
+                found,
+            });
         }
         Ok(self.split_flat(flat))
     }
@@ -226,7 +248,11 @@ impl Decoder {
     fn decode_raw(&self, value: &[u8]) -> Result<Row, DecodeError> {
         let expected = self.total_len * 4;
         if value.len() != expected {
-            return Err(DecodeError::RawLength { expected, values: self.total_len, found: value.len() });
+            return Err(DecodeError::RawLength {
+                expected,
+                values: self.total_len,
+                found: value.len(),
+            });
         }
         let mut flat = Vec::with_capacity(self.total_len);
         for (index, chunk) in value.chunks_exact(4).enumerate() {
@@ -238,7 +264,8 @@ impl Decoder {
     }
 
     fn decode_json(&self, value: &[u8]) -> Result<Row, DecodeError> {
-        let parsed: Value = serde_json::from_slice(value).map_err(|e| DecodeError::Json(e.to_string()))?;
+        let parsed: Value =
+            serde_json::from_slice(value).map_err(|e| DecodeError::Json(e.to_string()))?;
         match parsed {
             Value::Object(mut fields) => {
                 let mut values = Vec::with_capacity(self.inputs.len());
@@ -250,12 +277,13 @@ impl Decoder {
                 }
                 Ok(Row { values })
             }
-            array @ Value::Array(_) if self.inputs.len() == 1 => {
-                Ok(Row { values: vec![json_tensor(&array, &self.inputs[0])?] })
-            }
+            array @ Value::Array(_) if self.inputs.len() == 1 => Ok(Row {
+                values: vec![json_tensor(&array, &self.inputs[0])?],
+            }),
             Value::Array(_) => Err(DecodeError::Shape {
                 input: self.input_names(),
-                message: "a model with several inputs needs an object with one field per input".into(),
+                message: "a model with several inputs needs an object with one field per input"
+                    .into(),
             }),
             other => Err(DecodeError::Json(format!(
                 "expected an array or an object, found {}",
@@ -265,7 +293,11 @@ impl Decoder {
     }
 
     fn input_names(&self) -> String {
-        self.inputs.iter().map(|i| i.name.as_str()).collect::<Vec<_>>().join(", ")
+        self.inputs
+            .iter()
+            .map(|i| i.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 
@@ -282,7 +314,10 @@ fn check_finite(v: f32, index: usize) -> Result<(), DecodeError> {
     if v.is_finite() {
         Ok(())
     } else {
-        Err(DecodeError::NotFinite { index, found: v.to_string() })
+        Err(DecodeError::NotFinite {
+            index,
+            found: v.to_string(),
+        })
     }
 }
 
@@ -300,9 +335,15 @@ fn json_kind(v: &Value) -> &'static str {
 /// Reads one input from JSON: either nested exactly like the row shape, or flat with the
 /// same number of values.
 fn json_tensor(v: &Value, input: &InputLayout) -> Result<Vec<f32>, DecodeError> {
-    let shape_err = |message: String| DecodeError::Shape { input: input.name.clone(), message };
+    let shape_err = |message: String| DecodeError::Shape {
+        input: input.name.clone(),
+        message,
+    };
     let Value::Array(items) = v else {
-        return Err(shape_err(format!("expected an array, found {}", json_kind(v))));
+        return Err(shape_err(format!(
+            "expected an array, found {}",
+            json_kind(v)
+        )));
     };
     let mut out = Vec::with_capacity(input.len);
     let flat = items.len() == input.len && items.iter().all(|i| !i.is_array());
@@ -313,7 +354,10 @@ fn json_tensor(v: &Value, input: &InputLayout) -> Result<Vec<f32>, DecodeError> 
         return Ok(out);
     }
     fill_nested(v, &input.shape, &mut out).map_err(|m| {
-        shape_err(format!("expected shape {:?} (or {} flat values): {m}", input.shape, input.len))
+        shape_err(format!(
+            "expected shape {:?} (or {} flat values): {m}",
+            input.shape, input.len
+        ))
     })?;
     Ok(out)
 }
@@ -325,7 +369,10 @@ fn json_number(item: &Value, index: usize) -> Result<f32, DecodeError> {
             check_finite(v, index)?;
             Ok(v)
         }
-        None => Err(DecodeError::NotANumber { index, found: item.to_string().chars().take(32).collect() }),
+        None => Err(DecodeError::NotANumber {
+            index,
+            found: item.to_string().chars().take(32).collect(),
+        }),
     }
 }
 
@@ -338,10 +385,17 @@ fn fill_nested(v: &Value, shape: &[usize], out: &mut Vec<f32>) -> Result<(), Str
         }
         (Some((&n, rest)), Value::Array(items)) => {
             if items.len() != n {
-                return Err(format!("found an array of {} where {} were expected", items.len(), n));
+                return Err(format!(
+                    "found an array of {} where {} were expected",
+                    items.len(),
+                    n
+                ));
             }
             items.iter().try_for_each(|i| fill_nested(i, rest, out))
         }
-        (Some((&n, _)), other) => Err(format!("found {} where an array of {n} was expected", json_kind(other))),
+        (Some((&n, _)), other) => Err(format!(
+            "found {} where an array of {n} was expected",
+            json_kind(other)
+        )),
     }
 }

@@ -82,10 +82,16 @@ impl Encoder {
         for spec in &signature.outputs {
             let shape = spec.row_shape().ok_or_else(|| ModelError::Signature {
                 model: model.into(),
-                message: format!("output `{spec}` has a symbolic dimension after the batch dimension"),
+                message: format!(
+                    "output `{spec}` has a symbolic dimension after the batch dimension"
+                ),
             })?;
             let len = shape.iter().product();
-            outputs.push(OutputLayout { name: spec.name.clone(), shape, len });
+            outputs.push(OutputLayout {
+                name: spec.name.clone(),
+                shape,
+                len,
+            });
         }
         if let Some(k) = top_k {
             let classes = outputs.first().map(|o| o.len).unwrap_or(0);
@@ -98,11 +104,16 @@ impl Encoder {
             if format == OutputFormat::Raw {
                 return Err(ModelError::Signature {
                     model: model.into(),
-                    message: "top_k cannot be written in the raw output format; use json or csv".into(),
+                    message: "top_k cannot be written in the raw output format; use json or csv"
+                        .into(),
                 });
             }
         }
-        Ok(Encoder { format, outputs, top_k })
+        Ok(Encoder {
+            format,
+            outputs,
+            top_k,
+        })
     }
 
     /// Number of values of each output for one record, in signature order.
@@ -115,15 +126,24 @@ impl Encoder {
         match self.format {
             OutputFormat::Json => self.encode_json(outputs).into_bytes(),
             OutputFormat::Csv => self.encode_csv(outputs).into_bytes(),
-            OutputFormat::Raw => outputs.iter().flat_map(|o| o.iter().flat_map(|v| v.to_le_bytes())).collect(),
+            OutputFormat::Raw => outputs
+                .iter()
+                .flat_map(|o| o.iter().flat_map(|v| v.to_le_bytes()))
+                .collect(),
         }
     }
 
     fn top_k(&self, outputs: &[&[f32]]) -> Vec<(usize, f32)> {
-        let Some(k) = self.top_k else { return Vec::new() };
+        let Some(k) = self.top_k else {
+            return Vec::new();
+        };
         let mut ranked: Vec<(usize, f32)> = outputs[0].iter().copied().enumerate().collect();
         // Ties keep the lower index first; NaN ranks last.
-        ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Less).then(a.0.cmp(&b.0)));
+        ranked.sort_by(|a, b| {
+            b.1.partial_cmp(&a.1)
+                .unwrap_or(std::cmp::Ordering::Less)
+                .then(a.0.cmp(&b.0))
+        });
         ranked.truncate(k);
         ranked
     }

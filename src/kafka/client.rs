@@ -84,7 +84,10 @@ pub async fn topic_partitions(
     topic: &str,
     role: &'static str,
 ) -> Result<BTreeSet<i32>, KafkaError> {
-    let topics = client.list_topics().await.map_err(|e| KafkaError::Metadata(e.to_string()))?;
+    let topics = client
+        .list_topics()
+        .await
+        .map_err(|e| KafkaError::Metadata(e.to_string()))?;
     match topics.iter().find(|t| t.name == topic) {
         Some(t) if !t.partitions.is_empty() => Ok(t.partitions.clone()),
         _ => {

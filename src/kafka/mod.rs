@@ -9,4 +9,6 @@ mod source;
 pub use client::{connect, topic_partitions, KafkaConfig};
 pub use partitioner::{murmur2, partition_for_key};
 pub use sink::{OutputRecord, Sink, SinkConfig, SourceCoordinates};
-pub use source::{PartitionRange, Source, SourceConfig, SourceRecord, StartPosition, TopicSelection};
+pub use source::{
+    PartitionRange, Source, SourceConfig, SourceRecord, StartPosition, TopicSelection,
+};

@@ -62,7 +62,12 @@ pub struct SinkConfig {
 impl SinkConfig {
     /// Defaults: up to 2000 records or 1 MiB per request, 4096 records queued per partition.
     pub fn new(topic: impl Into<String>) -> SinkConfig {
-        SinkConfig { topic: topic.into(), max_batch_records: 2000, max_batch_bytes: 1 << 20, queue_per_partition: 4096 }
+        SinkConfig {
+            topic: topic.into(),
+            max_batch_records: 2000,
+            max_batch_bytes: 1 << 20,
+            queue_per_partition: 4096,
+        }
     }
 }
 
@@ -104,9 +109,21 @@ impl Sink {
                 })?;
             let (tx, rx) = mpsc::channel(config.queue_per_partition.max(1));
             queues.push(tx);
-            tasks.spawn(produce_partition(pc, rx, config.clone(), Arc::clone(&acked), acks.clone()));
+            tasks.spawn(produce_partition(
+                pc,
+                rx,
+                config.clone(),
+                Arc::clone(&acked),
+                acks.clone(),
+            ));
         }
-        Ok(Sink { topic: config.topic.clone(), queues, tasks, acked, acks })
+        Ok(Sink {
+            topic: config.topic.clone(),
+            queues,
+            tasks,
+            acked,
+            acks,
+        })
     }
 
     /// Number of partitions of the output topic.
@@ -128,12 +145,15 @@ impl Sink {
     /// Fails if the partition's writer has stopped on an error; [`close`](Self::close) returns
     /// that error.
     pub async fn send(&self, partition: i32, record: OutputRecord) -> Result<(), KafkaError> {
-        let queue = self.queues.get(partition as usize).ok_or_else(|| KafkaError::Request {
-            operation: "produce",
-            topic: self.topic.clone(),
-            partition,
-            message: format!("no such partition (the topic has {})", self.queues.len()),
-        })?;
+        let queue = self
+            .queues
+            .get(partition as usize)
+            .ok_or_else(|| KafkaError::Request {
+                operation: "produce",
+                topic: self.topic.clone(),
+                partition,
+                message: format!("no such partition (the topic has {})", self.queues.len()),
+            })?;
         queue.send(record).await.map_err(|_| KafkaError::Request {
             operation: "produce",
             topic: self.topic.clone(),
@@ -191,7 +211,12 @@ async fn produce_partition(
             if let Some(s) = r.source {
                 sources.push(s);
             }
-            batch.push(Record { key: r.key, value: Some(r.value), headers: r.headers, timestamp: r.timestamp });
+            batch.push(Record {
+                key: r.key,
+                value: Some(r.value),
+                headers: r.headers,
+                timestamp: r.timestamp,
+            });
             if batch.len() < config.max_batch_records && bytes < config.max_batch_bytes {
                 next = queue.try_recv().ok();
             }

@@ -90,7 +90,8 @@ impl FromStr for TopicSelection {
         let (topic, partitions) = match s.split_once(':') {
             None => (s, None),
             Some((topic, list)) => {
-                let parts: Result<Vec<i32>, _> = list.split(',').map(|p| p.trim().parse::<i32>()).collect();
+                let parts: Result<Vec<i32>, _> =
+                    list.split(',').map(|p| p.trim().parse::<i32>()).collect();
                 match parts {
                     Ok(p) if !p.is_empty() && p.iter().all(|&x| x >= 0) => (topic, Some(p)),
                     _ => return Err(invalid()),
@@ -100,7 +101,10 @@ impl FromStr for TopicSelection {
         if topic.is_empty() {
             return Err(invalid());
         }
-        Ok(TopicSelection { topic: topic.to_string(), partitions })
+        Ok(TopicSelection {
+            topic: topic.to_string(),
+            partitions,
+        })
     }
 }
 
@@ -181,7 +185,11 @@ impl Source {
     ///
     /// Fails before reading anything if a topic or partition does not exist or a start offset
     /// is out of range.
-    pub async fn start(client: Arc<Client>, kafka: &KafkaConfig, config: &SourceConfig) -> Result<Source, KafkaError> {
+    pub async fn start(
+        client: Arc<Client>,
+        kafka: &KafkaConfig,
+        config: &SourceConfig,
+    ) -> Result<Source, KafkaError> {
         let mut plan = Vec::new();
         for sel in &config.topics {
             let existing = topic_partitions(&client, kafka, &sel.topic, "input").await?;
@@ -219,7 +227,11 @@ impl Source {
             }
             tasks.spawn(fetch_partition(pc, range, config.clone(), tx.clone()));
         }
-        Ok(Source { records: rx, ranges, tasks })
+        Ok(Source {
+            records: rx,
+            ranges,
+            tasks,
+        })
     }
 
     /// The partitions being read, with their start and end offsets.
@@ -229,7 +241,10 @@ impl Source {
 
     /// Records in bounded mode: the sum over partitions of `end - start`.
     pub fn bounded_total(&self) -> Option<u64> {
-        self.ranges.iter().map(|r| r.end.map(|e| (e - r.start).max(0) as u64)).sum()
+        self.ranges
+            .iter()
+            .map(|r| r.end.map(|e| (e - r.start).max(0) as u64))
+            .sum()
     }
 
     /// The next records from some partition; `None` once every partition reached its end
@@ -245,14 +260,30 @@ impl Drop for Source {
     }
 }
 
-fn request_error(operation: &'static str, topic: &str, partition: i32, e: impl fmt::Display) -> KafkaError {
-    KafkaError::Request { operation, topic: topic.to_string(), partition, message: e.to_string() }
+fn request_error(
+    operation: &'static str,
+    topic: &str,
+    partition: i32,
+    e: impl fmt::Display,
+) -> KafkaError {
+    KafkaError::Request {
+        operation,
+        topic: topic.to_string(),
+        partition,
+        message: e.to_string(),
+    }
 }
 
-async fn resolve_range(pc: &PartitionClient, start: StartPosition, until_end: bool) -> Result<PartitionRange, KafkaError> {
+async fn resolve_range(
+    pc: &PartitionClient,
+    start: StartPosition,
+    until_end: bool,
+) -> Result<PartitionRange, KafkaError> {
     let (topic, partition) = (pc.topic().to_string(), pc.partition());
     let offset_at = |at: OffsetAt| async move {
-        pc.get_offset(at).await.map_err(|e| request_error("list offsets", pc.topic(), pc.partition(), e))
+        pc.get_offset(at)
+            .await
+            .map_err(|e| request_error("list offsets", pc.topic(), pc.partition(), e))
     };
     let low = offset_at(OffsetAt::Earliest).await?;
     let high = offset_at(OffsetAt::Latest).await?;
@@ -273,10 +304,19 @@ async fn resolve_range(pc: &PartitionClient, start: StartPosition, until_end: bo
         StartPosition::Timestamp(t) => {
             let found = offset_at(OffsetAt::Timestamp(t)).await?;
             // Kafka answers -1 when no record is that recent: start at the end.
-            if found < 0 { high } else { found.clamp(low, high) }
+            if found < 0 {
+                high
+            } else {
+                found.clamp(low, high)
+            }
         }
     };
-    Ok(PartitionRange { topic, partition, start: first, end: until_end.then_some(high) })
+    Ok(PartitionRange {
+        topic,
+        partition,
+        start: first,
+        end: until_end.then_some(high),
+    })
 }
 
 async fn fetch_partition(
@@ -292,11 +332,20 @@ async fn fetch_partition(
         if range.end.is_some_and(|end| offset >= end) {
             return;
         }
-        let fetched = pc.fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms).await;
+        let fetched = pc
+            .fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms)
+            .await;
         let records = match fetched {
             Ok((records, _high_watermark)) => records,
             Err(e) => {
-                let _ = tx.send(Err(request_error("fetch", &range.topic, range.partition, e))).await;
+                let _ = tx
+                    .send(Err(request_error(
+                        "fetch",
+                        &range.topic,
+                        range.partition,
+                        e,
+                    )))
+                    .await;
                 return;
             }
         };

@@ -19,16 +19,33 @@ mod signature;
 pub use runner::{InferencePool, PendingBatch};
 pub use signature::{Dim, ElementType, Signature, TensorSpec};
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
+use tract_onnx::tract_hir::infer::Factoid;
 
 use crate::error::ModelError;
 
-/// The compiled tract plan.
+/// A compiled tract plan.
 pub(crate) type Plan = Arc<TypedRunnableModel>;
+
+/// How the graph was compiled.
+///
+/// tract keeps the batch dimension symbolic when every shape computation in the graph can be
+/// done on symbols. Some exports compute a shape at run time (Keras `Flatten` becomes
+/// `Shape → Gather → Concat → Reshape`), which tract cannot type symbolically; those models are
+/// compiled once per batch size instead, for power-of-two sizes, and a smaller batch is padded
+/// with zero rows up to the next size (the padding rows' outputs are dropped).
+enum Compiled {
+    Dynamic(Plan),
+    PerBatchSize {
+        graph: Arc<InferenceModel>,
+        plans: Mutex<HashMap<usize, Plan>>,
+    },
+}
 
 /// A loaded, optimised model ready to run batches.
 #[derive(Clone)]
@@ -36,7 +53,7 @@ pub struct Model {
     path: PathBuf,
     sha256: String,
     signature: Signature,
-    plan: Plan,
+    compiled: Arc<Compiled>,
 }
 
 impl std::fmt::Debug for Model {
@@ -45,12 +62,13 @@ impl std::fmt::Debug for Model {
             .field("path", &self.path)
             .field("sha256", &self.sha256)
             .field("signature", &self.signature)
+            .field("dynamic_batch", &self.has_dynamic_batch())
             .finish_non_exhaustive()
     }
 }
 
 impl Model {
-    /// Loads an ONNX file, reads its signature and compiles it for any batch size.
+    /// Loads an ONNX file, reads its signature and compiles it.
     ///
     /// Fails with [`ModelError::Unreadable`] when the file is missing, [`ModelError::Load`]
     /// when tract cannot parse it, and [`ModelError::Signature`] when an input is not float32
@@ -66,17 +84,41 @@ impl Model {
             path: path.clone(),
             message: format!("{e:#}"),
         };
-        let typed = tract_onnx::onnx()
+        let graph = tract_onnx::onnx()
             .model_for_read(&mut bytes.as_slice())
-            .and_then(|m| m.into_typed())
             .map_err(load_err)?;
-        let signature = read_signature(&typed).map_err(load_err)?;
-        check_supported(&path, &signature)?;
-        let plan = typed
-            .into_optimized()
-            .and_then(|m| m.into_runnable())
-            .map_err(load_err)?;
-        Ok(Model { path, sha256, signature, plan })
+        let batch_symbol = batch_symbol(&graph);
+        let (signature, compiled) = match graph.clone().into_typed() {
+            Ok(typed) => {
+                let signature = read_signature(&typed, None).map_err(load_err)?;
+                check_supported(&path, &signature)?;
+                let plan = typed
+                    .into_optimized()
+                    .and_then(|m| m.into_runnable())
+                    .map_err(load_err)?;
+                (signature, Compiled::Dynamic(plan))
+            }
+            Err(symbolic_error) => {
+                // Read the signature from a batch-of-one compilation, then restore the batch
+                // dimension's name.
+                let typed = with_batch_size(&graph, 1)
+                    .and_then(|g| g.into_typed())
+                    .map_err(|_| load_err(symbolic_error))?;
+                let signature = read_signature(&typed, Some(&batch_symbol)).map_err(load_err)?;
+                check_supported(&path, &signature)?;
+                let compiled = Compiled::PerBatchSize {
+                    graph: Arc::new(graph),
+                    plans: Mutex::new(HashMap::new()),
+                };
+                (signature, compiled)
+            }
+        };
+        Ok(Model {
+            path,
+            sha256,
+            signature,
+            compiled: Arc::new(compiled),
+        })
     }
 
     /// The file the model was loaded from.
@@ -94,17 +136,93 @@ impl Model {
         &self.signature
     }
 
+    /// True when one compiled plan serves every batch size; false when the model is compiled
+    /// per (power-of-two) batch size because its graph computes shapes at run time.
+    pub fn has_dynamic_batch(&self) -> bool {
+        matches!(*self.compiled, Compiled::Dynamic(_))
+    }
+
     /// Runs one batch on the calling thread. `inputs` are in signature order, each shaped
-    /// `[n, row_shape...]`; the result holds one f32 array per output, batch dimension first.
+    /// `[n, row_shape...]`; the result holds one f32 tensor per output, batch dimension first.
     ///
     /// Prefer [`InferencePool`] in async code: this call blocks for the whole inference.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
-        let mut state = self.plan.spawn().map_err(|e| ModelError::Run(format!("{e:#}")))?;
-        run_with_state(&mut state, inputs)
+        self.run_with(&mut States::default(), inputs)
     }
 
-    pub(crate) fn plan(&self) -> &Plan {
-        &self.plan
+    /// Compiles the plan for batches of `rows` ahead of time (a no-op for dynamic models), so
+    /// the first batch of that size does not pay for it.
+    pub fn warm_up(&self, rows: usize) -> Result<(), ModelError> {
+        self.plan_for(rows).map(|_| ())
+    }
+
+    /// The plan to run `rows` rows with, and the number of rows it expects.
+    fn plan_for(&self, rows: usize) -> Result<(Plan, usize), ModelError> {
+        match &*self.compiled {
+            Compiled::Dynamic(plan) => Ok((Arc::clone(plan), rows)),
+            Compiled::PerBatchSize { graph, plans } => {
+                let size = rows.max(1).next_power_of_two();
+                let mut plans = plans
+                    .lock()
+                    .map_err(|_| ModelError::Run("plan cache poisoned".into()))?;
+                if let Some(plan) = plans.get(&size) {
+                    return Ok((Arc::clone(plan), size));
+                }
+                let plan = with_batch_size(graph, size)
+                    .and_then(|g| g.into_optimized())
+                    .and_then(|m| m.into_runnable())
+                    .map_err(|e| ModelError::Load {
+                        path: self.path.clone(),
+                        message: format!("{e:#}"),
+                    })?;
+                plans.insert(size, Arc::clone(&plan));
+                Ok((plan, size))
+            }
+        }
+    }
+
+    /// Runs a batch reusing the tract states in `states` (one per compiled batch size).
+    pub(crate) fn run_with(
+        &self,
+        states: &mut States,
+        inputs: Vec<Tensor>,
+    ) -> Result<Vec<Tensor>, ModelError> {
+        let run_err = |e: TractError| ModelError::Run(format!("{e:#}"));
+        let rows = inputs
+            .first()
+            .and_then(|t| t.shape().first().copied())
+            .unwrap_or(0);
+        let (plan, size) = self.plan_for(rows)?;
+        let inputs = if size == rows {
+            inputs
+        } else {
+            inputs
+                .into_iter()
+                .map(|t| pad_rows(t, size))
+                .collect::<TractResult<Vec<_>>>()
+                .map_err(run_err)?
+        };
+        let state = match states.0.entry(size) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(plan.spawn().map_err(run_err)?)
+            }
+        };
+        let inputs: TVec<TValue> = inputs.into_iter().map(|t| t.into()).collect();
+        let outputs = state.run(inputs).map_err(run_err)?;
+        outputs
+            .into_iter()
+            .map(|v| {
+                let mut t = v.into_tensor();
+                if t.datum_type() != f32::datum_type() {
+                    t = t.cast_to::<f32>().map_err(run_err)?.into_owned();
+                }
+                if size != rows {
+                    t = t.slice(0, 0, rows).map_err(run_err)?;
+                }
+                Ok(t)
+            })
+            .collect()
     }
 
     pub(crate) fn file_name(&self) -> String {
@@ -115,29 +233,52 @@ impl Model {
     }
 }
 
-/// Runs a batch on an existing tract state and converts every output to f32.
-pub(crate) fn run_with_state(
-    state: &mut TypedSimpleState,
-    inputs: Vec<Tensor>,
-) -> Result<Vec<Tensor>, ModelError> {
-    let inputs: TVec<TValue> = inputs.into_iter().map(|t| t.into()).collect();
-    let outputs = state.run(inputs).map_err(|e| ModelError::Run(format!("{e:#}")))?;
-    outputs
-        .into_iter()
-        .map(|v| {
-            let t = v.into_tensor();
-            if t.datum_type() == f32::datum_type() {
-                Ok(t)
-            } else {
-                t.cast_to::<f32>()
-                    .map(|c| c.into_owned())
-                    .map_err(|e| ModelError::Run(format!("cannot convert output to f32: {e:#}")))
-            }
-        })
-        .collect()
+/// tract states kept by one worker thread, one per compiled batch size.
+#[derive(Default)]
+pub(crate) struct States(HashMap<usize, TypedSimpleState>);
+
+fn pad_rows(t: Tensor, rows: usize) -> TractResult<Tensor> {
+    let mut shape = t.shape().to_vec();
+    let have = shape[0];
+    shape[0] = rows - have;
+    let zeros = Tensor::zero_dt(t.datum_type(), &shape)?;
+    Tensor::stack_tensors(0, &[t, zeros])
 }
 
-fn read_signature(model: &TypedModel) -> TractResult<Signature> {
+/// Name of the first input's first dimension when it is symbolic, else `N`.
+fn batch_symbol(graph: &InferenceModel) -> String {
+    graph
+        .input_fact(0)
+        .ok()
+        .and_then(|f| f.shape.dims().next().and_then(|d| d.concretize()))
+        .filter(|d| d.to_i64().is_err())
+        .map(|d| d.to_string())
+        .unwrap_or_else(|| "N".to_string())
+}
+
+/// The graph with every input's first dimension fixed to `rows`.
+fn with_batch_size(graph: &InferenceModel, rows: usize) -> TractResult<InferenceModel> {
+    let mut g = graph.clone();
+    for ix in 0..g.input_outlets()?.len() {
+        let fact = g.input_fact(ix)?.clone();
+        let mut dims: Vec<TDim> = Vec::new();
+        for (i, d) in fact.shape.dims().enumerate() {
+            if i == 0 {
+                dims.push(rows.to_dim());
+            } else {
+                dims.push(
+                    d.concretize()
+                        .ok_or_else(|| anyhow::anyhow!("input {ix} dimension {i} is unknown"))?,
+                );
+            }
+        }
+        let dt = fact.datum_type.concretize().unwrap_or(f32::datum_type());
+        g.set_input_fact(ix, InferenceFact::dt_shape(dt, dims))?;
+    }
+    Ok(g)
+}
+
+fn read_signature(model: &TypedModel, batch_symbol: Option<&str>) -> TractResult<Signature> {
     let spec = |outlet: OutletId, fact: &TypedFact| -> TensorSpec {
         let name = model
             .outlet_label(outlet)
@@ -151,12 +292,18 @@ fn read_signature(model: &TypedModel) -> TractResult<Signature> {
         let shape = fact
             .shape
             .iter()
-            .map(|d| match d.to_i64() {
-                Ok(n) if n >= 0 => Dim::Fixed(n as usize),
+            .enumerate()
+            .map(|(i, d)| match (i, batch_symbol, d.to_i64()) {
+                (0, Some(sym), _) => Dim::Symbolic(sym.to_string()),
+                (_, _, Ok(n)) if n >= 0 => Dim::Fixed(n as usize),
                 _ => Dim::Symbolic(d.to_string()),
             })
             .collect();
-        TensorSpec { name, element_type, shape }
+        TensorSpec {
+            name,
+            element_type,
+            shape,
+        }
     };
     let mut inputs = Vec::new();
     for (ix, outlet) in model.input_outlets()?.iter().enumerate() {
@@ -187,7 +334,10 @@ fn check_supported(path: &Path, sig: &Signature) -> Result<(), ModelError> {
         if t.shape.is_empty() {
             return Err(ModelError::Signature {
                 model,
-                message: format!("input `{}` is a scalar; a batch dimension is required", t.name),
+                message: format!(
+                    "input `{}` is a scalar; a batch dimension is required",
+                    t.name
+                ),
             });
         }
         if t.row_shape().is_none() {

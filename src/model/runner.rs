@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use tokio::sync::{mpsc, oneshot};
 use tract_onnx::prelude::Tensor;
 
-use super::{run_with_state, Model};
+use super::{Model, States};
 use crate::error::ModelError;
 
 type Reply = Result<Vec<Tensor>, ModelError>;
@@ -41,7 +41,9 @@ pub struct InferencePool {
 
 impl std::fmt::Debug for InferencePool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InferencePool").field("workers", &self.workers).finish()
+        f.debug_struct("InferencePool")
+            .field("workers", &self.workers)
+            .finish()
     }
 }
 
@@ -53,20 +55,22 @@ impl InferencePool {
         let rx = Arc::new(Mutex::new(rx));
         for ix in 0..workers {
             let rx = Arc::clone(&rx);
-            let mut state =
-                model.plan().spawn().map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let model = model.clone();
             std::thread::Builder::new()
                 .name(format!("streamtract-infer-{ix}"))
-                .spawn(move || loop {
-                    // Hold the lock only while waiting for the next job, not while running it.
-                    let job = match rx.lock() {
-                        Ok(mut guard) => guard.blocking_recv(),
-                        Err(_) => None,
-                    };
-                    let Some(job) = job else { break };
-                    let result = run_with_state(&mut state, job.inputs);
-                    // The caller may have given up on this batch; nothing to do then.
-                    let _ = job.reply.send(result);
+                .spawn(move || {
+                    let mut states = States::default();
+                    loop {
+                        // Hold the lock only while waiting for the next job, not while running it.
+                        let job = match rx.lock() {
+                            Ok(mut guard) => guard.blocking_recv(),
+                            Err(_) => None,
+                        };
+                        let Some(job) = job else { break };
+                        let result = model.run_with(&mut states, job.inputs);
+                        // The caller may have given up on this batch; nothing to do then.
+                        let _ = job.reply.send(result);
+                    }
                 })
                 .map_err(|e| ModelError::Run(format!("cannot start inference thread: {e}")))?;
         }
@@ -101,7 +105,9 @@ impl Future for PendingBatch {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0).poll(cx).map(|r| match r {
             Ok(reply) => reply,
-            Err(_) => Err(ModelError::Run("an inference thread stopped during a batch".into())),
+            Err(_) => Err(ModelError::Run(
+                "an inference thread stopped during a batch".into(),
+            )),
         })
     }
 }

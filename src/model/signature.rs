@@ -74,7 +74,13 @@ impl TensorSpec {
 impl fmt::Display for TensorSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dims: Vec<String> = self.shape.iter().map(|d| d.to_string()).collect();
-        write!(f, "{}: {}[{}]", self.name, self.element_type, dims.join(", "))
+        write!(
+            f,
+            "{}: {}[{}]",
+            self.name,
+            self.element_type,
+            dims.join(", ")
+        )
     }
 }
 
@@ -95,7 +101,11 @@ impl Signature {
 
     /// Names of all inputs, comma separated, for error messages.
     pub fn input_names(&self) -> String {
-        self.inputs.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", ")
+        self.inputs
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 }
 

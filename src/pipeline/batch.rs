@@ -14,7 +14,10 @@ pub struct Batch<M> {
 
 impl<M> Default for Batch<M> {
     fn default() -> Self {
-        Batch { rows: Vec::new(), meta: Vec::new() }
+        Batch {
+            rows: Vec::new(),
+            meta: Vec::new(),
+        }
     }
 }
 
@@ -37,7 +40,10 @@ impl<M> Batch<M> {
 
     /// Builds one tensor per model input, shaped `[rows, row_shape...]`, and hands back the
     /// metadata in row order.
-    pub fn into_tensors(self, row_shapes: &[Vec<usize>]) -> Result<(Vec<Tensor>, Vec<M>), ModelError> {
+    pub fn into_tensors(
+        self,
+        row_shapes: &[Vec<usize>],
+    ) -> Result<(Vec<Tensor>, Vec<M>), ModelError> {
         let n = self.rows.len();
         let mut tensors = Vec::with_capacity(row_shapes.len());
         for (i, shape) in row_shapes.iter().enumerate() {
@@ -49,7 +55,8 @@ impl<M> Batch<M> {
             let mut full = Vec::with_capacity(shape.len() + 1);
             full.push(n);
             full.extend_from_slice(shape);
-            let t = Tensor::from_shape(&full, &data).map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            let t =
+                Tensor::from_shape(&full, &data).map_err(|e| ModelError::Run(format!("{e:#}")))?;
             tensors.push(t);
         }
         Ok((tensors, self.meta))
@@ -58,10 +65,16 @@ impl<M> Batch<M> {
 
 /// Splits batch outputs back into per-record slices: `result[r][o]` is record `r`'s part of
 /// output `o`.
-pub fn split_outputs<'a>(outputs: &'a [Tensor], rows: usize) -> Result<Vec<Vec<&'a [f32]>>, ModelError> {
+pub fn split_outputs<'a>(
+    outputs: &'a [Tensor],
+    rows: usize,
+) -> Result<Vec<Vec<&'a [f32]>>, ModelError> {
     let mut per_output = Vec::with_capacity(outputs.len());
     for (o, t) in outputs.iter().enumerate() {
-        let values = t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).map_err(|e| ModelError::Run(format!("output {o}: {e:#}")))?;
+        let values = t
+            .try_as_plain_ram()
+            .and_then(|v| v.as_slice::<f32>())
+            .map_err(|e| ModelError::Run(format!("output {o}: {e:#}")))?;
         if t.shape().first() != Some(&rows) || rows == 0 || values.len() % rows != 0 {
             return Err(ModelError::Run(format!(
                 "output {o} has shape {:?}, expected {rows} rows along the first dimension",
@@ -70,5 +83,7 @@ pub fn split_outputs<'a>(outputs: &'a [Tensor], rows: usize) -> Result<Vec<Vec<&
         }
         per_output.push(values.chunks_exact(values.len() / rows).collect::<Vec<_>>());
     }
-    Ok((0..rows).map(|r| per_output.iter().map(|chunks| chunks[r]).collect()).collect())
+    Ok((0..rows)
+        .map(|r| per_output.iter().map(|chunks| chunks[r]).collect())
+        .collect())
 }

@@ -22,8 +22,8 @@ use tract_onnx::prelude::Tensor;
 use crate::codec::{DecodeError, Decoder, Encoder, InputFormat, OutputFormat};
 use crate::error::{Error, ModelError, Result};
 use crate::kafka::{
-    self, KafkaConfig, OutputRecord, Sink, SinkConfig, Source, SourceConfig, SourceCoordinates, SourceRecord,
-    StartPosition, TopicSelection,
+    self, KafkaConfig, OutputRecord, Sink, SinkConfig, Source, SourceConfig, SourceCoordinates,
+    SourceRecord, StartPosition, TopicSelection,
 };
 use crate::model::{InferencePool, Model};
 
@@ -103,7 +103,10 @@ impl PipelineConfig {
     ) -> PipelineConfig {
         PipelineConfig {
             kafka: KafkaConfig::new(brokers),
-            source: SourceConfig::new(vec![TopicSelection { topic: input.to_string(), partitions: None }]),
+            source: SourceConfig::new(vec![TopicSelection {
+                topic: input.to_string(),
+                partitions: None,
+            }]),
             sink: SinkConfig::new(output),
             model: model.into(),
             input_format: InputFormat::Csv { delimiter: b',' },
@@ -111,7 +114,9 @@ impl PipelineConfig {
             top_k: None,
             batch_size: 256,
             linger: Duration::from_millis(5),
-            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
+            workers: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1),
             max_record_bytes: 1 << 20,
             on_error: ErrorPolicy::Skip,
         }
@@ -201,7 +206,9 @@ pub struct Pipeline {
 
 impl std::fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pipeline").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("Pipeline")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
@@ -236,7 +243,16 @@ impl Pipeline {
             workers = pool.workers(),
             "pipeline ready"
         );
-        Ok(Pipeline { config, model, decoder, encoder, pool, source, sink, row_shapes })
+        Ok(Pipeline {
+            config,
+            model,
+            decoder,
+            encoder,
+            pool,
+            source,
+            sink,
+            row_shapes,
+        })
     }
 
     /// The loaded model.
@@ -257,14 +273,24 @@ impl Pipeline {
     /// Runs until done or until `shutdown` completes; on shutdown, stops reading, finishes the
     /// batches in flight and waits for their outputs to be acknowledged.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
-        let Pipeline { config, model, decoder, encoder, pool, mut source, sink, row_shapes } = self;
+        let Pipeline {
+            config,
+            model,
+            decoder,
+            encoder,
+            pool,
+            mut source,
+            sink,
+            row_shapes,
+        } = self;
         let started = Instant::now();
         let sha = model.sha256().as_bytes().to_vec();
         let mut summary = RunSummary::default();
         let mut batch: Batch<RowMeta> = Batch::default();
         let mut batch_deadline = tokio::time::Instant::now();
-        let mut inflight: FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = BatchResult> + Send>>> =
-            FuturesOrdered::new();
+        let mut inflight: FuturesOrdered<
+            std::pin::Pin<Box<dyn Future<Output = BatchResult> + Send>>,
+        > = FuturesOrdered::new();
         let max_inflight = pool.workers() * 2 + 1;
         let mut reading = true;
         let mut fatal: Option<Error> = None;
@@ -360,10 +386,17 @@ impl Pipeline {
     }
 }
 
-fn decode(decoder: &Decoder, record: &SourceRecord, max_bytes: usize) -> std::result::Result<crate::codec::Row, DecodeError> {
+fn decode(
+    decoder: &Decoder,
+    record: &SourceRecord,
+    max_bytes: usize,
+) -> std::result::Result<crate::codec::Row, DecodeError> {
     let value = record.value.as_deref().unwrap_or_default();
     if value.len() > max_bytes {
-        return Err(DecodeError::TooLarge { size: value.len(), max: max_bytes });
+        return Err(DecodeError::TooLarge {
+            size: value.len(),
+            max: max_bytes,
+        });
     }
     decoder.decode(value)
 }
@@ -382,21 +415,52 @@ async fn dispatch(
     Ok(())
 }
 
-async fn write_outputs(sink: &Sink, encoder: &Encoder, sha: &[u8], meta: Vec<RowMeta>, outputs: &[Tensor]) -> Result<()> {
+async fn write_outputs(
+    sink: &Sink,
+    encoder: &Encoder,
+    sha: &[u8],
+    meta: Vec<RowMeta>,
+    outputs: &[Tensor],
+) -> Result<()> {
     let rows = split_outputs(outputs, meta.len())?;
     let now = Utc::now();
     for (m, row) in meta.into_iter().zip(rows) {
         let value = encoder.encode(&row);
         let mut headers = BTreeMap::new();
-        headers.insert(headers::SOURCE_TOPIC.to_string(), m.topic.as_bytes().to_vec());
-        headers.insert(headers::SOURCE_PARTITION.to_string(), m.partition.to_string().into_bytes());
-        headers.insert(headers::SOURCE_OFFSET.to_string(), m.offset.to_string().into_bytes());
-        headers.insert(headers::SOURCE_TIMESTAMP.to_string(), m.timestamp_ms.to_string().into_bytes());
+        headers.insert(
+            headers::SOURCE_TOPIC.to_string(),
+            m.topic.as_bytes().to_vec(),
+        );
+        headers.insert(
+            headers::SOURCE_PARTITION.to_string(),
+            m.partition.to_string().into_bytes(),
+        );
+        headers.insert(
+            headers::SOURCE_OFFSET.to_string(),
+            m.offset.to_string().into_bytes(),
+        );
+        headers.insert(
+            headers::SOURCE_TIMESTAMP.to_string(),
+            m.timestamp_ms.to_string().into_bytes(),
+        );
         headers.insert(headers::MODEL_SHA256.to_string(), sha.to_vec());
         let partition = sink.partition_for(m.key.as_deref(), m.partition);
-        let source = SourceCoordinates { topic: m.topic, partition: m.partition, offset: m.offset };
-        sink.send(partition, OutputRecord { key: m.key, value, headers, timestamp: now, source: Some(source) })
-            .await?;
+        let source = SourceCoordinates {
+            topic: m.topic,
+            partition: m.partition,
+            offset: m.offset,
+        };
+        sink.send(
+            partition,
+            OutputRecord {
+                key: m.key,
+                value,
+                headers,
+                timestamp: now,
+                source: Some(source),
+            },
+        )
+        .await?;
     }
     Ok(())
 }

@@ -1,0 +1,140 @@
+//! Parity with TensorFlow: every model in `models/` is run by tract on the sample inputs that
+//! TensorFlow itself scored (`NAME.reference.json`, written by `models/make_models.py`), and every
+//! output value must be within 1e-5 of TensorFlow's.
+
+use std::path::Path;
+
+use serde_json::Value;
+use streamtract::model::{Dim, Model};
+use tract_onnx::prelude::Tensor;
+
+const TOLERANCE: f32 = 1e-5;
+
+fn models_dir() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/models"))
+}
+
+fn tensor_of(v: &Value) -> (Vec<usize>, Vec<f32>) {
+    let shape = v["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let data = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    (shape, data)
+}
+
+fn check_model(name: &str) {
+    let model = Model::load(models_dir().join(format!("{name}.onnx"))).unwrap();
+    let reference: Value = serde_json::from_str(
+        &std::fs::read_to_string(models_dir().join(format!("{name}.reference.json"))).unwrap(),
+    )
+    .unwrap();
+    let sig = model.signature().clone();
+    let mut inputs = Vec::new();
+    for spec in &sig.inputs {
+        let (shape, data) = tensor_of(&reference["inputs"][&spec.name]);
+        assert!(
+            matches!(spec.shape[0], Dim::Symbolic(_)),
+            "{name}: batch dim of {spec} must be symbolic"
+        );
+        inputs.push(Tensor::from_shape(&shape, &data).unwrap());
+    }
+    let outputs = model.run(inputs).unwrap();
+    assert_eq!(outputs.len(), sig.outputs.len());
+    for (spec, got) in sig.outputs.iter().zip(&outputs) {
+        let (shape, want) = tensor_of(&reference["outputs"][&spec.name]);
+        assert_eq!(
+            got.shape(),
+            shape.as_slice(),
+            "{name}: output {} shape",
+            spec.name
+        );
+        let got = got.to_plain_array_view::<f32>().unwrap();
+        let max_diff = got
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!(
+            "{name}/{}: max abs diff vs TensorFlow = {max_diff:e}",
+            spec.name
+        );
+        assert!(
+            max_diff <= TOLERANCE,
+            "{name}/{}: max abs diff {max_diff} > {TOLERANCE}",
+            spec.name
+        );
+    }
+}
+
+#[test]
+fn digits_mlp_matches_tensorflow() {
+    check_model("digits_mlp");
+}
+
+#[test]
+fn digits_cnn_matches_tensorflow() {
+    check_model("digits_cnn");
+}
+
+#[test]
+fn breast_cancer_with_normalization_matches_tensorflow() {
+    check_model("breast_cancer");
+}
+
+#[test]
+fn wine_two_inputs_matches_tensorflow() {
+    check_model("wine_two_inputs");
+}
+
+#[test]
+fn every_model_has_a_parity_test() {
+    let mut names: Vec<String> = std::fs::read_dir(models_dir())
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .file_name()
+                .to_str()?
+                .strip_suffix(".onnx")
+                .map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "breast_cancer",
+            "digits_cnn",
+            "digits_mlp",
+            "wine_two_inputs"
+        ]
+    );
+}
+
+#[test]
+fn signatures_are_read_from_the_graph() {
+    let model = Model::load(models_dir().join("wine_two_inputs.onnx")).unwrap();
+    let text = model.signature().to_string();
+    assert!(text.contains("chemistry: float32[N, 9]"), "{text}");
+    assert!(text.contains("color: float32[N, 4]"), "{text}");
+    assert!(text.contains("probabilities: float32[N, 3]"), "{text}");
+    assert_eq!(model.sha256().len(), 64);
+}
+
+#[test]
+fn missing_model_file_is_a_clear_error() {
+    let err = Model::load("models/no_such_model.onnx")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no_such_model.onnx") && err.contains("No such file"),
+        "{err}"
+    );
+}
