@@ -122,7 +122,10 @@ macro_rules! overlay {
 impl RunArgs {
     /// Reads a TOML config file.
     pub fn from_file(path: &std::path::Path) -> Result<RunArgs, ConfigError> {
-        let file_err = |message: String| ConfigError::File { path: path.to_path_buf(), message };
+        let file_err = |message: String| ConfigError::File {
+            path: path.to_path_buf(),
+            message,
+        };
         let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
         toml::from_str(&text).map_err(|e| file_err(e.to_string().trim_end().replace('\n', " ")))
     }
@@ -130,8 +133,26 @@ impl RunArgs {
     /// Flags (`self`) laid over file settings (`lower`): a flag wins when both are set.
     pub fn over(self, lower: RunArgs) -> RunArgs {
         overlay!(
-            self, lower, brokers, input, output, model, format, delimiter, output_format, top_k, start, until_end,
-            batch_size, linger_ms, workers, max_record_bytes, on_error, connect_timeout, request_timeout, client_id
+            self,
+            lower,
+            brokers,
+            input,
+            output,
+            model,
+            format,
+            delimiter,
+            output_format,
+            top_k,
+            start,
+            until_end,
+            batch_size,
+            linger_ms,
+            workers,
+            max_record_bytes,
+            on_error,
+            connect_timeout,
+            request_timeout,
+            client_id
         )
     }
 
@@ -139,9 +160,15 @@ impl RunArgs {
     /// what it got.
     pub fn into_pipeline_config(self) -> Result<PipelineConfig, ConfigError> {
         let brokers = required(self.brokers, "brokers", "brokers")?;
-        let brokers: Vec<String> = brokers.split(',').map(|b| b.trim().to_string()).filter(|b| !b.is_empty()).collect();
+        let brokers: Vec<String> = brokers
+            .split(',')
+            .map(|b| b.trim().to_string())
+            .filter(|b| !b.is_empty())
+            .collect();
         for b in &brokers {
-            let valid = b.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            let valid = b
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
             if !valid {
                 return Err(invalid("brokers", "HOST:PORT[,HOST:PORT...]", b));
             }
@@ -151,9 +178,15 @@ impl RunArgs {
         }
         let inputs = required(self.input, "input", "input")?;
         if inputs.is_empty() {
-            return Err(ConfigError::Missing { field: "input", flag: "input" });
+            return Err(ConfigError::Missing {
+                field: "input",
+                flag: "input",
+            });
         }
-        let topics = inputs.iter().map(|s| TopicSelection::from_str(s)).collect::<Result<Vec<_>, _>>()?;
+        let topics = inputs
+            .iter()
+            .map(|s| TopicSelection::from_str(s))
+            .collect::<Result<Vec<_>, _>>()?;
         let output = required(self.output, "output", "output")?;
         if output.is_empty() {
             return Err(invalid("output", "a topic name", ""));
@@ -167,11 +200,21 @@ impl RunArgs {
         }
         if let Some(d) = self.delimiter {
             let InputFormat::Csv { delimiter } = &mut config.input_format else {
-                return Err(invalid("delimiter", "to be used only with format = \"csv\"", &d));
+                return Err(invalid(
+                    "delimiter",
+                    "to be used only with format = \"csv\"",
+                    &d,
+                ));
             };
             match d.as_bytes() {
                 [b] if b.is_ascii() && *b != b'"' && *b != b'\n' => *delimiter = *b,
-                _ => return Err(invalid("delimiter", "one ASCII character such as `,` or `;`", &d)),
+                _ => {
+                    return Err(invalid(
+                        "delimiter",
+                        "one ASCII character such as `,` or `;`",
+                        &d,
+                    ))
+                }
             }
         }
         if let Some(f) = self.output_format {
@@ -189,7 +232,11 @@ impl RunArgs {
         config.source.until_end = self.until_end.unwrap_or(false);
         if let Some(n) = self.batch_size {
             if n == 0 || n > 65_536 {
-                return Err(invalid("batch_size", "a number from 1 to 65536", &n.to_string()));
+                return Err(invalid(
+                    "batch_size",
+                    "a number from 1 to 65536",
+                    &n.to_string(),
+                ));
             }
             config.batch_size = n;
         }
@@ -229,11 +276,17 @@ fn required<T>(v: Option<T>, field: &'static str, flag: &'static str) -> Result<
 }
 
 fn invalid(field: &'static str, expected: &str, found: &str) -> ConfigError {
-    ConfigError::Invalid { field, expected: expected.to_string(), found: found.to_string() }
+    ConfigError::Invalid {
+        field,
+        expected: expected.to_string(),
+        found: found.to_string(),
+    }
 }
 
 fn parse<T: FromStr<Err = String>>(field: &'static str, value: &str) -> Result<T, ConfigError> {
-    value.parse().map_err(|expected: String| invalid(field, &expected, value))
+    value
+        .parse()
+        .map_err(|expected: String| invalid(field, &expected, value))
 }
 
 #[cfg(test)]
@@ -253,26 +306,60 @@ mod tests {
     #[test]
     fn flags_override_file() {
         let file: RunArgs = toml::from_str("batch_size = 8\nlinger_ms = 50\n").unwrap();
-        let config = RunArgs { batch_size: Some(16), ..base() }.over(file).into_pipeline_config().unwrap();
+        let config = RunArgs {
+            batch_size: Some(16),
+            ..base()
+        }
+        .over(file)
+        .into_pipeline_config()
+        .unwrap();
         assert_eq!(config.batch_size, 16);
         assert_eq!(config.linger, Duration::from_millis(50));
     }
 
     #[test]
     fn errors_name_the_field() {
-        let err = RunArgs { format: Some("xml".into()), ..base() }.into_pipeline_config().unwrap_err();
-        assert_eq!(err.to_string(), "`format`: expected one of csv, json, raw, found `xml`");
-        let err = RunArgs { brokers: Some("localhost".into()), ..base() }.into_pipeline_config().unwrap_err();
-        assert!(err.to_string().starts_with("`brokers`: expected HOST:PORT"), "{err}");
-        let err = RunArgs { start: Some("yesterday".into()), ..base() }.into_pipeline_config().unwrap_err();
+        let err = RunArgs {
+            format: Some("xml".into()),
+            ..base()
+        }
+        .into_pipeline_config()
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`format`: expected one of csv, json, raw, found `xml`"
+        );
+        let err = RunArgs {
+            brokers: Some("localhost".into()),
+            ..base()
+        }
+        .into_pipeline_config()
+        .unwrap_err();
+        assert!(
+            err.to_string().starts_with("`brokers`: expected HOST:PORT"),
+            "{err}"
+        );
+        let err = RunArgs {
+            start: Some("yesterday".into()),
+            ..base()
+        }
+        .into_pipeline_config()
+        .unwrap_err();
         assert!(err.to_string().contains("RFC 3339"), "{err}");
-        let err = RunArgs { output: None, ..base() }.into_pipeline_config().unwrap_err();
+        let err = RunArgs {
+            output: None,
+            ..base()
+        }
+        .into_pipeline_config()
+        .unwrap_err();
         assert!(err.to_string().contains("--output"), "{err}");
     }
 
     #[test]
     fn unknown_file_keys_are_rejected() {
-        let err = toml::from_str::<RunArgs>("batchsize = 8\n").unwrap_err().to_string();
+        let err = toml::from_str::<RunArgs>("batchsize = 8\n")
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("unknown field `batchsize`"), "{err}");
     }
 
@@ -280,7 +367,10 @@ mod tests {
     fn start_positions_parse() {
         assert_eq!("earliest".parse(), Ok(StartPosition::Earliest));
         assert_eq!("42".parse(), Ok(StartPosition::Offset(42)));
-        assert!(matches!("2026-11-27T13:00:00Z".parse(), Ok(StartPosition::Timestamp(_))));
+        assert!(matches!(
+            "2026-11-27T13:00:00Z".parse(),
+            Ok(StartPosition::Timestamp(_))
+        ));
         assert!("-1".parse::<StartPosition>().is_err());
     }
 }

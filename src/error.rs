@@ -152,6 +152,11 @@ impl KafkaError {
     /// True for errors found while checking the configuration against the cluster (unreachable
     /// broker, unknown topic or partition), before anything was consumed.
     pub fn is_startup(&self) -> bool {
-        matches!(self, KafkaError::Unreachable { .. } | KafkaError::UnknownTopic { .. } | KafkaError::UnknownPartition { .. })
+        matches!(
+            self,
+            KafkaError::Unreachable { .. }
+                | KafkaError::UnknownTopic { .. }
+                | KafkaError::UnknownPartition { .. }
+        )
     }
 }

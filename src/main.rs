@@ -41,7 +41,14 @@ fn main() -> ExitCode {
             Ok(m) => {
                 println!("model:  {}", m.path().display());
                 println!("sha256: {}", m.sha256());
-                println!("batch:  {}", if m.has_dynamic_batch() { "dynamic" } else { "compiled per batch size" });
+                println!(
+                    "batch:  {}",
+                    if m.has_dynamic_batch() {
+                        "dynamic"
+                    } else {
+                        "compiled per batch size"
+                    }
+                );
                 print!("{}", m.signature());
                 ExitCode::SUCCESS
             }
@@ -63,9 +70,16 @@ fn run(flags: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(&e.into()),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
-        Err(e) => return fail(&Error::Internal(format!("cannot start the async runtime: {e}"))),
+        Err(e) => {
+            return fail(&Error::Internal(format!(
+                "cannot start the async runtime: {e}"
+            )))
+        }
     };
     let result = runtime.block_on(async {
         let pipeline = Pipeline::connect(config).await?;
@@ -112,7 +126,10 @@ async fn shutdown_signal() {
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Prints the error the way a user reads it and picks the exit code: 2 for configuration

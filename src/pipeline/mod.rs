@@ -341,6 +341,10 @@ impl Pipeline {
                                         tracing::warn!(topic = %record.topic, partition = record.partition,
                                             offset = record.offset, reason = %e, "bad record");
                                         if config.on_error == ErrorPolicy::Stop {
+                                            // Everything before the bad record is still written.
+                                            if !batch.is_empty() {
+                                                dispatch(&pool, &mut batch, &row_shapes, &mut inflight, &mut summary).await?;
+                                            }
                                             fatal.get_or_insert(Error::BadRecord { source: e, policy: "on_error = stop" });
                                             reading = false;
                                             break;

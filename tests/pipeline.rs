@@ -1,0 +1,510 @@
+//! End to end through the `streamtract run` binary: records produced by an independent client
+//! (confluent-kafka) on a real broker (tansu), outputs read back by that client and checked
+//! against TensorFlow's own predictions (`models/*.tf_classes.txt`).
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Broker, Consumed, Rec};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Rows of a `data/*.csv` file: (label, features).
+fn dataset(name: &str) -> Vec<(usize, Vec<f32>)> {
+    std::fs::read_to_string(root().join("data").join(name))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut fields = l.split(',');
+            let label = fields.next().unwrap().parse().unwrap();
+            (label, fields.map(|f| f.parse().unwrap()).collect())
+        })
+        .collect()
+}
+
+fn tf_classes(model: &str) -> Vec<usize> {
+    std::fs::read_to_string(
+        root()
+            .join("models")
+            .join(format!("{model}.tf_classes.txt")),
+    )
+    .unwrap()
+    .lines()
+    .map(|l| l.trim().parse().unwrap())
+    .collect()
+}
+
+fn csv_line(values: &[f32]) -> String {
+    values
+        .iter()
+        .map(|v| v.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Runs `streamtract ARGS` with a time limit; returns its output.
+fn streamtract(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let out = streamtract(args);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "streamtract {args:?} failed ({}):\n{stderr}",
+        out.status
+    );
+    stderr
+}
+
+fn argmax(values: &[Value]) -> usize {
+    let v: Vec<f64> = values.iter().map(|x| x.as_f64().unwrap()).collect();
+    (0..v.len())
+        .max_by(|&a, &b| v[a].partial_cmp(&v[b]).unwrap())
+        .unwrap()
+}
+
+/// Reads `count` outputs (and checks no extra ones appear), one per key.
+fn outputs_by_key(
+    broker: &Broker,
+    topic: &str,
+    count: usize,
+) -> (Vec<Consumed>, HashMap<String, Consumed>) {
+    let outs = broker.consume_with_extra_wait(
+        topic,
+        count,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    );
+    assert_eq!(
+        outs.len(),
+        count,
+        "expected exactly {count} outputs on {topic}"
+    );
+    let mut by_key = HashMap::new();
+    for o in &outs {
+        let key = o.key_str().expect("outputs keep the input key");
+        assert!(
+            by_key.insert(key.clone(), o.clone()).is_none(),
+            "two outputs for key {key}"
+        );
+    }
+    (outs, by_key)
+}
+
+/// Per output partition, records from one input partition must appear in input-offset order.
+fn assert_order_kept(outs: &[Consumed]) {
+    let mut last: BTreeMap<(i32, i32), i64> = BTreeMap::new();
+    let mut sorted = outs.to_vec();
+    sorted.sort_by_key(|o| (o.partition, o.offset));
+    for o in &sorted {
+        let src_p: i32 = o.header("source.partition").unwrap().parse().unwrap();
+        let src_o: i64 = o.header("source.offset").unwrap().parse().unwrap();
+        if let Some(prev) = last.insert((o.partition, src_p), src_o) {
+            assert!(
+                src_o > prev,
+                "output partition {} has source offset {src_o} after {prev}",
+                o.partition
+            );
+        }
+    }
+}
+
+fn produce_digits(
+    broker: &Broker,
+    topic: &str,
+    value: impl Fn(&[f32]) -> Vec<u8>,
+) -> Vec<(i32, i64)> {
+    let recs: Vec<Rec> = dataset("digits.csv")
+        .iter()
+        .enumerate()
+        .map(|(i, (_, px))| Rec::kv(&format!("digit-{i}"), value(px)))
+        .collect();
+    broker.produce(topic, &recs)
+}
+
+/// Checks every digits output: class equals TensorFlow's, headers carry the source, and the
+/// output partition is the Java partitioner's choice for the key.
+fn check_digit_outputs(broker: &Broker, model: &str, coords: &[(i32, i64)], out_partitions: i32) {
+    let (outs, by_key) = outputs_by_key(broker, "predictions", coords.len());
+    let tf = tf_classes(model);
+    let keys: Vec<String> = (0..coords.len()).map(|i| format!("digit-{i}")).collect();
+    let key_refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let java_partitions = broker.murmur2_partitions(&key_refs, out_partitions);
+    let sha = streamtract::model::Model::load(root().join("models").join(format!("{model}.onnx")))
+        .unwrap();
+    for (i, key) in keys.iter().enumerate() {
+        let o = &by_key[key];
+        let v = o.value_json();
+        let class = argmax(v["probabilities"].as_array().expect("probabilities array"));
+        assert_eq!(
+            class, tf[i],
+            "{key}: streamtract says {class}, TensorFlow says {}",
+            tf[i]
+        );
+        assert_eq!(o.header("source.topic").as_deref(), Some("pixels"));
+        assert_eq!(
+            o.header("source.partition").unwrap(),
+            coords[i].0.to_string(),
+            "{key}"
+        );
+        assert_eq!(
+            o.header("source.offset").unwrap(),
+            coords[i].1.to_string(),
+            "{key}"
+        );
+        assert_eq!(o.header("model.sha256").as_deref(), Some(sha.sha256()));
+        assert_eq!(
+            o.partition, java_partitions[i],
+            "{key}: output partition differs from the Java partitioner"
+        );
+    }
+    assert_order_kept(&outs);
+}
+
+#[test]
+fn digits_csv_through_the_cnn_match_tensorflow() {
+    let broker = Broker::start("digits_csv_cnn");
+    broker.create_topic("pixels", 3);
+    broker.create_topic("predictions", 4);
+    let coords = produce_digits(&broker, "pixels", |px| csv_line(px).into_bytes());
+    assert_eq!(
+        coords
+            .iter()
+            .map(|c| c.0)
+            .collect::<std::collections::BTreeSet<_>>()
+            .len(),
+        3
+    );
+    let stderr = run_ok(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "pixels",
+        "--output",
+        "predictions",
+        "--model",
+        "models/digits_cnn.onnx",
+        "--format",
+        "csv",
+        "--until-end",
+    ]);
+    assert!(
+        stderr.contains("1797 records in, 1797 outputs written, 0 rejected"),
+        "{stderr}"
+    );
+    check_digit_outputs(&broker, "digits_cnn", &coords, 4);
+}
+
+#[test]
+fn digits_json_arrays_and_raw_through_the_mlp_match_tensorflow() {
+    let broker = Broker::start("digits_json_raw");
+    broker.create_topic("pixels", 3);
+    broker.create_topic("predictions", 2);
+    // JSON flat array form.
+    let coords = produce_digits(&broker, "pixels", |px| serde_json::to_vec(px).unwrap());
+    run_ok(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "pixels",
+        "--output",
+        "predictions",
+        "--model",
+        "models/digits_mlp.onnx",
+        "--format",
+        "json",
+        "--until-end",
+        "--batch-size",
+        "100",
+    ]);
+    check_digit_outputs(&broker, "digits_mlp", &coords, 2);
+
+    // Raw little-endian float32, a fresh pair of topics on the same broker.
+    let broker2 = Broker::start("digits_raw");
+    broker2.create_topic("pixels", 3);
+    broker2.create_topic("predictions", 2);
+    let coords = produce_digits(&broker2, "pixels", |px| {
+        px.iter().flat_map(|v| v.to_le_bytes()).collect()
+    });
+    run_ok(&[
+        "run",
+        "--brokers",
+        &broker2.addr,
+        "--input",
+        "pixels",
+        "--output",
+        "predictions",
+        "--model",
+        "models/digits_mlp.onnx",
+        "--format",
+        "raw",
+        "--until-end",
+        "--workers",
+        "1",
+    ]);
+    check_digit_outputs(&broker2, "digits_mlp", &coords, 2);
+}
+
+#[test]
+fn digits_json_nested_and_object_forms_through_the_cnn() {
+    let broker = Broker::start("digits_json_nested");
+    broker.create_topic("pixels", 2);
+    broker.create_topic("predictions", 3);
+    let coords = produce_digits(&broker, "pixels", |px| {
+        // Even rows: nested [8][8][1]; odd rows: object form {"pixels": nested}.
+        let nested: Vec<Vec<Vec<f32>>> = px
+            .chunks(8)
+            .map(|r| r.iter().map(|v| vec![*v]).collect())
+            .collect();
+        let even = px.iter().sum::<f32>() as i64 % 2 == 0;
+        if even {
+            serde_json::to_vec(&nested).unwrap()
+        } else {
+            serde_json::to_vec(&serde_json::json!({ "pixels": nested })).unwrap()
+        }
+    });
+    run_ok(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "pixels",
+        "--output",
+        "predictions",
+        "--model",
+        "models/digits_cnn.onnx",
+        "--format",
+        "json",
+        "--until-end",
+        "--batch-size",
+        "37",
+    ]);
+    check_digit_outputs(&broker, "digits_cnn", &coords, 3);
+}
+
+#[test]
+fn two_input_model_reads_json_objects() {
+    let broker = Broker::start("wine_two_inputs");
+    broker.create_topic("wine", 2);
+    broker.create_topic("wine-predictions", 2);
+    let rows = dataset("wine.csv");
+    let recs: Vec<Rec> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (_, f))| {
+            let v = serde_json::json!({ "chemistry": &f[..9], "color": &f[9..], "note": "extra fields are ignored" });
+            Rec::kv(&format!("wine-{i}"), serde_json::to_vec(&v).unwrap())
+        })
+        .collect();
+    broker.produce("wine", &recs);
+    run_ok(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "wine",
+        "--output",
+        "wine-predictions",
+        "--model",
+        "models/wine_two_inputs.onnx",
+        "--format",
+        "json",
+        "--until-end",
+        "--top-k",
+        "2",
+    ]);
+    let (_, by_key) = outputs_by_key(&broker, "wine-predictions", rows.len());
+    let tf = tf_classes("wine_two_inputs");
+    for (i, class) in tf.iter().enumerate() {
+        let v = by_key[&format!("wine-{i}")].value_json();
+        assert_eq!(
+            argmax(v["probabilities"].as_array().unwrap()),
+            *class,
+            "wine-{i}"
+        );
+        assert_eq!(
+            v["top_k"][0]["index"].as_u64().unwrap() as usize,
+            *class,
+            "wine-{i} top_k"
+        );
+        assert_eq!(v["top_k"].as_array().unwrap().len(), 2);
+    }
+}
+
+#[test]
+fn breast_cancer_csv_with_normalization_and_csv_output() {
+    let broker = Broker::start("breast_cancer");
+    broker.create_topic("cells", 1);
+    broker.create_topic("diagnoses", 1);
+    let rows = dataset("breast_cancer.csv");
+    let recs: Vec<Rec> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (_, f))| Rec::kv(&format!("c{i}"), csv_line(f)))
+        .collect();
+    broker.produce("cells", &recs);
+    run_ok(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "cells",
+        "--output",
+        "diagnoses",
+        "--model",
+        "models/breast_cancer.onnx",
+        "--format",
+        "csv",
+        "--output-format",
+        "csv",
+        "--until-end",
+    ]);
+    let (_, by_key) = outputs_by_key(&broker, "diagnoses", rows.len());
+    for (i, class) in tf_classes("breast_cancer").iter().enumerate() {
+        let p: f32 = by_key[&format!("c{i}")]
+            .value_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(usize::from(p >= 0.5), *class, "c{i}: probability {p}");
+    }
+}
+
+#[test]
+fn bad_records_are_skipped_counted_and_do_not_stop_the_stream() {
+    let broker = Broker::start("bad_records");
+    broker.create_topic("pixels", 1);
+    broker.create_topic("predictions", 1);
+    let good = csv_line(&dataset("digits.csv")[0].1);
+    let recs = vec![
+        Rec::kv("ok-1", good.clone()),
+        Rec::kv("short", "1,2,3"),
+        Rec::kv("nan", good.replacen('0', "NaN", 1)),
+        Rec::kv("empty", ""),
+        Rec::kv_bytes("binary", vec![0xff, 0xfe, 0x00]),
+        Rec::kv("ok-2", good.clone()),
+    ];
+    broker.produce("pixels", &recs);
+    let stderr = run_ok(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "pixels",
+        "--output",
+        "predictions",
+        "--model",
+        "models/digits_mlp.onnx",
+        "--until-end",
+    ]);
+    assert!(
+        stderr.contains("6 records in, 2 outputs written, 4 rejected"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("expected 64 values"), "{stderr}");
+    assert!(stderr.contains("not finite"), "{stderr}");
+    assert!(stderr.contains("not valid UTF-8"), "{stderr}");
+    let (_, by_key) = outputs_by_key(&broker, "predictions", 2);
+    assert!(by_key.contains_key("ok-1") && by_key.contains_key("ok-2"));
+
+    // With `--on-error stop` the run fails on the first bad record, after writing what came before.
+    broker.create_topic("predictions-stop", 1);
+    let out = streamtract(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "pixels",
+        "--output",
+        "predictions-stop",
+        "--model",
+        "models/digits_mlp.onnx",
+        "--until-end",
+        "--on-error",
+        "stop",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: stopping on a bad record"),
+        "{stderr}"
+    );
+    let (_, by_key) = outputs_by_key(&broker, "predictions-stop", 1);
+    assert!(by_key.contains_key("ok-1"));
+}
+
+#[test]
+fn start_offset_reads_only_the_rest() {
+    let broker = Broker::start("start_offset");
+    broker.create_topic("pixels", 1);
+    broker.create_topic("predictions", 1);
+    let good = csv_line(&dataset("digits.csv")[0].1);
+    let recs: Vec<Rec> = (0..10)
+        .map(|i| Rec::kv(&format!("k{i}"), good.clone()))
+        .collect();
+    broker.produce("pixels", &recs);
+    run_ok(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "pixels:0",
+        "--output",
+        "predictions",
+        "--model",
+        "models/digits_mlp.onnx",
+        "--until-end",
+        "--start",
+        "7",
+    ]);
+    let (_, by_key) = outputs_by_key(&broker, "predictions", 3);
+    for k in ["k7", "k8", "k9"] {
+        assert!(by_key.contains_key(k), "missing {k}");
+    }
+}
+
+#[test]
+fn key_partitioning_matches_the_java_client() {
+    let broker = Broker::start("murmur2");
+    let keys: Vec<String> = (0..200)
+        .map(|i| format!("sensor-{i}"))
+        .chain(["", "a", "ab", "abc", "ümlaut"].map(String::from))
+        .collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    for partitions in [3, 6, 7] {
+        let reference = broker.murmur2_partitions(&refs, partitions);
+        for (key, want) in refs.iter().zip(reference) {
+            assert_eq!(
+                streamtract::kafka::partition_for_key(key.as_bytes(), partitions),
+                want,
+                "key {key:?}, {partitions} partitions"
+            );
+        }
+    }
+}
