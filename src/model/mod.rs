@@ -17,6 +17,7 @@ mod runner;
 mod signature;
 
 pub use runner::{InferencePool, PendingBatch};
+
 pub use signature::{Dim, ElementType, Signature, TensorSpec};
 
 use std::collections::HashMap;
@@ -145,9 +146,16 @@ impl Model {
     /// Runs one batch on the calling thread. `inputs` are in signature order, each shaped
     /// `[n, row_shape...]`; the result holds one f32 tensor per output, batch dimension first.
     ///
-    /// Prefer [`InferencePool`] in async code: this call blocks for the whole inference.
+    /// This sets up a fresh tract state per call; to run many batches on one thread, use a
+    /// [`Runner`]. Prefer [`InferencePool`] in async code: this call blocks for the whole
+    /// inference.
     pub fn run(&self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
-        self.run_with(&mut States::default(), inputs)
+        self.runner().run(inputs)
+    }
+
+    /// A runner that keeps its tract states (and their buffers) between batches.
+    pub fn runner(&self) -> Runner {
+        Runner { model: self.clone(), states: States::default() }
     }
 
     /// Compiles the plan for batches of `rows` ahead of time (a no-op for dynamic models), so
@@ -236,6 +244,36 @@ impl Model {
 /// tract states kept by one worker thread, one per compiled batch size.
 #[derive(Default)]
 pub(crate) struct States(HashMap<usize, TypedSimpleState>);
+
+/// Runs batches of one model on the calling thread, reusing its tract states.
+///
+/// ```no_run
+/// use streamtract::model::Model;
+/// use tract_onnx::prelude::Tensor;
+/// let model = Model::load("models/digits_mlp.onnx")?;
+/// let mut runner = model.runner();
+/// let batch = Tensor::from_shape(&[2, 64], &[0f32; 128]).unwrap();
+/// let outputs = runner.run(vec![batch])?;
+/// assert_eq!(outputs[0].shape(), &[2, 10]);
+/// # Ok::<(), streamtract::Error>(())
+/// ```
+pub struct Runner {
+    model: Model,
+    states: States,
+}
+
+impl std::fmt::Debug for Runner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runner").field("model", &self.model.path).finish_non_exhaustive()
+    }
+}
+
+impl Runner {
+    /// Runs one batch; see [`Model::run`].
+    pub fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
+        self.model.run_with(&mut self.states, inputs)
+    }
+}
 
 fn pad_rows(t: Tensor, rows: usize) -> TractResult<Tensor> {
     let mut shape = t.shape().to_vec();

@@ -173,6 +173,9 @@ pub struct Broker {
     pub port: u16,
     /// Data directory (tansu.db, broker.log, broker.pid).
     pub dir: PathBuf,
+    /// tansu's --cluster-id: unique, so the readiness check cannot be answered by another broker
+    /// that holds the port; kept across restarts because tansu keys its stored data by it.
+    pub cluster_id: String,
     tansu: PathBuf,
     child: Option<Child>,
 }
@@ -202,10 +205,12 @@ impl Broker {
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
         fs::write(dir.join("owner.pid"), std::process::id().to_string()).unwrap();
 
+        let cluster_id = format!("streamtract-test-{}-{n}", std::process::id());
         let mut broker = Broker {
             addr: String::new(),
             port: 0,
             dir,
+            cluster_id,
             tansu,
             child: None,
         };
@@ -278,13 +283,15 @@ impl Broker {
         // tansu resolves sqlite://NAME against its working directory (and reads ./.env there).
         let child = Command::new(&self.tansu)
             .current_dir(&self.dir)
-            .args(["broker", "--silent", "--listener-url", &listener])
+            .args(["broker", "--silent", "--cluster-id", &self.cluster_id])
+            .args(["--listener-url", &listener])
             .args(["--advertised-listener-url", &listener])
             .args(["--storage-engine", "sqlite://tansu.db"])
             .env(
                 "RUST_LOG",
                 std::env::var("TANSU_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .env("NO_COLOR", "1")
             .env_remove("SCHEMA_REGISTRY")
             .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
             .stdin(Stdio::null())
@@ -315,6 +322,7 @@ impl Broker {
                 let out = Command::new(python())
                     .arg(kclient_script())
                     .args(["ping", "--brokers", &self.addr, "--timeout", "2"])
+                    .args(["--cluster-id", &self.cluster_id])
                     .stdin(Stdio::null())
                     .output()
                     .unwrap_or_else(|e| panic!("run {}: {e}", python().display()));

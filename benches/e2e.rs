@@ -1,0 +1,156 @@
+//! End to end against a local tansu broker: records/s of `Pipeline` with the digits MLP and
+//! CNN next to a pass-through run (the same records consumed and produced, no model), all in
+//! one invocation on one broker so the ratios are stable on a noisy machine.
+//!
+//!     cargo bench --bench e2e                       # 100,000 records
+//!     STREAMTRACT_BENCH_RECORDS=20000 cargo bench --bench e2e
+//!
+//! Needs tansu (scripts/setup-test-env.sh). Under `cargo test --all-targets` it runs a small
+//! smoke version (2,000 records) and checks the counts.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use streamtract::kafka::{self, KafkaConfig, OutputRecord, Sink, SinkConfig, Source, SourceConfig, TopicSelection};
+use streamtract::pipeline::{Pipeline, PipelineConfig};
+
+const PARTITIONS: i32 = 3;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The demo broker script, started in its own directory and stopped on drop.
+struct LocalBroker {
+    dir: PathBuf,
+    addr: String,
+}
+
+impl LocalBroker {
+    fn start() -> LocalBroker {
+        let dir = root().join("target/bench-broker");
+        let _ = std::fs::remove_dir_all(&dir);
+        let status = Command::new(root().join("scripts/broker.sh"))
+            .args(["start", dir.to_str().expect("utf-8 path")])
+            .status()
+            .expect("run scripts/broker.sh (install with scripts/setup-test-env.sh)");
+        assert!(status.success(), "scripts/broker.sh start failed; see {}/broker.log", dir.display());
+        let addr = std::fs::read_to_string(dir.join("broker.addr")).expect("broker.addr").trim().to_string();
+        LocalBroker { dir, addr }
+    }
+}
+
+impl Drop for LocalBroker {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/broker.sh")).args(["stop", self.dir.to_str().unwrap_or("")]).status();
+    }
+}
+
+async fn create_topic(kafka: &KafkaConfig, name: &str) {
+    let client = kafka::connect(kafka).await.expect("connect");
+    client
+        .controller_client()
+        .expect("controller")
+        .create_topic(name, PARTITIONS, 1, 10_000)
+        .await
+        .expect("create topic");
+}
+
+async fn produce_input(kafka: &KafkaConfig, topic: &str, n: usize) {
+    let rows: Vec<String> = std::fs::read_to_string(root().join("data/digits.csv"))
+        .expect("digits.csv")
+        .lines()
+        .map(|l| l.split_once(',').expect("label,pixels").1.to_string())
+        .collect();
+    let client = kafka::connect(kafka).await.expect("connect");
+    let sink = Sink::start(client, kafka, &SinkConfig::new(topic), None).await.expect("sink");
+    for i in 0..n {
+        let key = format!("k{i}").into_bytes();
+        let partition = sink.partition_for(Some(&key), 0);
+        let record = OutputRecord {
+            key: Some(key),
+            value: rows[i % rows.len()].clone().into_bytes(),
+            headers: BTreeMap::new(),
+            timestamp: Utc::now(),
+            source: None,
+        };
+        sink.send(partition, record).await.expect("send");
+    }
+    assert_eq!(sink.close().await.expect("close") as usize, n);
+}
+
+/// Consume and produce the same records with no model: the ceiling for the pipeline.
+async fn pass_through(kafka: &KafkaConfig, input: &str, output: &str) -> (u64, Duration) {
+    let client = kafka::connect(kafka).await.expect("connect");
+    let sink = Sink::start(Arc::clone(&client), kafka, &SinkConfig::new(output), None).await.expect("sink");
+    let mut config = SourceConfig::new(vec![TopicSelection { topic: input.into(), partitions: None }]);
+    config.until_end = true;
+    let started = Instant::now();
+    let mut source = Source::start(client, kafka, &config).await.expect("source");
+    while let Some(chunk) = source.next_chunk().await {
+        for r in chunk.expect("fetch") {
+            let partition = sink.partition_for(r.key.as_deref(), r.partition);
+            let out = OutputRecord {
+                key: r.key,
+                value: r.value.unwrap_or_default(),
+                headers: r.headers,
+                timestamp: Utc::now(),
+                source: None,
+            };
+            sink.send(partition, out).await.expect("send");
+        }
+    }
+    let n = sink.close().await.expect("close");
+    (n, started.elapsed())
+}
+
+async fn with_model(kafka: &KafkaConfig, input: &str, output: &str, model: &str) -> (u64, Duration) {
+    let mut config = PipelineConfig::new(kafka.brokers.clone(), input, output, root().join("models").join(model))
+        .until_end(true);
+    config.kafka = kafka.clone();
+    let summary = Pipeline::connect(config).await.expect("pipeline").run().await.expect("run");
+    (summary.records_out, summary.elapsed)
+}
+
+#[tokio::main]
+async fn main() {
+    let bench = std::env::args().any(|a| a == "--bench");
+    let n: usize = match std::env::var("STREAMTRACT_BENCH_RECORDS") {
+        Ok(v) => v.parse().expect("STREAMTRACT_BENCH_RECORDS must be a number"),
+        Err(_) if bench => 100_000,
+        Err(_) => 2_000,
+    };
+    let broker = LocalBroker::start();
+    let kafka = KafkaConfig::new([broker.addr.clone()]);
+    create_topic(&kafka, "bench-in").await;
+    let t = Instant::now();
+    produce_input(&kafka, "bench-in", n).await;
+    println!("produced {n} CSV digit records to a {PARTITIONS}-partition topic in {:.2} s", t.elapsed().as_secs_f64());
+
+    let mut results = Vec::new();
+    for (run, mode) in ["pass-through", "digits_mlp", "digits_cnn", "pass-through"].iter().enumerate() {
+        let output = format!("bench-out-{run}");
+        create_topic(&kafka, &output).await;
+        let (done, elapsed) = match *mode {
+            "pass-through" => pass_through(&kafka, "bench-in", &output).await,
+            model => with_model(&kafka, "bench-in", &output, &format!("{model}.onnx")).await,
+        };
+        assert_eq!(done as usize, n, "{mode}: {done} of {n} records written");
+        results.push((*mode, n as f64 / elapsed.as_secs_f64(), elapsed));
+    }
+    // Pass-through ran first and last; its mean is the reference for the model runs.
+    let reference = (results[0].1 + results[3].1) / 2.0;
+    println!("\n{:<14} {:>10} {:>10} {:>12} {:>16}", "run", "records", "seconds", "records/s", "vs pass-through");
+    for (mode, rate, elapsed) in &results {
+        println!(
+            "{mode:<14} {n:>10} {:>10.2} {rate:>12.0} {:>15.0}%",
+            elapsed.as_secs_f64(),
+            100.0 * rate / reference
+        );
+    }
+    drop(broker);
+}
