@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use streamtract::kafka::{self, KafkaConfig, OutputRecord, Sink, SinkConfig, Source, SourceConfig, TopicSelection};
+use streamtract::kafka::{
+    self, KafkaConfig, OutputRecord, Sink, SinkConfig, Source, SourceConfig, TopicSelection,
+};
 use streamtract::pipeline::{Pipeline, PipelineConfig};
 
 const PARTITIONS: i32 = 3;
@@ -38,15 +40,24 @@ impl LocalBroker {
             .args(["start", dir.to_str().expect("utf-8 path")])
             .status()
             .expect("run scripts/broker.sh (install with scripts/setup-test-env.sh)");
-        assert!(status.success(), "scripts/broker.sh start failed; see {}/broker.log", dir.display());
-        let addr = std::fs::read_to_string(dir.join("broker.addr")).expect("broker.addr").trim().to_string();
+        assert!(
+            status.success(),
+            "scripts/broker.sh start failed; see {}/broker.log",
+            dir.display()
+        );
+        let addr = std::fs::read_to_string(dir.join("broker.addr"))
+            .expect("broker.addr")
+            .trim()
+            .to_string();
         LocalBroker { dir, addr }
     }
 }
 
 impl Drop for LocalBroker {
     fn drop(&mut self) {
-        let _ = Command::new(root().join("scripts/broker.sh")).args(["stop", self.dir.to_str().unwrap_or("")]).status();
+        let _ = Command::new(root().join("scripts/broker.sh"))
+            .args(["stop", self.dir.to_str().unwrap_or("")])
+            .status();
     }
 }
 
@@ -67,7 +78,9 @@ async fn produce_input(kafka: &KafkaConfig, topic: &str, n: usize) {
         .map(|l| l.split_once(',').expect("label,pixels").1.to_string())
         .collect();
     let client = kafka::connect(kafka).await.expect("connect");
-    let sink = Sink::start(client, kafka, &SinkConfig::new(topic), None).await.expect("sink");
+    let sink = Sink::start(client, kafka, &SinkConfig::new(topic), None)
+        .await
+        .expect("sink");
     for i in 0..n {
         let key = format!("k{i}").into_bytes();
         let partition = sink.partition_for(Some(&key), 0);
@@ -86,8 +99,13 @@ async fn produce_input(kafka: &KafkaConfig, topic: &str, n: usize) {
 /// Consume and produce the same records with no model: the ceiling for the pipeline.
 async fn pass_through(kafka: &KafkaConfig, input: &str, output: &str) -> (u64, Duration) {
     let client = kafka::connect(kafka).await.expect("connect");
-    let sink = Sink::start(Arc::clone(&client), kafka, &SinkConfig::new(output), None).await.expect("sink");
-    let mut config = SourceConfig::new(vec![TopicSelection { topic: input.into(), partitions: None }]);
+    let sink = Sink::start(Arc::clone(&client), kafka, &SinkConfig::new(output), None)
+        .await
+        .expect("sink");
+    let mut config = SourceConfig::new(vec![TopicSelection {
+        topic: input.into(),
+        partitions: None,
+    }]);
     config.until_end = true;
     let started = Instant::now();
     let mut source = Source::start(client, kafka, &config).await.expect("source");
@@ -108,11 +126,26 @@ async fn pass_through(kafka: &KafkaConfig, input: &str, output: &str) -> (u64, D
     (n, started.elapsed())
 }
 
-async fn with_model(kafka: &KafkaConfig, input: &str, output: &str, model: &str) -> (u64, Duration) {
-    let mut config = PipelineConfig::new(kafka.brokers.clone(), input, output, root().join("models").join(model))
-        .until_end(true);
+async fn with_model(
+    kafka: &KafkaConfig,
+    input: &str,
+    output: &str,
+    model: &str,
+) -> (u64, Duration) {
+    let mut config = PipelineConfig::new(
+        kafka.brokers.clone(),
+        input,
+        output,
+        root().join("models").join(model),
+    )
+    .until_end(true);
     config.kafka = kafka.clone();
-    let summary = Pipeline::connect(config).await.expect("pipeline").run().await.expect("run");
+    let summary = Pipeline::connect(config)
+        .await
+        .expect("pipeline")
+        .run()
+        .await
+        .expect("run");
     (summary.records_out, summary.elapsed)
 }
 
@@ -120,7 +153,9 @@ async fn with_model(kafka: &KafkaConfig, input: &str, output: &str, model: &str)
 async fn main() {
     let bench = std::env::args().any(|a| a == "--bench");
     let n: usize = match std::env::var("STREAMTRACT_BENCH_RECORDS") {
-        Ok(v) => v.parse().expect("STREAMTRACT_BENCH_RECORDS must be a number"),
+        Ok(v) => v
+            .parse()
+            .expect("STREAMTRACT_BENCH_RECORDS must be a number"),
         Err(_) if bench => 100_000,
         Err(_) => 2_000,
     };
@@ -129,10 +164,16 @@ async fn main() {
     create_topic(&kafka, "bench-in").await;
     let t = Instant::now();
     produce_input(&kafka, "bench-in", n).await;
-    println!("produced {n} CSV digit records to a {PARTITIONS}-partition topic in {:.2} s", t.elapsed().as_secs_f64());
+    println!(
+        "produced {n} CSV digit records to a {PARTITIONS}-partition topic in {:.2} s",
+        t.elapsed().as_secs_f64()
+    );
 
     let mut results = Vec::new();
-    for (run, mode) in ["pass-through", "digits_mlp", "digits_cnn", "pass-through"].iter().enumerate() {
+    for (run, mode) in ["pass-through", "digits_mlp", "digits_cnn", "pass-through"]
+        .iter()
+        .enumerate()
+    {
         let output = format!("bench-out-{run}");
         create_topic(&kafka, &output).await;
         let (done, elapsed) = match *mode {
@@ -144,7 +185,10 @@ async fn main() {
     }
     // Pass-through ran first and last; its mean is the reference for the model runs.
     let reference = (results[0].1 + results[3].1) / 2.0;
-    println!("\n{:<14} {:>10} {:>10} {:>12} {:>16}", "run", "records", "seconds", "records/s", "vs pass-through");
+    println!(
+        "\n{:<14} {:>10} {:>10} {:>12} {:>16}",
+        "run", "records", "seconds", "records/s", "vs pass-through"
+    );
     for (mode, rate, elapsed) in &results {
         println!(
             "{mode:<14} {n:>10} {:>10.2} {rate:>12.0} {:>15.0}%",

@@ -14,7 +14,12 @@ fn rows(file: &str) -> Vec<Vec<f32>> {
     std::fs::read_to_string(format!("{}/data/{file}", env!("CARGO_MANIFEST_DIR")))
         .expect("data file")
         .lines()
-        .map(|l| l.split(',').skip(1).map(|v| v.parse().expect("number")).collect())
+        .map(|l| {
+            l.split(',')
+                .skip(1)
+                .map(|v| v.parse().expect("number"))
+                .collect()
+        })
         .collect()
 }
 
@@ -25,7 +30,9 @@ fn batch(model: &Model, data: &[Vec<f32>], n: usize) -> Vec<Tensor> {
     for spec in &model.signature().inputs {
         let shape = spec.row_shape().expect("fixed row shape");
         let len: usize = shape.iter().product();
-        let values: Vec<f32> = (0..n).flat_map(|i| data[i % data.len()][start..start + len].to_vec()).collect();
+        let values: Vec<f32> = (0..n)
+            .flat_map(|i| data[i % data.len()][start..start + len].to_vec())
+            .collect();
         let mut full = vec![n];
         full.extend(shape);
         tensors.push(Tensor::from_shape(&full, &values).expect("tensor"));
@@ -36,17 +43,26 @@ fn batch(model: &Model, data: &[Vec<f32>], n: usize) -> Vec<Tensor> {
 
 fn main() {
     // `cargo test --all-targets` runs benches once in test mode; keep that quick.
-    let quick = std::env::args().any(|a| a == "--test") || std::env::var_os("STREAMTRACT_BENCH_QUICK").is_some();
-    let budget = if quick { Duration::from_millis(50) } else { Duration::from_secs(2) };
+    let quick = std::env::args().any(|a| a == "--test")
+        || std::env::var_os("STREAMTRACT_BENCH_QUICK").is_some();
+    let budget = if quick {
+        Duration::from_millis(50)
+    } else {
+        Duration::from_secs(2)
+    };
     let models = [
         ("digits_mlp", "digits.csv"),
         ("digits_cnn", "digits.csv"),
         ("breast_cancer", "breast_cancer.csv"),
         ("wine_two_inputs", "wine.csv"),
     ];
-    println!("{:<16} {:>6} {:>14} {:>14}", "model", "batch", "µs/batch", "rows/s");
+    println!(
+        "{:<16} {:>6} {:>14} {:>14}",
+        "model", "batch", "µs/batch", "rows/s"
+    );
     for (name, data_file) in models {
-        let model = Model::load(format!("{}/models/{name}.onnx", env!("CARGO_MANIFEST_DIR"))).expect("model");
+        let model = Model::load(format!("{}/models/{name}.onnx", env!("CARGO_MANIFEST_DIR")))
+            .expect("model");
         let data = rows(data_file);
         for n in [1usize, 32, 256] {
             let mut runner = model.runner();
@@ -59,7 +75,11 @@ fn main() {
                 iterations += 1;
             }
             let per_batch = started.elapsed().as_secs_f64() / iterations as f64;
-            println!("{name:<16} {n:>6} {:>14.1} {:>14.0}", per_batch * 1e6, n as f64 / per_batch);
+            println!(
+                "{name:<16} {n:>6} {:>14.1} {:>14.0}",
+                per_batch * 1e6,
+                n as f64 / per_batch
+            );
         }
     }
 }

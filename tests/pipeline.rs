@@ -508,3 +508,118 @@ fn key_partitioning_matches_the_java_client() {
         }
     }
 }
+
+#[test]
+fn start_timestamp_skips_older_records() {
+    let broker = Broker::start("start_timestamp");
+    broker.create_topic("pixels", 2);
+    broker.create_topic("predictions", 1);
+    let good = csv_line(&dataset("digits.csv")[0].1);
+    let old: Vec<Rec> = (0..6)
+        .map(|i| Rec::kv(&format!("old{i}"), good.clone()))
+        .collect();
+    broker.produce("pixels", &old);
+    std::thread::sleep(Duration::from_millis(1500));
+    let cut = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    std::thread::sleep(Duration::from_millis(500));
+    let new: Vec<Rec> = (0..4)
+        .map(|i| Rec::kv(&format!("new{i}"), good.clone()))
+        .collect();
+    broker.produce("pixels", &new);
+    run_ok(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "pixels",
+        "--output",
+        "predictions",
+        "--model",
+        "models/digits_mlp.onnx",
+        "--until-end",
+        "--start",
+        &cut,
+    ]);
+    let (_, by_key) = outputs_by_key(&broker, "predictions", 4);
+    assert!(
+        (0..4).all(|i| by_key.contains_key(&format!("new{i}"))),
+        "{:?}",
+        by_key.keys()
+    );
+}
+
+#[test]
+fn follow_mode_reads_several_topics_and_stops_cleanly_on_sigterm() {
+    let broker = Broker::start("follow_sigterm");
+    broker.create_topic("a", 2);
+    broker.create_topic("b", 1);
+    broker.create_topic("predictions", 2);
+    let good = csv_line(&dataset("digits.csv")[0].1);
+    broker.produce(
+        "a",
+        &(0..5)
+            .map(|i| Rec::kv(&format!("a{i}"), good.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
+        .args([
+            "run",
+            "--brokers",
+            &broker.addr,
+            "--input",
+            "a",
+            "--input",
+            "b",
+            "--output",
+            "predictions",
+            "--model",
+            "models/digits_mlp.onnx",
+            "--linger-ms",
+            "20",
+        ])
+        .current_dir(root())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Records produced while it runs are picked up (follow mode).
+    std::thread::sleep(Duration::from_secs(2));
+    broker.produce(
+        "b",
+        &(0..7)
+            .map(|i| Rec::kv(&format!("b{i}"), good.clone()))
+            .collect::<Vec<_>>(),
+    );
+    broker.produce(
+        "a",
+        &(5..8)
+            .map(|i| Rec::kv(&format!("a{i}"), good.clone()))
+            .collect::<Vec<_>>(),
+    );
+    let outs = broker.consume("predictions", 15, Duration::from_secs(30));
+    assert_eq!(
+        outs.len(),
+        15,
+        "follow mode should pick up records produced after start"
+    );
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "follow mode must keep running"
+    );
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "SIGTERM should exit 0: {stderr}");
+    assert!(
+        stderr.contains("15 records in, 15 outputs written"),
+        "{stderr}"
+    );
+    let topics: std::collections::BTreeSet<String> = outs
+        .iter()
+        .map(|o| o.header("source.topic").unwrap())
+        .collect();
+    assert_eq!(topics.into_iter().collect::<Vec<_>>(), ["a", "b"]);
+}

@@ -155,7 +155,10 @@ impl Model {
 
     /// A runner that keeps its tract states (and their buffers) between batches.
     pub fn runner(&self) -> Runner {
-        Runner { model: self.clone(), states: States::default() }
+        Runner {
+            model: self.clone(),
+            states: States::default(),
+        }
     }
 
     /// Compiles the plan for batches of `rows` ahead of time (a no-op for dynamic models), so
@@ -264,7 +267,9 @@ pub struct Runner {
 
 impl std::fmt::Debug for Runner {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Runner").field("model", &self.model.path).finish_non_exhaustive()
+        f.debug_struct("Runner")
+            .field("model", &self.model.path)
+            .finish_non_exhaustive()
     }
 }
 
