@@ -100,6 +100,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "POLICY")]
     pub on_error: Option<String>,
 
+    /// Dead-letter topic (must exist): records that cannot be decoded or are too large are
+    /// written there unchanged, with headers naming their source, the stage and the reason.
+    #[arg(long, value_name = "TOPIC")]
+    pub dlq: Option<String>,
+
     /// Seconds to keep trying to reach the brokers at start-up. [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub connect_timeout: Option<u64>,
@@ -150,6 +155,7 @@ impl RunArgs {
             workers,
             max_record_bytes,
             on_error,
+            dlq,
             connect_timeout,
             request_timeout,
             client_id
@@ -257,6 +263,12 @@ impl RunArgs {
         }
         if let Some(p) = self.on_error {
             config.on_error = parse::<ErrorPolicy>("on_error", &p)?;
+        }
+        if let Some(topic) = self.dlq {
+            if topic.is_empty() {
+                return Err(invalid("dlq", "a topic name", ""));
+            }
+            config.dlq = Some(topic);
         }
         if let Some(s) = self.connect_timeout {
             config.kafka.connect_timeout = Duration::from_secs(s);

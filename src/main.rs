@@ -88,10 +88,11 @@ fn run(flags: RunArgs) -> ExitCode {
     match result {
         Ok(summary) => {
             eprintln!(
-                "done: {} records in, {} outputs written, {} rejected, {:.2} s",
+                "done: {} records in, {} outputs written, {} rejected ({} dead letters written), {:.2} s",
                 summary.records_in,
                 summary.records_out,
                 summary.rejected,
+                summary.dead_letters,
                 summary.elapsed.as_secs_f64()
             );
             ExitCode::SUCCESS

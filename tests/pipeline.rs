@@ -623,3 +623,78 @@ fn follow_mode_reads_several_topics_and_stops_cleanly_on_sigterm() {
         .collect();
     assert_eq!(topics.into_iter().collect::<Vec<_>>(), ["a", "b"]);
 }
+
+#[test]
+fn malformed_records_go_to_the_dead_letter_topic_unchanged() {
+    let broker = Broker::start("dlq");
+    broker.create_topic("pixels", 3);
+    broker.create_topic("predictions", 3);
+    broker.create_topic("pixels-dlq", 1);
+    let digits = dataset("digits.csv");
+    let bad_values: [&[u8]; 5] = [b"1,2,3", b"", b"\xff\xfe", b"{\"pixels\": 1}", b"nan,nan"];
+    let mut bad_keys = std::collections::BTreeSet::new();
+    let recs: Vec<Rec> = (0..10_000)
+        .map(|i| {
+            if i % 100 == 37 {
+                bad_keys.insert(format!("r{i}"));
+                Rec::kv_bytes(format!("r{i}"), bad_values[i / 100 % 5].to_vec())
+                    .header("trace", format!("t{i}"))
+            } else {
+                Rec::kv(&format!("r{i}"), csv_line(&digits[i % digits.len()].1))
+            }
+        })
+        .collect();
+    let coords = broker.produce("pixels", &recs);
+    let stderr = run_ok(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "pixels",
+        "--output",
+        "predictions",
+        "--model",
+        "models/digits_mlp.onnx",
+        "--until-end",
+        "--dlq",
+        "pixels-dlq",
+    ]);
+    assert!(
+        stderr.contains(
+            "10000 records in, 9900 outputs written, 100 rejected (100 dead letters written)"
+        ),
+        "{stderr}"
+    );
+    let (_, outputs) = outputs_by_key(&broker, "predictions", 9_900);
+    assert!(bad_keys.iter().all(|k| !outputs.contains_key(k)));
+    let (_, letters) = outputs_by_key(&broker, "pixels-dlq", 100);
+    for key in &bad_keys {
+        let letter = &letters[key];
+        let i: usize = key[1..].parse().unwrap();
+        assert_eq!(
+            letter.value.clone().unwrap_or_default(),
+            recs[i].value.clone().unwrap_or_default(),
+            "{key}: value unchanged"
+        );
+        assert_eq!(
+            letter.header("trace"),
+            Some(format!("t{i}")),
+            "{key}: original headers kept"
+        );
+        assert_eq!(letter.header("dlq.source.topic").as_deref(), Some("pixels"));
+        assert_eq!(
+            letter.header("dlq.source.partition"),
+            Some(coords[i].0.to_string())
+        );
+        assert_eq!(
+            letter.header("dlq.source.offset"),
+            Some(coords[i].1.to_string())
+        );
+        assert_eq!(letter.header("dlq.stage").as_deref(), Some("decode"));
+        assert!(!letter.header("dlq.reason").unwrap().is_empty());
+    }
+    assert!(letters["r37"]
+        .header("dlq.reason")
+        .unwrap()
+        .contains("expected 64 values"));
+}

@@ -39,6 +39,16 @@ pub mod headers {
     pub const SOURCE_TIMESTAMP: &str = "source.timestamp";
     /// Lower-case hex SHA-256 of the model file that produced the output.
     pub const MODEL_SHA256: &str = "model.sha256";
+    /// On a dead letter: topic the rejected record was read from.
+    pub const DLQ_SOURCE_TOPIC: &str = "dlq.source.topic";
+    /// On a dead letter: its partition (decimal).
+    pub const DLQ_SOURCE_PARTITION: &str = "dlq.source.partition";
+    /// On a dead letter: its offset (decimal).
+    pub const DLQ_SOURCE_OFFSET: &str = "dlq.source.offset";
+    /// On a dead letter: the stage that rejected it (`size` or `decode`).
+    pub const DLQ_STAGE: &str = "dlq.stage";
+    /// On a dead letter: a one-line reason.
+    pub const DLQ_REASON: &str = "dlq.reason";
 }
 
 /// What to do with a record that cannot be decoded.
@@ -87,8 +97,11 @@ pub struct PipelineConfig {
     pub workers: usize,
     /// Values larger than this are rejected as bad records.
     pub max_record_bytes: usize,
-    /// Bad-record policy.
+    /// Bad-record policy when no dead-letter topic is configured.
     pub on_error: ErrorPolicy,
+    /// Dead-letter topic: rejected records are written there unchanged, with headers saying
+    /// where they came from and why they were rejected.
+    pub dlq: Option<String>,
 }
 
 impl PipelineConfig {
@@ -119,6 +132,7 @@ impl PipelineConfig {
                 .unwrap_or(1),
             max_record_bytes: 1 << 20,
             on_error: ErrorPolicy::Skip,
+            dlq: None,
         }
     }
 
@@ -172,8 +186,11 @@ pub struct RunSummary {
     pub records_in: u64,
     /// Output records acknowledged by the broker.
     pub records_out: u64,
-    /// Records rejected by the decoder (logged and counted).
+    /// Records rejected by the decoder (logged and counted; written to the dead-letter topic
+    /// when one is configured).
     pub rejected: u64,
+    /// Dead letters acknowledged by the broker.
+    pub dead_letters: u64,
     /// Inference batches run.
     pub batches: u64,
     /// Wall time of the run.
@@ -201,6 +218,7 @@ pub struct Pipeline {
     pool: InferencePool,
     source: Source,
     sink: Sink,
+    dlq: Option<Sink>,
     row_shapes: Vec<Vec<usize>>,
 }
 
@@ -233,6 +251,13 @@ impl Pipeline {
             .collect();
         let client = kafka::connect(&config.kafka).await?;
         let sink = Sink::start(Arc::clone(&client), &config.kafka, &config.sink, None).await?;
+        let dlq = match &config.dlq {
+            Some(topic) => {
+                let dlq_config = SinkConfig::new(topic.as_str());
+                Some(Sink::start(Arc::clone(&client), &config.kafka, &dlq_config, None).await?)
+            }
+            None => None,
+        };
         let source = Source::start(client, &config.kafka, &config.source).await?;
         let pool = InferencePool::new(&model, config.workers)?;
         tracing::info!(
@@ -251,6 +276,7 @@ impl Pipeline {
             pool,
             source,
             sink,
+            dlq,
             row_shapes,
         })
     }
@@ -281,6 +307,7 @@ impl Pipeline {
             pool,
             mut source,
             sink,
+            dlq,
             row_shapes,
         } = self;
         let started = Instant::now();
@@ -339,8 +366,16 @@ impl Pipeline {
                                     Err(e) => {
                                         summary.rejected += 1;
                                         tracing::warn!(topic = %record.topic, partition = record.partition,
-                                            offset = record.offset, reason = %e, "bad record");
-                                        if config.on_error == ErrorPolicy::Stop {
+                                            offset = record.offset, reason = %e, dlq = ?config.dlq, "bad record");
+                                        if let Some(dlq) = &dlq {
+                                            let letter = dead_letter(record, &e);
+                                            let partition = dlq.partition_for(letter.key.as_deref(), letter.source.as_ref().map_or(0, |s| s.partition));
+                                            if let Err(e) = dlq.send(partition, letter).await {
+                                                fatal.get_or_insert(e.into());
+                                                reading = false;
+                                                break;
+                                            }
+                                        } else if config.on_error == ErrorPolicy::Stop {
                                             // Everything before the bad record is still written.
                                             if !batch.is_empty() {
                                                 dispatch(&pool, &mut batch, &row_shapes, &mut inflight, &mut summary).await?;
@@ -370,6 +405,14 @@ impl Pipeline {
         }
         drop(source);
         let acked = sink.close().await;
+        if let Some(dlq) = dlq {
+            match dlq.close().await {
+                Ok(n) => summary.dead_letters = n,
+                Err(e) => {
+                    fatal.get_or_insert(e.into());
+                }
+            }
+        }
         summary.elapsed = started.elapsed();
         match (fatal, acked) {
             (Some(e), _) => Err(e),
@@ -380,6 +423,7 @@ impl Pipeline {
                     records_in = summary.records_in,
                     records_out = summary.records_out,
                     rejected = summary.rejected,
+                    dead_letters = summary.dead_letters,
                     batches = summary.batches,
                     seconds = summary.elapsed.as_secs_f64(),
                     "run finished"
@@ -467,4 +511,42 @@ async fn write_outputs(
         .await?;
     }
     Ok(())
+}
+
+/// The rejected record, unchanged, plus headers naming its source, the stage and the reason.
+fn dead_letter(record: SourceRecord, error: &DecodeError) -> OutputRecord {
+    let stage = match error {
+        DecodeError::TooLarge { .. } => "size",
+        _ => "decode",
+    };
+    let mut headers = record.headers;
+    headers.insert(
+        headers::DLQ_SOURCE_TOPIC.to_string(),
+        record.topic.as_bytes().to_vec(),
+    );
+    headers.insert(
+        headers::DLQ_SOURCE_PARTITION.to_string(),
+        record.partition.to_string().into_bytes(),
+    );
+    headers.insert(
+        headers::DLQ_SOURCE_OFFSET.to_string(),
+        record.offset.to_string().into_bytes(),
+    );
+    headers.insert(headers::DLQ_STAGE.to_string(), stage.as_bytes().to_vec());
+    headers.insert(
+        headers::DLQ_REASON.to_string(),
+        error.to_string().into_bytes(),
+    );
+    let source = SourceCoordinates {
+        topic: record.topic,
+        partition: record.partition,
+        offset: record.offset,
+    };
+    OutputRecord {
+        key: record.key,
+        value: record.value.unwrap_or_default(),
+        headers,
+        timestamp: record.timestamp,
+        source: Some(source),
+    }
 }

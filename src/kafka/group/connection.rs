@@ -1,0 +1,239 @@
+//! One TCP connection to one broker: Kafka framing, request headers, correlation ids, and the
+//! `ApiVersions` handshake that picks a version per API.
+
+use std::collections::BTreeMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes, VersionRange};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::GroupError;
+
+/// Largest response accepted (group answers are small; this only guards against garbage).
+const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
+
+/// `UNSUPPORTED_VERSION`: the broker does not speak the ApiVersions version we sent.
+const UNSUPPORTED_VERSION: i16 = 35;
+
+/// Why a request on a connection failed.
+#[derive(Debug)]
+pub(crate) enum ConnError {
+    /// The connection broke or could not be made: reconnecting may help.
+    Io(String),
+    /// A definite failure that retrying will not fix.
+    Fatal(GroupError),
+}
+
+impl ConnError {
+    fn io(addr: &str, what: &str, e: impl std::fmt::Display) -> ConnError {
+        ConnError::Io(format!("{what} {addr}: {e}"))
+    }
+}
+
+/// A connection with the broker's supported versions.
+pub(crate) struct Connection {
+    addr: String,
+    stream: TcpStream,
+    client_id: StrBytes,
+    correlation_id: i32,
+    /// The broker's version range per API key.
+    broker_versions: BTreeMap<i16, VersionRange>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection")
+            .field("addr", &self.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connection {
+    /// Connects to `addr` (`host:port`) and asks which versions it speaks. Not bounded in time:
+    /// the caller wraps it in its deadline.
+    pub(crate) async fn open(addr: &str, client_id: &str) -> Result<Connection, ConnError> {
+        let stream = TcpStream::connect(addr)
+            .await
+            .map_err(|e| ConnError::io(addr, "connect to", e))?;
+        let _ = stream.set_nodelay(true);
+        let mut conn = Connection {
+            addr: addr.to_string(),
+            stream,
+            client_id: StrBytes::from_string(client_id.to_string()),
+            correlation_id: 0,
+            broker_versions: BTreeMap::new(),
+        };
+        conn.handshake().await?;
+        Ok(conn)
+    }
+
+    /// The broker's address, as connected to.
+    pub(crate) fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// ApiVersions v3 (flexible), falling back to v0 for brokers that do not speak v3.
+    async fn handshake(&mut self) -> Result<(), ConnError> {
+        let mut request = ApiVersionsRequest::default();
+        request.client_software_name = StrBytes::from_static_str("streamtract");
+        request.client_software_version = StrBytes::from_static_str(env!("CARGO_PKG_VERSION"));
+        let response = match self
+            .request::<_, ApiVersionsResponse>(ApiKey::ApiVersions, 3, &request)
+            .await
+        {
+            Ok(r) if r.error_code != UNSUPPORTED_VERSION => r,
+            // An old broker answers an unknown version with a v0 body saying so, which may not
+            // decode as v3: ask again with v0 on the same connection (the frame was consumed).
+            Ok(_) | Err(ConnError::Fatal(GroupError::Protocol { .. })) => {
+                self.request::<_, ApiVersionsResponse>(
+                    ApiKey::ApiVersions,
+                    0,
+                    &ApiVersionsRequest::default(),
+                )
+                .await?
+            }
+            Err(e) => return Err(e),
+        };
+        if response.error_code != 0 {
+            return Err(ConnError::Io(format!(
+                "broker {} answered ApiVersions with error {}",
+                self.addr,
+                super::error::describe(response.error_code)
+            )));
+        }
+        self.broker_versions = response
+            .api_keys
+            .iter()
+            .map(|k| {
+                (
+                    k.api_key,
+                    VersionRange {
+                        min: k.min_version,
+                        max: k.max_version,
+                    },
+                )
+            })
+            .collect();
+        Ok(())
+    }
+
+    /// The highest version of `api` within `ours` that the broker also speaks.
+    pub(crate) fn version(
+        &self,
+        api: ApiKey,
+        name: &'static str,
+        ours: VersionRange,
+    ) -> Result<i16, GroupError> {
+        let theirs = self.broker_versions.get(&(api as i16));
+        match theirs.map(|t| t.intersect(&ours)) {
+            Some(common) if !common.is_empty() => Ok(common.max),
+            _ => Err(GroupError::UnsupportedVersion {
+                broker: self.addr.clone(),
+                api: name,
+                theirs: theirs.map_or("none".into(), |t| t.to_string()),
+                ours: ours.to_string(),
+            }),
+        }
+    }
+
+    /// Sends one request and reads its response (one request in flight per connection).
+    ///
+    /// Not cancel-safe: if the future is dropped halfway the connection must be discarded,
+    /// which the [`Coordinator`](super::coordinator::Coordinator) does by holding it only while a
+    /// request runs.
+    pub(crate) async fn request<Req, Resp>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> Result<Resp, ConnError>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable + HeaderVersion,
+    {
+        self.correlation_id = self.correlation_id.wrapping_add(1);
+        let correlation_id = self.correlation_id;
+        let mut header = RequestHeader::default();
+        header.request_api_key = api as i16;
+        header.request_api_version = version;
+        header.correlation_id = correlation_id;
+        header.client_id = Some(self.client_id.clone());
+
+        let encode_error = |e: anyhow::Error| {
+            ConnError::Fatal(GroupError::Internal(format!(
+                "cannot encode {api:?} v{version}: {e}"
+            )))
+        };
+        let mut buf = BytesMut::with_capacity(256);
+        buf.put_i32(0);
+        header
+            .encode(&mut buf, Req::header_version(version))
+            .map_err(encode_error)?;
+        request.encode(&mut buf, version).map_err(encode_error)?;
+        let size = i32::try_from(buf.len() - 4).map_err(|_| {
+            ConnError::Fatal(GroupError::Internal(format!(
+                "{api:?} request of {} bytes is too large",
+                buf.len()
+            )))
+        })?;
+        buf[..4].copy_from_slice(&size.to_be_bytes());
+        self.stream
+            .write_all(&buf)
+            .await
+            .map_err(|e| ConnError::io(&self.addr, "send to", e))?;
+
+        let size = self
+            .stream
+            .read_i32()
+            .await
+            .map_err(|e| ConnError::io(&self.addr, "read from", e))?;
+        let size = usize::try_from(size)
+            .ok()
+            .filter(|s| (4..=MAX_RESPONSE_BYTES).contains(s))
+            .ok_or_else(|| self.malformed(api, format!("response size {size}")))?;
+        let mut body = vec![0u8; size];
+        self.stream
+            .read_exact(&mut body)
+            .await
+            .map_err(|e| ConnError::io(&self.addr, "read from", e))?;
+        let mut body = Bytes::from(body);
+        let header = ResponseHeader::decode(&mut body, Resp::header_version(version))
+            .map_err(|e| self.malformed(api, format!("response header: {e}")))?;
+        if header.correlation_id != correlation_id {
+            // Responses come in request order; anything else means the stream is out of step.
+            return Err(ConnError::Io(format!(
+                "broker {} answered correlation id {} to request {correlation_id}; reconnecting",
+                self.addr, header.correlation_id
+            )));
+        }
+        Resp::decode(&mut body, version).map_err(|e| self.malformed(api, format!("v{version}: {e}")))
+    }
+
+    fn malformed(&self, api: ApiKey, message: String) -> ConnError {
+        ConnError::Fatal(GroupError::Protocol {
+            what: api_name(api),
+            source_name: format!("broker {}", self.addr),
+            message,
+        })
+    }
+}
+
+/// A readable API name for messages.
+pub(crate) fn api_name(api: ApiKey) -> &'static str {
+    match api {
+        ApiKey::ApiVersions => "ApiVersions response",
+        ApiKey::FindCoordinator => "FindCoordinator response",
+        ApiKey::JoinGroup => "JoinGroup response",
+        ApiKey::SyncGroup => "SyncGroup response",
+        ApiKey::Heartbeat => "Heartbeat response",
+        ApiKey::LeaveGroup => "LeaveGroup response",
+        ApiKey::OffsetCommit => "OffsetCommit response",
+        ApiKey::OffsetFetch => "OffsetFetch response",
+        ApiKey::Metadata => "Metadata response",
+        _ => "response",
+    }
+}
