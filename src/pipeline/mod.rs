@@ -5,8 +5,10 @@
 //! order the batches were formed, so outputs keep the order of their input partition.
 
 mod batch;
+mod offsets;
 
 pub use batch::{split_outputs, Batch};
+pub use offsets::{OffsetTracker, TopicPartition};
 
 use std::collections::BTreeMap;
 use std::future::Future;
