@@ -2,6 +2,7 @@
 //! ordered, acknowledged output ([`Sink`]).
 
 mod client;
+pub mod group;
 mod partitioner;
 mod sink;
 mod source;

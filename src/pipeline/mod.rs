@@ -6,26 +6,26 @@
 
 mod batch;
 mod offsets;
+mod run;
 
 pub use batch::{split_outputs, Batch};
 pub use offsets::{OffsetTracker, TopicPartition};
 
-use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
-use futures::stream::{FuturesOrdered, StreamExt};
-use tract_onnx::prelude::Tensor;
+use futures::FutureExt;
+use tokio::sync::mpsc;
 
-use crate::codec::{DecodeError, Decoder, Encoder, InputFormat, OutputFormat};
-use crate::error::{Error, ModelError, Result};
+use run::{RunLoop, Stages, Stop};
+
+use crate::codec::{Decoder, Encoder, InputFormat, OutputFormat};
+use crate::error::{Error, Result};
 use crate::kafka::{
-    self, KafkaConfig, OutputRecord, Sink, SinkConfig, Source, SourceConfig, SourceCoordinates,
-    SourceRecord, StartPosition, TopicSelection,
+    self, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, StartPosition, TopicSelection,
 };
 use crate::model::{InferencePool, Model};
 
@@ -104,6 +104,10 @@ pub struct PipelineConfig {
     /// Dead-letter topic: rejected records are written there unchanged, with headers saying
     /// where they came from and why they were rejected.
     pub dlq: Option<String>,
+    /// How often acknowledged positions are committed (consumer-group mode).
+    pub commit_interval: Duration,
+    /// On shutdown or rebalance, how long to wait for in-flight records to be acknowledged.
+    pub drain_timeout: Duration,
 }
 
 impl PipelineConfig {
@@ -135,6 +139,8 @@ impl PipelineConfig {
             max_record_bytes: 1 << 20,
             on_error: ErrorPolicy::Skip,
             dlq: None,
+            commit_interval: Duration::from_secs(5),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 
@@ -199,29 +205,12 @@ pub struct RunSummary {
     pub elapsed: Duration,
 }
 
-/// Per-row data kept while the row is in a batch.
-#[derive(Debug)]
-struct RowMeta {
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    timestamp_ms: i64,
-    key: Option<Vec<u8>>,
-}
-
-type BatchResult = (Vec<RowMeta>, std::result::Result<Vec<Tensor>, ModelError>);
-
 /// A validated, connected pipeline, ready to [`run`](Pipeline::run).
 pub struct Pipeline {
     config: PipelineConfig,
     model: Model,
-    decoder: Decoder,
-    encoder: Encoder,
-    pool: InferencePool,
     source: Source,
-    sink: Sink,
-    dlq: Option<Sink>,
-    row_shapes: Vec<Vec<usize>>,
+    stages: Stages,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -252,16 +241,37 @@ impl Pipeline {
             .map(|i| i.row_shape().unwrap_or_default())
             .collect();
         let client = kafka::connect(&config.kafka).await?;
-        let sink = Sink::start(Arc::clone(&client), &config.kafka, &config.sink, None).await?;
+        let (ack_tx, acks) = mpsc::unbounded_channel();
+        let sink = Sink::start(
+            Arc::clone(&client),
+            &config.kafka,
+            &config.sink,
+            Some(ack_tx.clone()),
+        )
+        .await?;
         let dlq = match &config.dlq {
             Some(topic) => {
                 let dlq_config = SinkConfig::new(topic.as_str());
-                Some(Sink::start(Arc::clone(&client), &config.kafka, &dlq_config, None).await?)
+                Some(
+                    Sink::start(
+                        Arc::clone(&client),
+                        &config.kafka,
+                        &dlq_config,
+                        Some(ack_tx),
+                    )
+                    .await?,
+                )
             }
             None => None,
         };
         let source = Source::start(client, &config.kafka, &config.source).await?;
         let pool = InferencePool::new(&model, config.workers)?;
+        // Compile the full-size plan now, so the first batch does not pay for it.
+        let warm = model.clone();
+        let batch_size = config.batch_size;
+        tokio::task::spawn_blocking(move || warm.warm_up(batch_size))
+            .await
+            .map_err(|e| Error::Internal(format!("model warm-up task: {e}")))??;
         tracing::info!(
             model = %model.path().display(),
             sha256 = %model.sha256(),
@@ -270,16 +280,22 @@ impl Pipeline {
             workers = pool.workers(),
             "pipeline ready"
         );
-        Ok(Pipeline {
-            config,
-            model,
+        let stages = Stages {
+            config: config.clone(),
             decoder,
             encoder,
             pool,
-            source,
             sink,
             dlq,
+            acks,
             row_shapes,
+            sha: model.sha256().as_bytes().to_vec(),
+        };
+        Ok(Pipeline {
+            config,
+            model,
+            source,
+            stages,
         })
     }
 
@@ -303,252 +319,41 @@ impl Pipeline {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
         let Pipeline {
             config,
-            model,
-            decoder,
-            encoder,
-            pool,
+            model: _,
             mut source,
-            sink,
-            dlq,
-            row_shapes,
+            stages,
         } = self;
         let started = Instant::now();
-        let sha = model.sha256().as_bytes().to_vec();
-        let mut summary = RunSummary::default();
-        let mut batch: Batch<RowMeta> = Batch::default();
-        let mut batch_deadline = tokio::time::Instant::now();
-        let mut inflight: FuturesOrdered<
-            std::pin::Pin<Box<dyn Future<Output = BatchResult> + Send>>,
-        > = FuturesOrdered::new();
-        let max_inflight = pool.workers() * 2 + 1;
-        let mut reading = true;
-        let mut fatal: Option<Error> = None;
-        tokio::pin!(shutdown);
-
-        loop {
-            tokio::select! {
-                biased;
-                _ = &mut shutdown, if reading => {
-                    tracing::info!("shutdown requested: finishing batches in flight");
-                    reading = false;
-                }
-                Some((meta, outputs)) = inflight.next(), if !inflight.is_empty() => {
-                    let outputs = match outputs {
-                        Ok(o) => o,
-                        Err(e) => { fatal.get_or_insert(e.into()); reading = false; continue; }
-                    };
-                    if let Err(e) = write_outputs(&sink, &encoder, &sha, meta, &outputs).await {
-                        fatal.get_or_insert(e);
-                        reading = false;
-                    }
-                }
-                chunk = source.next_chunk(), if reading && inflight.len() < max_inflight => {
-                    match chunk {
-                        None => reading = false,
-                        Some(Err(e)) => { fatal.get_or_insert(e.into()); reading = false; }
-                        Some(Ok(records)) => {
-                            for record in records {
-                                summary.records_in += 1;
-                                match decode(&decoder, &record, config.max_record_bytes) {
-                                    Ok(row) => {
-                                        if batch.is_empty() {
-                                            batch_deadline = tokio::time::Instant::now() + config.linger;
-                                        }
-                                        batch.push(row, RowMeta {
-                                            topic: record.topic,
-                                            partition: record.partition,
-                                            offset: record.offset,
-                                            timestamp_ms: record.timestamp.timestamp_millis(),
-                                            key: record.key,
-                                        });
-                                        if batch.len() >= config.batch_size {
-                                            dispatch(&pool, &mut batch, &row_shapes, &mut inflight, &mut summary).await?;
-                                        }
-                                    }
-                                    Err(e) => {
-                                        summary.rejected += 1;
-                                        tracing::warn!(topic = %record.topic, partition = record.partition,
-                                            offset = record.offset, reason = %e, dlq = ?config.dlq, "bad record");
-                                        if let Some(dlq) = &dlq {
-                                            let letter = dead_letter(record, &e);
-                                            let partition = dlq.partition_for(letter.key.as_deref(), letter.source.as_ref().map_or(0, |s| s.partition));
-                                            if let Err(e) = dlq.send(partition, letter).await {
-                                                fatal.get_or_insert(e.into());
-                                                reading = false;
-                                                break;
-                                            }
-                                        } else if config.on_error == ErrorPolicy::Stop {
-                                            // Everything before the bad record is still written.
-                                            if !batch.is_empty() {
-                                                dispatch(&pool, &mut batch, &row_shapes, &mut inflight, &mut summary).await?;
-                                            }
-                                            fatal.get_or_insert(Error::BadRecord { source: e, policy: "on_error = stop" });
-                                            reading = false;
-                                            break;
-                                        }
-                                    }
-                                }
-                            }
-                        }
-                    }
-                }
-                _ = tokio::time::sleep_until(batch_deadline), if !batch.is_empty() => {
-                    dispatch(&pool, &mut batch, &row_shapes, &mut inflight, &mut summary).await?;
-                }
+        let mut run = RunLoop::new(stages);
+        let mut shutdown = Box::pin(shutdown.fuse());
+        let mut rebalance = Box::pin(std::future::pending::<()>());
+        let mut commit_due = tokio::time::interval(config.commit_interval);
+        commit_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let stop = loop {
+            match run
+                .pump(&mut source, &mut shutdown, &mut rebalance, &mut commit_due)
+                .await
+            {
+                None => continue, // nothing to commit without a consumer group
+                Some(stop) => break stop,
             }
-            if !reading {
-                if !batch.is_empty() && fatal.is_none() {
-                    dispatch(&pool, &mut batch, &row_shapes, &mut inflight, &mut summary).await?;
-                }
-                if inflight.is_empty() {
-                    break;
-                }
-            }
+        };
+        if stop == Stop::Shutdown {
+            tracing::info!("shutdown requested: finishing the records in flight");
         }
         drop(source);
-        let acked = sink.close().await;
-        if let Some(dlq) = dlq {
-            match dlq.close().await {
-                Ok(n) => summary.dead_letters = n,
-                Err(e) => {
-                    fatal.get_or_insert(e.into());
-                }
-            }
-        }
-        summary.elapsed = started.elapsed();
-        match (fatal, acked) {
-            (Some(e), _) => Err(e),
-            (None, Err(e)) => Err(e.into()),
-            (None, Ok(n)) => {
-                summary.records_out = n;
-                tracing::info!(
-                    records_in = summary.records_in,
-                    records_out = summary.records_out,
-                    rejected = summary.rejected,
-                    dead_letters = summary.dead_letters,
-                    batches = summary.batches,
-                    seconds = summary.elapsed.as_secs_f64(),
-                    "run finished"
-                );
-                Ok(summary)
-            }
-        }
-    }
-}
-
-fn decode(
-    decoder: &Decoder,
-    record: &SourceRecord,
-    max_bytes: usize,
-) -> std::result::Result<crate::codec::Row, DecodeError> {
-    let value = record.value.as_deref().unwrap_or_default();
-    if value.len() > max_bytes {
-        return Err(DecodeError::TooLarge {
-            size: value.len(),
-            max: max_bytes,
-        });
-    }
-    decoder.decode(value)
-}
-
-async fn dispatch(
-    pool: &InferencePool,
-    batch: &mut Batch<RowMeta>,
-    row_shapes: &[Vec<usize>],
-    inflight: &mut FuturesOrdered<std::pin::Pin<Box<dyn Future<Output = BatchResult> + Send>>>,
-    summary: &mut RunSummary,
-) -> Result<()> {
-    let (tensors, meta) = std::mem::take(batch).into_tensors(row_shapes)?;
-    let pending = pool.submit(tensors).await?;
-    summary.batches += 1;
-    inflight.push_back(Box::pin(async move { (meta, pending.await) }));
-    Ok(())
-}
-
-async fn write_outputs(
-    sink: &Sink,
-    encoder: &Encoder,
-    sha: &[u8],
-    meta: Vec<RowMeta>,
-    outputs: &[Tensor],
-) -> Result<()> {
-    let rows = split_outputs(outputs, meta.len())?;
-    let now = Utc::now();
-    for (m, row) in meta.into_iter().zip(rows) {
-        let value = encoder.encode(&row);
-        let mut headers = BTreeMap::new();
-        headers.insert(
-            headers::SOURCE_TOPIC.to_string(),
-            m.topic.as_bytes().to_vec(),
+        run.drain(config.drain_timeout).await;
+        run.summary.elapsed = started.elapsed();
+        let summary = run.finish().await?;
+        tracing::info!(
+            records_in = summary.records_in,
+            records_out = summary.records_out,
+            rejected = summary.rejected,
+            dead_letters = summary.dead_letters,
+            batches = summary.batches,
+            seconds = summary.elapsed.as_secs_f64(),
+            "run finished"
         );
-        headers.insert(
-            headers::SOURCE_PARTITION.to_string(),
-            m.partition.to_string().into_bytes(),
-        );
-        headers.insert(
-            headers::SOURCE_OFFSET.to_string(),
-            m.offset.to_string().into_bytes(),
-        );
-        headers.insert(
-            headers::SOURCE_TIMESTAMP.to_string(),
-            m.timestamp_ms.to_string().into_bytes(),
-        );
-        headers.insert(headers::MODEL_SHA256.to_string(), sha.to_vec());
-        let partition = sink.partition_for(m.key.as_deref(), m.partition);
-        let source = SourceCoordinates {
-            topic: m.topic,
-            partition: m.partition,
-            offset: m.offset,
-        };
-        sink.send(
-            partition,
-            OutputRecord {
-                key: m.key,
-                value,
-                headers,
-                timestamp: now,
-                source: Some(source),
-            },
-        )
-        .await?;
-    }
-    Ok(())
-}
-
-/// The rejected record, unchanged, plus headers naming its source, the stage and the reason.
-fn dead_letter(record: SourceRecord, error: &DecodeError) -> OutputRecord {
-    let stage = match error {
-        DecodeError::TooLarge { .. } => "size",
-        _ => "decode",
-    };
-    let mut headers = record.headers;
-    headers.insert(
-        headers::DLQ_SOURCE_TOPIC.to_string(),
-        record.topic.as_bytes().to_vec(),
-    );
-    headers.insert(
-        headers::DLQ_SOURCE_PARTITION.to_string(),
-        record.partition.to_string().into_bytes(),
-    );
-    headers.insert(
-        headers::DLQ_SOURCE_OFFSET.to_string(),
-        record.offset.to_string().into_bytes(),
-    );
-    headers.insert(headers::DLQ_STAGE.to_string(), stage.as_bytes().to_vec());
-    headers.insert(
-        headers::DLQ_REASON.to_string(),
-        error.to_string().into_bytes(),
-    );
-    let source = SourceCoordinates {
-        topic: record.topic,
-        partition: record.partition,
-        offset: record.offset,
-    };
-    OutputRecord {
-        key: record.key,
-        value: record.value.unwrap_or_default(),
-        headers,
-        timestamp: record.timestamp,
-        source: Some(source),
+        Ok(summary)
     }
 }

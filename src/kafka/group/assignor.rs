@@ -140,7 +140,10 @@ fn range(
     }
     for (topic, mut consumers) in per_topic {
         let Some(&count) = partitions_per_topic.get(topic) else {
-            tracing::warn!(topic, "no partition count for a subscribed topic; not assigned");
+            tracing::warn!(
+                topic,
+                "no partition count for a subscribed topic; not assigned"
+            );
             continue;
         };
         let count = count.max(0) as usize;
@@ -176,15 +179,21 @@ fn round_robin(
     let mut next = 0usize;
     for topic in topics {
         let Some(&count) = partitions_per_topic.get(topic) else {
-            tracing::warn!(topic, "no partition count for a subscribed topic; not assigned");
+            tracing::warn!(
+                topic,
+                "no partition count for a subscribed topic; not assigned"
+            );
             continue;
         };
         for partition in 0..count.max(0) {
             // Deal to the next member (circularly) that subscribes to this topic; one exists,
             // since the topic came from some member's subscription.
-            let Some(offset) = (0..sorted.len())
-                .find(|k| sorted[(next + k) % sorted.len()].topics.iter().any(|t| t == topic))
-            else {
+            let Some(offset) = (0..sorted.len()).find(|k| {
+                sorted[(next + k) % sorted.len()]
+                    .topics
+                    .iter()
+                    .any(|t| t == topic)
+            }) else {
                 break;
             };
             let member = sorted[(next + offset) % sorted.len()];
@@ -206,13 +215,19 @@ mod tests {
     }
 
     fn tps(pairs: &[(&str, i32)]) -> Vec<TopicPartition> {
-        pairs.iter().map(|(t, p)| TopicPartition::new(*t, *p)).collect()
+        pairs
+            .iter()
+            .map(|(t, p)| TopicPartition::new(*t, *p))
+            .collect()
     }
 
     #[test]
     fn names_parse_and_print() {
         assert_eq!("range".parse::<Assignor>().unwrap(), Assignor::Range);
-        assert_eq!("roundrobin".parse::<Assignor>().unwrap(), Assignor::RoundRobin);
+        assert_eq!(
+            "roundrobin".parse::<Assignor>().unwrap(),
+            Assignor::RoundRobin
+        );
         assert!("round-robin".parse::<Assignor>().is_err());
         assert!("cooperative-sticky".parse::<Assignor>().is_err());
         assert_eq!(

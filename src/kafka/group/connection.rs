@@ -210,7 +210,8 @@ impl Connection {
                 self.addr, header.correlation_id
             )));
         }
-        Resp::decode(&mut body, version).map_err(|e| self.malformed(api, format!("v{version}: {e}")))
+        Resp::decode(&mut body, version)
+            .map_err(|e| self.malformed(api, format!("v{version}: {e}")))
     }
 
     fn malformed(&self, api: ApiKey, message: String) -> ConnError {

@@ -5,11 +5,10 @@
 use std::time::Duration;
 
 use kafka_protocol::messages::{
-    ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest,
-    HeartbeatResponse, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
-    LeaveGroupResponse, MetadataRequest, MetadataResponse, OffsetCommitRequest,
-    OffsetCommitResponse, OffsetFetchRequest, OffsetFetchResponse, SyncGroupRequest,
-    SyncGroupResponse,
+    ApiKey, FindCoordinatorRequest, FindCoordinatorResponse, HeartbeatRequest, HeartbeatResponse,
+    JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest, LeaveGroupResponse, MetadataRequest,
+    MetadataResponse, OffsetCommitRequest, OffsetCommitResponse, OffsetFetchRequest,
+    OffsetFetchResponse, SyncGroupRequest, SyncGroupResponse,
 };
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes, VersionRange};
 use kafka_protocol::ResponseError;
@@ -60,7 +59,7 @@ fn first_retriable(codes: impl IntoIterator<Item = i16>) -> i16 {
 }
 
 macro_rules! group_request {
-    ($req:ty, $resp:ty, $api:ident, $min:expr, $max:expr, |$r:ident| $codes:expr) => {
+    ($req:ty => $resp:ty, $api:ident, $min:expr, $max:expr) => {
         impl GroupRequest for $req {
             const API: ApiKey = ApiKey::$api;
             const NAME: &'static str = stringify!($api);
@@ -69,44 +68,102 @@ macro_rules! group_request {
                 max: $max,
             };
             type Response = $resp;
-            fn retriable_error($r: &$resp) -> i16 {
-                first_retriable($codes)
+            fn retriable_error(response: &$resp) -> i16 {
+                first_retriable(codes(response))
             }
         }
     };
 }
 
-// Version ranges: from the first version with the semantics we need (member ids, generation
-// checks) to the newest one `kafka-protocol` 0.18 encodes that keeps the classic group protocol.
-group_request!(FindCoordinatorRequest, FindCoordinatorResponse, FindCoordinator, 0, 4, |r| {
-    std::iter::once(r.error_code).chain(r.coordinators.iter().map(|c| c.error_code))
-});
-group_request!(JoinGroupRequest, JoinGroupResponse, JoinGroup, 0, 9, |r| [r.error_code]);
-group_request!(SyncGroupRequest, SyncGroupResponse, SyncGroup, 0, 5, |r| [r.error_code]);
-group_request!(HeartbeatRequest, HeartbeatResponse, Heartbeat, 0, 4, |r| [r.error_code]);
-group_request!(LeaveGroupRequest, LeaveGroupResponse, LeaveGroup, 0, 5, |r| {
-    std::iter::once(r.error_code).chain(r.members.iter().map(|m| m.error_code))
-});
-group_request!(OffsetCommitRequest, OffsetCommitResponse, OffsetCommit, 2, 9, |r| {
-    r.topics
-        .iter()
-        .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
-});
-group_request!(OffsetFetchRequest, OffsetFetchResponse, OffsetFetch, 1, 9, |r| {
-    std::iter::once(r.error_code)
-        .chain(r.groups.iter().map(|g| g.error_code))
-        .chain(
-            r.topics
-                .iter()
-                .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
-        )
-        .chain(r.groups.iter().flat_map(|g| {
-            g.topics
-                .iter()
-                .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
-        }))
-});
-group_request!(MetadataRequest, MetadataResponse, Metadata, 1, 12, |_r| [0i16]);
+// Version ranges: from the first version with the semantics we need to the newest one that
+// `kafka-protocol` 0.18 encodes and that still belongs to the classic group protocol.
+group_request!(FindCoordinatorRequest => FindCoordinatorResponse, FindCoordinator, 0, 4);
+group_request!(JoinGroupRequest => JoinGroupResponse, JoinGroup, 0, 9);
+group_request!(SyncGroupRequest => SyncGroupResponse, SyncGroup, 0, 5);
+group_request!(HeartbeatRequest => HeartbeatResponse, Heartbeat, 0, 4);
+group_request!(LeaveGroupRequest => LeaveGroupResponse, LeaveGroup, 0, 5);
+group_request!(OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 2, 9);
+group_request!(OffsetFetchRequest => OffsetFetchResponse, OffsetFetch, 1, 9);
+group_request!(MetadataRequest => MetadataResponse, Metadata, 1, 12);
+
+/// Every error code a response carries (top level, per coordinator, member or partition).
+trait Codes {
+    fn codes(&self) -> Vec<i16>;
+}
+
+fn codes(response: &impl Codes) -> Vec<i16> {
+    response.codes()
+}
+
+impl Codes for FindCoordinatorResponse {
+    fn codes(&self) -> Vec<i16> {
+        std::iter::once(self.error_code)
+            .chain(self.coordinators.iter().map(|c| c.error_code))
+            .collect()
+    }
+}
+
+impl Codes for JoinGroupResponse {
+    fn codes(&self) -> Vec<i16> {
+        vec![self.error_code]
+    }
+}
+
+impl Codes for SyncGroupResponse {
+    fn codes(&self) -> Vec<i16> {
+        vec![self.error_code]
+    }
+}
+
+impl Codes for HeartbeatResponse {
+    fn codes(&self) -> Vec<i16> {
+        vec![self.error_code]
+    }
+}
+
+impl Codes for LeaveGroupResponse {
+    fn codes(&self) -> Vec<i16> {
+        std::iter::once(self.error_code)
+            .chain(self.members.iter().map(|m| m.error_code))
+            .collect()
+    }
+}
+
+impl Codes for OffsetCommitResponse {
+    fn codes(&self) -> Vec<i16> {
+        self.topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code))
+            .collect()
+    }
+}
+
+impl Codes for OffsetFetchResponse {
+    fn codes(&self) -> Vec<i16> {
+        let v7 = self
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.error_code));
+        let v8 = self.groups.iter().flat_map(|g| {
+            std::iter::once(g.error_code).chain(
+                g.topics
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(|p| p.error_code)),
+            )
+        });
+        std::iter::once(self.error_code)
+            .chain(v7)
+            .chain(v8)
+            .collect()
+    }
+}
+
+impl Codes for MetadataResponse {
+    fn codes(&self) -> Vec<i16> {
+        // Per-topic errors are the leader's business (unknown topics are left unassigned).
+        Vec::new()
+    }
+}
 
 /// Retry pacing: 100 ms doubling to 2 s, never past the deadline.
 pub(crate) struct Backoff {
@@ -154,7 +211,10 @@ pub(crate) struct Coordinator {
 
 impl Coordinator {
     /// Finds the coordinator of `group`, retrying until `kafka.connect_timeout`.
-    pub(crate) async fn connect(kafka: &KafkaConfig, group: &str) -> Result<Coordinator, GroupError> {
+    pub(crate) async fn connect(
+        kafka: &KafkaConfig,
+        group: &str,
+    ) -> Result<Coordinator, GroupError> {
         if kafka.brokers.is_empty() {
             return Err(GroupError::Config {
                 field: "brokers",
@@ -255,9 +315,16 @@ impl Coordinator {
             };
             let (code, message, host, port) = if version >= 4 {
                 match response.coordinators.first() {
-                    Some(c) => (c.error_code, c.error_message.clone(), c.host.clone(), c.port),
+                    Some(c) => (
+                        c.error_code,
+                        c.error_message.clone(),
+                        c.host.clone(),
+                        c.port,
+                    ),
                     None => {
-                        last = format!("broker {broker} answered FindCoordinator without a coordinator");
+                        last = format!(
+                            "broker {broker} answered FindCoordinator without a coordinator"
+                        );
                         continue;
                     }
                 }
@@ -270,7 +337,8 @@ impl Coordinator {
                 )
             };
             if code != 0 {
-                let error = ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code));
+                let error =
+                    ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code));
                 let detail = message.map(|m| format!(": {m}")).unwrap_or_default();
                 if retriable(code) {
                     last = format!("broker {broker}: {error}{detail}");
@@ -329,7 +397,7 @@ impl Coordinator {
             };
             let last = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Ok((response, version, 0))) => return Ok((response, version)),
-                Ok(Ok((_, _, code))) => format!("{}", super::error::describe(code)),
+                Ok(Ok((_, _, code))) => super::error::describe(code),
                 Ok(Err(Failure::Fatal(e))) => return Err(e),
                 Ok(Err(Failure::Retry(m))) => m,
                 Err(_) => format!("no answer to {} in time", R::NAME),

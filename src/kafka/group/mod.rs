@@ -165,9 +165,8 @@ impl GroupConfig {
 
     /// Checks the settings against each other; the error names the field.
     pub fn validate(&self) -> Result<(), GroupError> {
-        let invalid = |field: &'static str, message: String| {
-            Err(GroupError::Config { field, message })
-        };
+        let invalid =
+            |field: &'static str, message: String| Err(GroupError::Config { field, message });
         if self.group_id.is_empty() {
             return invalid("group_id", "must not be empty".into());
         }
