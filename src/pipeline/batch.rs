@@ -65,10 +65,7 @@ impl<M> Batch<M> {
 
 /// Splits batch outputs back into per-record slices: `result[r][o]` is record `r`'s part of
 /// output `o`.
-pub fn split_outputs<'a>(
-    outputs: &'a [Tensor],
-    rows: usize,
-) -> Result<Vec<Vec<&'a [f32]>>, ModelError> {
+pub fn split_outputs(outputs: &[Tensor], rows: usize) -> Result<Vec<Vec<&[f32]>>, ModelError> {
     let mut per_output = Vec::with_capacity(outputs.len());
     for (o, t) in outputs.iter().enumerate() {
         let values = t

@@ -108,7 +108,7 @@ fn pid_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => stat
             .rsplit_once(')')
-            .map(|(_, rest)| rest.trim_start().chars().next() != Some('Z'))
+            .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
             .unwrap_or(false),
         Err(_) => false,
     }
