@@ -11,7 +11,7 @@ Subcommands (all take --brokers HOST:PORT and --group G):
          [--heartbeat-interval-ms N]
       Joins the group subscribed to the topics (auto commit off) and reports on stdout, one JSON
       object per line:
-        {"event": "assign", "partitions": [[topic, partition], ...]}   on every assignment
+        {"event": "assign", "partitions": [[topic, partition], ...], "member_id": "..."}
         {"event": "revoke", "partitions": [...]}                       on every revocation
         {"event": "committed", "offsets": [[topic, partition, offset|null], ...]}
         {"event": "error", "message": "..."}
@@ -81,7 +81,7 @@ def cmd_member(args):
     )
 
     def on_assign(c, partitions):
-        emit({"event": "assign", "partitions": parts_json(partitions)})
+        emit({"event": "assign", "partitions": parts_json(partitions), "member_id": c.memberid()})
 
     def on_revoke(c, partitions):
         emit({"event": "revoke", "partitions": parts_json(partitions)})
