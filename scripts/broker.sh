@@ -35,6 +35,20 @@ PID_FILE="$DIR/broker.pid"
 ADDR_FILE="$DIR/broker.addr"
 LOG_FILE="$DIR/broker.log"
 
+# tansu 0.6.0's SQLite schema has no index on header(topition, offset_id), and it looks up the
+# headers of every fetched record with a query on those columns: each fetch then scans the whole
+# header table, so reading slows down in proportion to the number of headers ever stored
+# (quadratic over a run that writes headers, as streamtract does on every output). Adding the
+# missing index after start-up changes no data and no behaviour, only the speed of that lookup.
+index_headers() {
+    "$PYTHON" - "$DIR/tansu.db" <<'PY' || say "warning: could not add the header index (reads of records with headers will be slow)"
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], timeout=10)
+db.execute("create index if not exists streamtract_header_record on header (topition, offset_id)")
+db.commit()
+PY
+}
+
 find_tansu() {
     if command -v tansu >/dev/null 2>&1; then
         command -v tansu
@@ -152,6 +166,7 @@ do_start() {
         launch "$port" || rc=$?
         case $rc in
         0)
+            index_headers
             say "tansu ready at 127.0.0.1:$port (pid $(cat "$PID_FILE"), data $DIR, $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.2f", b - a }') s)"
             return 0
             ;;

@@ -297,6 +297,16 @@ async fn commits_round_trip_for_members_and_standalone() {
         .await
         .unwrap_err();
     assert!(matches!(err, GroupError::InvalidOffset { .. }), "{err}");
+    let err = store
+        .commit(&BTreeMap::from([(
+            TopicPartition::new("no-such-topic", 0),
+            1,
+        )]))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, GroupError::Partitions { .. }), "{msg}");
+    assert!(msg.contains("no-such-topic/0"), "{msg}");
 
     // A member sees the standalone commits...
     let member = GroupMember::join(&k, config(&group), vec![topic.clone()])
@@ -486,23 +496,27 @@ async fn shares_a_group_with_librdkafka_as_leader_and_as_follower() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn member_survives_a_broker_restart() {
+async fn member_survives_a_broker_restart_and_rejoins_after_a_long_outage() {
     let mut broker = Broker::start("group-restart");
     let topic = topic_with_records(&broker, "restart", 0);
     let k = kafka(&broker);
     let group = common::unique_topic("g-restart");
     let tp0 = TopicPartition::new(&topic, 0);
+    let session = Duration::from_secs(6);
+    let cfg = config(&group).session_timeout(session);
 
-    let mut member = GroupMember::join(&k, config(&group), vec![topic.clone()])
+    let mut member = GroupMember::join(&k, cfg, vec![topic.clone()])
         .await
         .unwrap();
     member
         .commit(&BTreeMap::from([(tp0.clone(), 1)]))
         .await
         .unwrap();
-    tokio::task::block_in_place(|| broker.restart());
 
-    // The coordinator connection broke; the next requests reconnect.
+    // A short outage: heartbeats fail for a while, then reconnect; the membership holds.
+    tokio::task::block_in_place(|| broker.stop());
+    sleep(Duration::from_secs(2)).await;
+    tokio::task::block_in_place(|| broker.start_again());
     member
         .commit(&BTreeMap::from([(tp0.clone(), 2)]))
         .await
@@ -511,17 +525,85 @@ async fn member_survives_a_broker_restart() {
         member.committed(std::slice::from_ref(&tp0)).await.unwrap()[&tp0],
         Some(2)
     );
-    if timeout(Duration::from_secs(3), member.rebalance_needed())
+    sleep(Duration::from_secs(2)).await;
+    assert!(!member.needs_rejoin(), "{:?}", member.rejoin_reason());
+    assert_eq!(set(member.assignment()), all(&topic));
+
+    // An outage longer than the session: the membership is lost, and rejoining works once the
+    // broker is back.
+    tokio::task::block_in_place(|| broker.stop());
+    timeout(session + Duration::from_secs(10), member.rebalance_needed())
         .await
-        .is_ok()
-    {
-        // tansu may have forgotten the group's state: rejoining must work.
-        let parts = member.rejoin().await.unwrap();
-        assert_eq!(set(parts), all(&topic));
-    } else {
-        assert_eq!(set(member.assignment()), all(&topic));
-    }
+        .expect("membership reported lost while the broker is down");
+    let reason = member.rejoin_reason().unwrap();
+    assert!(reason.contains("no heartbeat answered"), "{reason}");
+    tokio::task::block_in_place(|| broker.start_again());
+    let parts = member.rejoin().await.unwrap();
+    assert_eq!(set(parts), all(&topic));
+    assert_eq!(
+        member.committed(std::slice::from_ref(&tp0)).await.unwrap()[&tp0],
+        Some(2)
+    );
     member.leave().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_follower_is_replaced_after_the_session_timeout() {
+    crashed_member_is_replaced("group-crash-follower", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crashed_leader_is_replaced_after_the_session_timeout() {
+    crashed_member_is_replaced("group-crash-leader", true).await;
+}
+
+/// Two members; one stops heartbeating without leaving (a crash); the other must own every
+/// partition after the session timeout.
+async fn crashed_member_is_replaced(name: &str, crash_leader: bool) {
+    let broker = Broker::start(name);
+    let topic = topic_with_records(&broker, "crash", 0);
+    let k = kafka(&broker);
+    let group = common::unique_topic("g-crash");
+    let session = Duration::from_secs(6);
+    let cfg = config(&group).session_timeout(session);
+
+    let leader = GroupMember::join(&k, cfg.clone(), vec![topic.clone()])
+        .await
+        .unwrap();
+    assert!(leader.is_leader());
+    let mut leader = own(leader);
+    let follower = GroupMember::join(&k, cfg, vec![topic.clone()])
+        .await
+        .unwrap();
+    assert!(!follower.is_leader());
+    let mut follower = own(follower);
+    leader
+        .wait_for("split", Duration::from_secs(60), |p| p.len() == 3)
+        .await;
+
+    // Both run (and heartbeat) for a while, then one "crashes": no LeaveGroup, no heartbeats.
+    sleep(Duration::from_secs(2)).await;
+    let (crashed, mut survivor) = if crash_leader {
+        (leader, follower)
+    } else {
+        (follower, leader)
+    };
+    assert_eq!(survivor.current().len(), 3);
+    let crashed_at = Instant::now();
+    drop(crashed.stop().await);
+    survivor
+        .wait_for("the survivor takes over", Duration::from_secs(60), |p| {
+            set(p) == all(&topic)
+        })
+        .await;
+    let took = crashed_at.elapsed();
+    // The crashed member's last heartbeat was at most one interval (0.5 s) before the crash.
+    assert!(
+        took + Duration::from_secs(1) >= session,
+        "taken over after {took:?}, before the session timeout"
+    );
+    eprintln!("partitions of the crashed member reassigned after {took:?} (session {session:?})");
+    survivor.stop().await.leave().await.unwrap();
 }
 
 #[tokio::test]

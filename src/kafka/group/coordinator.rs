@@ -77,14 +77,14 @@ macro_rules! group_request {
 
 // Version ranges: from the first version with the semantics we need to the newest one that
 // `kafka-protocol` 0.18 encodes and that still belongs to the classic group protocol.
-group_request!(FindCoordinatorRequest => FindCoordinatorResponse, FindCoordinator, 0, 3);
-group_request!(JoinGroupRequest => JoinGroupResponse, JoinGroup, 0, 5);
-group_request!(SyncGroupRequest => SyncGroupResponse, SyncGroup, 0, 3);
-group_request!(HeartbeatRequest => HeartbeatResponse, Heartbeat, 0, 3);
-group_request!(LeaveGroupRequest => LeaveGroupResponse, LeaveGroup, 0, 3);
-group_request!(OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 2, 7);
-group_request!(OffsetFetchRequest => OffsetFetchResponse, OffsetFetch, 1, 7);
-group_request!(MetadataRequest => MetadataResponse, Metadata, 1, 8);
+group_request!(FindCoordinatorRequest => FindCoordinatorResponse, FindCoordinator, 0, 4);
+group_request!(JoinGroupRequest => JoinGroupResponse, JoinGroup, 0, 9);
+group_request!(SyncGroupRequest => SyncGroupResponse, SyncGroup, 0, 5);
+group_request!(HeartbeatRequest => HeartbeatResponse, Heartbeat, 0, 4);
+group_request!(LeaveGroupRequest => LeaveGroupResponse, LeaveGroup, 0, 5);
+group_request!(OffsetCommitRequest => OffsetCommitResponse, OffsetCommit, 2, 9);
+group_request!(OffsetFetchRequest => OffsetFetchResponse, OffsetFetch, 1, 9);
+group_request!(MetadataRequest => MetadataResponse, Metadata, 1, 12);
 
 /// Every error code a response carries (top level, per coordinator, member or partition).
 trait Codes {

@@ -29,7 +29,7 @@ pub enum GroupError {
         offset: i64,
     },
     /// No broker answered, or the operation kept failing with retriable errors until its deadline.
-    #[error("{operation} for group `{group}` did not succeed within {} s (brokers {brokers}); last error: {last_error}. Check that the broker is running and reachable, or raise the request timeout if it is only slow", waited.as_secs_f32())]
+    #[error("{operation} for group `{group}` did not succeed within {:.1} s (brokers {brokers}); last error: {last_error}. Check that the broker is running and reachable, or raise the request timeout if it is only slow", waited.as_secs_f32())]
     Timeout {
         /// What we were doing (FindCoordinator, JoinGroup, OffsetCommit, ...).
         operation: &'static str,

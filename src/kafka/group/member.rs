@@ -147,7 +147,7 @@ impl GroupMember {
             state: Arc::new(state),
             heartbeat: None,
         };
-        member.join_round("joining").await?;
+        member.join_round("joining", false).await?;
         member.start_heartbeat();
         Ok(member)
     }
@@ -215,6 +215,7 @@ impl GroupMember {
     pub async fn rejoin(&mut self) -> Result<&[TopicPartition], GroupError> {
         self.stop_heartbeat().await;
         let current = self.state.borrow().clone();
+        let after_rebalance = matches!(current, State::Rebalance(_));
         let reason = match &current {
             State::Stable => "rejoining on request".to_string(),
             State::Rebalance(r) => r.clone(),
@@ -230,7 +231,7 @@ impl GroupMember {
         };
         self.assignment.clear();
         tracing::info!(group = %self.config.group_id, member = %self.member_id, %reason, "rejoining group");
-        match self.join_round(&reason).await {
+        match self.join_round(&reason, after_rebalance).await {
             Ok(()) => {
                 self.state.send_replace(State::Stable);
                 self.start_heartbeat();
@@ -346,13 +347,23 @@ impl GroupMember {
     }
 
     /// JoinGroup then SyncGroup until both succeed in one generation, or the deadline passes.
-    async fn join_round(&mut self, reason: &str) -> Result<(), GroupError> {
+    ///
+    /// `after_rebalance`: the broker announced a rebalance, so the join must end in a newer
+    /// generation than the current one. Apache Kafka always starts one. tansu 0.6 does not when
+    /// it evicted a member for missing heartbeats: it keeps the group "formed" at the same
+    /// generation and answers SyncGroup with the old assignments, which would leave the evicted
+    /// member's partitions unassigned. The standard remedy is used once: leave the group and
+    /// join as a new member, which makes every member rebalance into a new generation.
+    async fn join_round(&mut self, reason: &str, after_rebalance: bool) -> Result<(), GroupError> {
+        let previous_generation = self.generation;
+        let mut must_advance = after_rebalance && previous_generation >= 0;
         let started = Instant::now();
         let budget = self.config.rebalance_timeout + self.coordinator.kafka().request_timeout;
         let deadline = started + budget;
         let metadata = protocol::encode_subscription(&self.topics);
         let mut backoff = Backoff::new();
         let group = self.config.group_id.clone();
+        let mut forced_for_stale_sync = false;
         loop {
             if Instant::now() >= deadline {
                 return Err(GroupError::Timeout {
@@ -397,6 +408,14 @@ impl GroupMember {
                 }
             }
             self.member_id = join.member_id.to_string();
+            if must_advance && join.generation_id <= previous_generation {
+                tracing::warn!(%group, member = %self.member_id, generation = join.generation_id,
+                    "the coordinator announced a rebalance but kept the generation (tansu after \
+                     evicting a member); leaving and joining as a new member to force a new one");
+                must_advance = false;
+                self.leave_quietly().await;
+                continue;
+            }
             self.generation = join.generation_id;
             let name = join
                 .protocol_name
@@ -421,6 +440,10 @@ impl GroupMember {
             } else {
                 Vec::new()
             };
+            let own_plan = assignments
+                .iter()
+                .find(|(m, _)| *m == self.member_id)
+                .map(|(_, bytes)| bytes.clone());
             let (sync, _) = self
                 .coordinator
                 .send(deadline, |v| {
@@ -465,6 +488,25 @@ impl GroupMember {
                     message,
                 }
             })?;
+            if let Some(sent) = own_plan {
+                // A coordinator hands the leader back what the leader sent; a different answer
+                // means it kept an older generation's assignments (tansu, as above).
+                if protocol::decode_assignment(&sent).ok().as_ref() != Some(&self.assignment) {
+                    if forced_for_stale_sync {
+                        return Err(GroupError::Protocol {
+                            what: "SyncGroup response",
+                            source_name: "the group coordinator".into(),
+                            message: "it keeps answering the leader with an assignment other than the one the leader sent".into(),
+                        });
+                    }
+                    tracing::warn!(%group, member = %self.member_id, generation = self.generation,
+                        "the coordinator ignored this leader's assignment; leaving and joining as a new member");
+                    forced_for_stale_sync = true;
+                    self.assignment.clear();
+                    self.leave_quietly().await;
+                    continue;
+                }
+            }
             if let Some(foreign) = self
                 .assignment
                 .iter()
@@ -476,6 +518,26 @@ impl GroupMember {
                 leader = self.leader, partitions = self.assignment.len(), "group joined");
             return Ok(());
         }
+    }
+
+    /// LeaveGroup ignoring the outcome, then forget the member id: the next JoinGroup makes
+    /// this a new member.
+    async fn leave_quietly(&mut self) {
+        if !self.member_id.is_empty() {
+            let group = self.config.group_id.clone();
+            let member_id = self.member_id.clone();
+            if let Err(e) = self
+                .coordinator
+                .send(self.coordinator.request_deadline(), |v| {
+                    leave_request(&group, &member_id, v)
+                })
+                .await
+            {
+                tracing::warn!(%group, member = %member_id, error = %e, "LeaveGroup failed");
+            }
+        }
+        self.member_id.clear();
+        self.generation = -1;
     }
 
     fn inconsistent(&self) -> GroupError {
