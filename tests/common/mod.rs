@@ -246,6 +246,26 @@ impl Broker {
         );
     }
 
+    /// Adds the index on `header (topition, offset_id)` that tansu 0.6.0's SQLite schema lacks;
+    /// without it every fetch scans all headers ever stored (see `index_headers` in
+    /// scripts/broker.sh). Changes speed only, not data or behaviour.
+    fn index_headers(&self) {
+        let script = "import sqlite3, sys\n\
+            db = sqlite3.connect(sys.argv[1], timeout=10)\n\
+            db.execute('create index if not exists streamtract_header_record on header (topition, offset_id)')\n\
+            db.commit()\n";
+        let out = Command::new(python())
+            .args(["-c", script])
+            .arg(self.dir.join("tansu.db"))
+            .output()
+            .unwrap_or_else(|e| panic!("run {}: {e}", python().display()));
+        assert!(
+            out.status.success(),
+            "adding the header index failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// Path of the broker's log (tansu's stdout and stderr).
     pub fn log_path(&self) -> PathBuf {
         self.dir.join("broker.log")
@@ -327,6 +347,7 @@ impl Broker {
                     .output()
                     .unwrap_or_else(|e| panic!("run {}: {e}", python().display()));
                 if out.status.success() {
+                    self.index_headers();
                     return Launch::Ready;
                 }
                 let _ = fs::write(self.dir.join("ping.err"), &out.stderr);
