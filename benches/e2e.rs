@@ -96,8 +96,15 @@ async fn produce_input(kafka: &KafkaConfig, topic: &str, n: usize) {
     assert_eq!(sink.close().await.expect("close") as usize, n);
 }
 
-/// Consume and produce the same records with no model: the ceiling for the pipeline.
-async fn pass_through(kafka: &KafkaConfig, input: &str, output: &str) -> (u64, Duration) {
+/// Consume and produce the same records with no model: the ceiling for the pipeline. With
+/// `with_headers`, each output also carries the five headers the pipeline writes, which shows
+/// what those cost at the broker.
+async fn pass_through(
+    kafka: &KafkaConfig,
+    input: &str,
+    output: &str,
+    with_headers: bool,
+) -> (u64, Duration) {
     let client = kafka::connect(kafka).await.expect("connect");
     let sink = Sink::start(Arc::clone(&client), kafka, &SinkConfig::new(output), None)
         .await
@@ -112,10 +119,24 @@ async fn pass_through(kafka: &KafkaConfig, input: &str, output: &str) -> (u64, D
     while let Some(chunk) = source.next_chunk().await {
         for r in chunk.expect("fetch") {
             let partition = sink.partition_for(r.key.as_deref(), r.partition);
+            let mut headers = r.headers;
+            if with_headers {
+                headers.insert("source.topic".into(), r.topic.as_bytes().to_vec());
+                headers.insert(
+                    "source.partition".into(),
+                    r.partition.to_string().into_bytes(),
+                );
+                headers.insert("source.offset".into(), r.offset.to_string().into_bytes());
+                headers.insert(
+                    "source.timestamp".into(),
+                    r.timestamp.timestamp_millis().to_string().into_bytes(),
+                );
+                headers.insert("model.sha256".into(), [b'0'; 64].to_vec());
+            }
             let out = OutputRecord {
                 key: r.key,
                 value: r.value.unwrap_or_default(),
-                headers: r.headers,
+                headers,
                 timestamp: Utc::now(),
                 source: None,
             };
@@ -170,28 +191,38 @@ async fn main() {
     );
 
     let mut results = Vec::new();
-    for (run, mode) in ["pass-through", "digits_mlp", "digits_cnn", "pass-through"]
-        .iter()
-        .enumerate()
-    {
+    let runs = [
+        "pass-through",
+        "pass-through+headers",
+        "digits_mlp/256",
+        "digits_mlp/1024",
+        "digits_cnn/256",
+        "pass-through",
+    ];
+    for (run, mode) in runs.iter().enumerate() {
         let output = format!("bench-out-{run}");
         create_topic(&kafka, &output).await;
         let (done, elapsed) = match *mode {
-            "pass-through" => pass_through(&kafka, "bench-in", &output).await,
-            model => with_model(&kafka, "bench-in", &output, &format!("{model}.onnx")).await,
+            "pass-through" => pass_through(&kafka, "bench-in", &output, false).await,
+            "pass-through+headers" => pass_through(&kafka, "bench-in", &output, true).await,
+            model_batch => {
+                let (model, batch) = model_batch.split_once('/').expect("model/batch");
+                let batch = batch.parse().expect("batch size");
+                with_model(&kafka, "bench-in", &output, &format!("{model}.onnx"), batch).await
+            }
         };
         assert_eq!(done as usize, n, "{mode}: {done} of {n} records written");
         results.push((*mode, n as f64 / elapsed.as_secs_f64(), elapsed));
     }
     // Pass-through ran first and last; its mean is the reference for the model runs.
-    let reference = (results[0].1 + results[3].1) / 2.0;
+    let reference = (results[0].1 + results[results.len() - 1].1) / 2.0;
     println!(
-        "\n{:<14} {:>10} {:>10} {:>12} {:>16}",
-        "run", "records", "seconds", "records/s", "vs pass-through"
+        "\n{:<22} {:>10} {:>10} {:>12} {:>16}",
+        "run (model/batch)", "records", "seconds", "records/s", "vs pass-through"
     );
     for (mode, rate, elapsed) in &results {
         println!(
-            "{mode:<14} {n:>10} {:>10.2} {rate:>12.0} {:>15.0}%",
+            "{mode:<22} {n:>10} {:>10.2} {rate:>12.0} {:>15.0}%",
             elapsed.as_secs_f64(),
             100.0 * rate / reference
         );

@@ -14,6 +14,7 @@
 //! | [`model`] | load ONNX, read its [`model::Signature`], run batches on worker threads ([`model::InferencePool`]) |
 //! | [`pipeline`] | the stages composed: batching, ordering, error policy ([`pipeline::Pipeline`]) |
 //! | [`config`] | the `run` command's settings, from flags and a TOML file |
+//! | [`dataset`] | the tensorflow-io Kafka API: [`dataset::KafkaDataset`], batches for a model, [`dataset::OutputSequence`] |
 //!
 //! ```no_run
 //! use streamtract::pipeline::{Pipeline, PipelineConfig};
@@ -29,6 +30,8 @@
 
 pub mod codec;
 pub mod config;
+/// tensorflow-io's Kafka datasets and output sequence, on the same source, codecs and sink.
+pub mod dataset;
 mod error;
 pub mod kafka;
 pub mod model;

@@ -576,7 +576,7 @@ async fn crashed_member_is_replaced(name: &str, crash_leader: bool) {
         .await
         .unwrap();
     assert!(!follower.is_leader());
-    let mut follower = own(follower);
+    let follower = own(follower);
     leader
         .wait_for("split", Duration::from_secs(60), |p| p.len() == 3)
         .await;

@@ -43,7 +43,7 @@ pub enum GroupError {
         last_error: String,
     },
     /// The broker does not speak any version of an API that this module speaks.
-    #[error("broker {broker} supports {api} versions {theirs}, this client speaks {ours}: consumer groups need a broker compatible with Kafka 2.x or later")]
+    #[error("broker {broker} supports {api} versions {theirs}, this client speaks {ours}: consumer groups need a broker compatible with Kafka 0.10 or later")]
     UnsupportedVersion {
         /// The broker's address.
         broker: String,

@@ -45,17 +45,33 @@
 //! # Broker compatibility
 //!
 //! Versions are negotiated per connection (see [`GroupMember`] for the ranges this module speaks).
-//! Tested against tansu 0.6.0, which differs from Apache Kafka in ways that matter to callers:
+//! Tested against tansu 0.6.0 (with the newest versions both sides speak, and with every API
+//! capped at its oldest version), whose group coordinator differs from Apache Kafka's:
 //!
-//! - tansu answers `JoinGroup` at once instead of waiting for every member to rejoin; a follower
-//!   whose `SyncGroup` arrives before the leader's gets `REBALANCE_IN_PROGRESS` and joins again
-//!   (tansu delays followers' joins by 3 s), so a rebalance takes a few seconds longer than on
-//!   Kafka, but ends in the same assignment;
-//! - tansu does not check the generation or member id of `OffsetCommit`: commits from a member
-//!   that lost its partitions, and standalone commits while the group has members, are accepted
-//!   (Kafka rejects them with `ILLEGAL_GENERATION` / `UNKNOWN_MEMBER_ID`);
-//! - tansu counts only `Heartbeat` as a sign of life (not `JoinGroup`/`SyncGroup`), so a member
-//!   that spends a whole session timeout in a join round is dropped and joins again with a new id.
+//! - **No waiting in JoinGroup.** tansu answers at once instead of waiting for every member to
+//!   rejoin, and answers a follower's SyncGroup that arrives before the leader's with
+//!   `REBALANCE_IN_PROGRESS`; the follower joins again (tansu delays followers' joins by 3 s). A
+//!   rebalance takes a few seconds longer than on Kafka but ends in the same assignment.
+//! - **Eviction keeps the generation.** When a heartbeat finds that another member's session
+//!   expired, tansu answers `REBALANCE_IN_PROGRESS` but keeps the group "formed" at the same
+//!   generation with the old assignments, so the evicted member's partitions would stay
+//!   unassigned. Worked around: a rejoin that follows a rebalance announcement and lands in the
+//!   same generation (impossible on Kafka, where every rebalance starts a new one), or a
+//!   SyncGroup that hands the leader something other than what it sent, makes the member leave
+//!   and join again as a new member; that forces a new generation and a fresh assignment for
+//!   all. (Not covered: an expiry that tansu first notices at a JoinGroup or SyncGroup rather
+//!   than at a heartbeat moves the group back to forming without a new generation, and members
+//!   that are not rejoining are not told. Membership changes otherwise always bump it.)
+//! - **Commits are not fenced.** tansu does not check the generation or member id of
+//!   `OffsetCommit`: commits from a member that lost its partitions, and standalone commits while
+//!   the group has members, are accepted (Kafka rejects them with `ILLEGAL_GENERATION` /
+//!   `UNKNOWN_MEMBER_ID`; this module reports those as [`GroupError::NotInGeneration`] /
+//!   [`GroupError::GroupNotEmpty`]).
+//! - **Only heartbeats keep a session alive** (not JoinGroup/SyncGroup): a member that spends a
+//!   whole session timeout in a join round is dropped and joins again with a new id.
+//! - **The first member picks the assignor.** The group uses the first member's most preferred
+//!   assignor and refuses members that do not offer it (`INCONSISTENT_GROUP_PROTOCOL`), where
+//!   Kafka picks one every member supports. Give all members the same preference order.
 
 mod assignor;
 mod connection;
