@@ -152,6 +152,7 @@ async fn with_model(
     input: &str,
     output: &str,
     model: &str,
+    batch: usize,
 ) -> (u64, Duration) {
     let mut config = PipelineConfig::new(
         kafka.brokers.clone(),
@@ -159,7 +160,8 @@ async fn with_model(
         output,
         root().join("models").join(model),
     )
-    .until_end(true);
+    .until_end(true)
+    .batch_size(batch);
     config.kafka = kafka.clone();
     let summary = Pipeline::connect(config)
         .await
