@@ -27,6 +27,7 @@ use serde::Deserialize;
 
 use crate::codec::{InputFormat, OutputFormat};
 use crate::error::ConfigError;
+use crate::kafka::group::{Assignor, GroupConfig};
 use crate::kafka::{StartPosition, TopicSelection};
 use crate::pipeline::{ErrorPolicy, PipelineConfig};
 
@@ -105,6 +106,39 @@ pub struct RunArgs {
     #[arg(long, value_name = "TOPIC")]
     pub dlq: Option<String>,
 
+    /// Consumer group id. Without explicit partitions, Kafka spreads the input partitions over
+    /// every process with this id; with `--input TOPIC:P1,P2` the positions are still fetched
+    /// from and committed to the group, without joining it. Positions start from the committed
+    /// offsets, else from `start`.
+    #[arg(long, value_name = "ID")]
+    pub group: Option<String>,
+
+    /// Partition assignors, most preferred first: range, roundrobin. [default: range]
+    #[arg(long, value_name = "NAMES")]
+    pub assignor: Option<String>,
+
+    /// Group session timeout in milliseconds. [default: 45000]
+    #[arg(long, value_name = "MS")]
+    pub session_timeout_ms: Option<u64>,
+
+    /// Group heartbeat interval in milliseconds. [default: 3000]
+    #[arg(long, value_name = "MS")]
+    pub heartbeat_interval_ms: Option<u64>,
+
+    /// Longest a rebalance may take before the broker drops this member, in milliseconds
+    /// (Kafka's max.poll.interval.ms). [default: 300000]
+    #[arg(long, value_name = "MS")]
+    pub max_poll_interval_ms: Option<u64>,
+
+    /// How often acknowledged positions are committed, in milliseconds. [default: 1000]
+    #[arg(long, value_name = "MS")]
+    pub commit_interval_ms: Option<u64>,
+
+    /// In group mode, reading pauses while this many records are read but not yet committed:
+    /// the most records a crash can make the next reader process twice. [default: 10000]
+    #[arg(long, value_name = "N")]
+    pub max_uncommitted: Option<usize>,
+
     /// Seconds to keep trying to reach the brokers at start-up. [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub connect_timeout: Option<u64>,
@@ -156,6 +190,13 @@ impl RunArgs {
             max_record_bytes,
             on_error,
             dlq,
+            group,
+            assignor,
+            session_timeout_ms,
+            heartbeat_interval_ms,
+            max_poll_interval_ms,
+            commit_interval_ms,
+            max_uncommitted,
             connect_timeout,
             request_timeout,
             client_id
@@ -269,6 +310,47 @@ impl RunArgs {
                 return Err(invalid("dlq", "a topic name", ""));
             }
             config.dlq = Some(topic);
+        }
+        if let Some(id) = self.group {
+            let mut group = GroupConfig::new(id);
+            if let Some(names) = &self.assignor {
+                let list = Assignor::parse_list(names)
+                    .map_err(|_| invalid("assignor", "range, roundrobin, or both comma separated", names))?;
+                group = group.assignors(list);
+            }
+            if let Some(ms) = self.session_timeout_ms {
+                group = group.session_timeout(Duration::from_millis(ms));
+            }
+            if let Some(ms) = self.heartbeat_interval_ms {
+                group = group.heartbeat_interval(Duration::from_millis(ms));
+            }
+            if let Some(ms) = self.max_poll_interval_ms {
+                group = group.rebalance_timeout(Duration::from_millis(ms));
+            }
+            group.validate().map_err(|e| invalid("group", "valid consumer group settings", &e.to_string()))?;
+            let explicit = config.source.topics.iter().filter(|t| t.partitions.is_some()).count();
+            if explicit != 0 && explicit != config.source.topics.len() {
+                return Err(invalid(
+                    "input",
+                    "with `group`, either every input with explicit partitions (standalone) or none (group member)",
+                    &inputs.join(" "),
+                ));
+            }
+            config.group = Some(group);
+        } else if self.assignor.is_some() || self.session_timeout_ms.is_some() || self.max_uncommitted.is_some() {
+            return Err(invalid("group", "a group id when assignor, session_timeout_ms or max_uncommitted are set", ""));
+        }
+        if let Some(ms) = self.commit_interval_ms {
+            if ms == 0 {
+                return Err(invalid("commit_interval_ms", "a number of milliseconds >= 1", "0"));
+            }
+            config.commit_interval = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.max_uncommitted {
+            if n == 0 {
+                return Err(invalid("max_uncommitted", "a number >= 1", "0"));
+            }
+            config.max_uncommitted = n;
         }
         if let Some(s) = self.connect_timeout {
             config.kafka.connect_timeout = Duration::from_secs(s);

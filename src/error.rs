@@ -20,6 +20,9 @@ pub enum Error {
     /// Talking to Kafka failed.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// A consumer-group or offset operation failed.
+    #[error(transparent)]
+    Group(#[from] crate::kafka::group::GroupError),
     /// A record could not be decoded and the error policy says stop.
     #[error("stopping on a bad record ({policy}): {source}")]
     BadRecord {

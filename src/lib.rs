@@ -30,7 +30,6 @@
 
 pub mod codec;
 pub mod config;
-/// tensorflow-io's Kafka datasets and output sequence, on the same source, codecs and sink.
 pub mod dataset;
 mod error;
 pub mod kafka;

@@ -143,6 +143,10 @@ pub struct SourceConfig {
     pub fetch_max_wait: Duration,
     /// Fetch responses buffered between the fetch tasks and the consumer.
     pub channel_capacity: usize,
+    /// Committed positions (next offset to read) per `(topic, partition)`. A partition with
+    /// one starts there; if it is outside the partition's range, `start` applies instead,
+    /// with a warning (like Kafka's `auto.offset.reset`).
+    pub resume: BTreeMap<(String, i32), i64>,
 }
 
 impl SourceConfig {
@@ -155,6 +159,7 @@ impl SourceConfig {
             fetch_max_bytes: 1 << 20,
             fetch_max_wait: Duration::from_millis(100),
             channel_capacity: 8,
+            resume: BTreeMap::new(),
         }
     }
 }
@@ -213,7 +218,8 @@ impl Source {
                     .partition_client(sel.topic.clone(), p, UnknownTopicHandling::Retry)
                     .await
                     .map_err(|e| request_error("connect to leader", &sel.topic, p, e))?;
-                let range = resolve_range(&pc, config.start, config.until_end).await?;
+                let resume = config.resume.get(&(sel.topic.clone(), p)).copied();
+                let range = resolve_range(&pc, config.start, resume, config.until_end).await?;
                 plan.push((pc, range));
             }
         }
@@ -232,6 +238,18 @@ impl Source {
             ranges,
             tasks,
         })
+    }
+
+    /// A source that reads nothing and never ends, used while partitions are being reassigned.
+    pub fn idle() -> Source {
+        let (tx, records) = mpsc::channel(1);
+        // Keep one sender alive inside the task set so `next_chunk` waits instead of ending.
+        let mut tasks = JoinSet::new();
+        tasks.spawn(async move {
+            let _keep = tx;
+            std::future::pending::<()>().await;
+        });
+        Source { records, ranges: Vec::new(), tasks }
     }
 
     /// The partitions being read, with their start and end offsets.
@@ -277,6 +295,7 @@ fn request_error(
 async fn resolve_range(
     pc: &PartitionClient,
     start: StartPosition,
+    resume: Option<i64>,
     until_end: bool,
 ) -> Result<PartitionRange, KafkaError> {
     let (topic, partition) = (pc.topic().to_string(), pc.partition());
@@ -287,6 +306,15 @@ async fn resolve_range(
     };
     let low = offset_at(OffsetAt::Earliest).await?;
     let high = offset_at(OffsetAt::Latest).await?;
+    if let Some(pos) = resume {
+        if (low..=high).contains(&pos) {
+            return Ok(PartitionRange { topic, partition, start: pos, end: until_end.then_some(high) });
+        }
+        tracing::warn!(
+            topic = %topic, partition, committed = pos, low, high, policy = %start,
+            "committed offset is out of range; starting from the start policy instead"
+        );
+    }
     let first = match start {
         StartPosition::Earliest => low,
         StartPosition::Latest => high,

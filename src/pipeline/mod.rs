@@ -5,6 +5,7 @@
 //! order the batches were formed, so outputs keep the order of their input partition.
 
 mod batch;
+mod commit;
 mod offsets;
 mod run;
 
@@ -20,6 +21,8 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use tokio::sync::mpsc;
 
+use commit::Committer;
+use rskafka::client::Client;
 use run::{RunLoop, Stages, Stop};
 
 use crate::codec::{Decoder, Encoder, InputFormat, OutputFormat};
@@ -27,6 +30,7 @@ use crate::error::{Error, Result};
 use crate::kafka::{
     self, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, StartPosition, TopicSelection,
 };
+use crate::kafka::group::GroupConfig;
 use crate::model::{InferencePool, Model};
 
 /// Header names written on every output record.
@@ -104,8 +108,14 @@ pub struct PipelineConfig {
     /// Dead-letter topic: rejected records are written there unchanged, with headers saying
     /// where they came from and why they were rejected.
     pub dlq: Option<String>,
+    /// Consumer group: with it, positions are fetched from and committed to the group, and
+    /// (unless every input names explicit partitions) Kafka assigns the partitions.
+    pub group: Option<GroupConfig>,
     /// How often acknowledged positions are committed (consumer-group mode).
     pub commit_interval: Duration,
+    /// In group mode, reading pauses while this many records are read but not committed:
+    /// the most records a crash can make the next reader process again.
+    pub max_uncommitted: usize,
     /// On shutdown or rebalance, how long to wait for in-flight records to be acknowledged.
     pub drain_timeout: Duration,
 }
@@ -139,7 +149,9 @@ impl PipelineConfig {
             max_record_bytes: 1 << 20,
             on_error: ErrorPolicy::Skip,
             dlq: None,
-            commit_interval: Duration::from_secs(5),
+            group: None,
+            commit_interval: Duration::from_secs(1),
+            max_uncommitted: 10_000,
             drain_timeout: Duration::from_secs(30),
         }
     }
@@ -209,6 +221,8 @@ pub struct RunSummary {
 pub struct Pipeline {
     config: PipelineConfig,
     model: Model,
+    client: Arc<Client>,
+    committer: Committer,
     source: Source,
     stages: Stages,
 }
@@ -264,7 +278,12 @@ impl Pipeline {
             }
             None => None,
         };
-        let source = Source::start(client, &config.kafka, &config.source).await?;
+        // Unknown input topics fail here, before joining a group.
+        for sel in &config.source.topics {
+            kafka::topic_partitions(&client, &config.kafka, &sel.topic, "input").await?;
+        }
+        let committer = Committer::start(&config.kafka, config.group.as_ref(), &config.source.topics).await?;
+        let source = start_source(&client, &config, &committer).await?;
         let pool = InferencePool::new(&model, config.workers)?;
         // Compile the full-size plan now, so the first batch does not pay for it.
         let warm = model.clone();
@@ -291,12 +310,7 @@ impl Pipeline {
             row_shapes,
             sha: model.sha256().as_bytes().to_vec(),
         };
-        Ok(Pipeline {
-            config,
-            model,
-            source,
-            stages,
-        })
+        Ok(Pipeline { config, model, client, committer, source, stages })
     }
 
     /// The loaded model.
@@ -317,34 +331,52 @@ impl Pipeline {
     /// Runs until done or until `shutdown` completes; on shutdown, stops reading, finishes the
     /// batches in flight and waits for their outputs to be acknowledged.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
-        let Pipeline {
-            config,
-            model: _,
-            mut source,
-            stages,
-        } = self;
+        let Pipeline { config, model: _, client, mut committer, mut source, stages } = self;
         let started = Instant::now();
         let mut run = RunLoop::new(stages);
         let mut shutdown = Box::pin(shutdown.fuse());
-        let mut rebalance = Box::pin(std::future::pending::<()>());
         let mut commit_due = tokio::time::interval(config.commit_interval);
         commit_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let stop = loop {
-            match run
-                .pump(&mut source, &mut shutdown, &mut rebalance, &mut commit_due)
-                .await
-            {
-                None => continue, // nothing to commit without a consumer group
-                Some(stop) => break stop,
+        let mut result: Result<()> = Ok(());
+        loop {
+            let stop = {
+                let mut rebalance = Box::pin(committer.rebalance_needed());
+                run.pump(&mut source, &mut shutdown, &mut rebalance, &mut commit_due).await
+            };
+            match stop {
+                None => commit(&committer, &mut run).await,
+                Some(Stop::SourceEnded) if committer.is_member() && !config.source.until_end => {
+                    // No partitions assigned: wait for a rebalance to bring some.
+                    tokio::select! {
+                        _ = &mut shutdown => break,
+                        _ = committer.rebalance_needed() => {
+                            if let Err(e) = rebalance(&config, &client, &mut committer, &mut run, &mut source).await {
+                                result = Err(e);
+                                break;
+                            }
+                        }
+                    }
+                }
+                Some(Stop::Rebalance) => {
+                    if let Err(e) = rebalance(&config, &client, &mut committer, &mut run, &mut source).await {
+                        result = Err(e);
+                        break;
+                    }
+                }
+                Some(Stop::Shutdown) => {
+                    tracing::info!("shutdown requested: finishing the records in flight");
+                    break;
+                }
+                Some(Stop::SourceEnded) | Some(Stop::Fatal) => break,
             }
-        };
-        if stop == Stop::Shutdown {
-            tracing::info!("shutdown requested: finishing the records in flight");
         }
         drop(source);
         run.drain(config.drain_timeout).await;
+        commit(&committer, &mut run).await;
+        committer.leave().await;
         run.summary.elapsed = started.elapsed();
         let summary = run.finish().await?;
+        result?;
         tracing::info!(
             records_in = summary.records_in,
             records_out = summary.records_out,
@@ -356,4 +388,67 @@ impl Pipeline {
         );
         Ok(summary)
     }
+}
+
+/// Starts reading what the committer says to read, from the committed positions where there
+/// are any.
+async fn start_source(client: &Arc<Client>, config: &PipelineConfig, committer: &Committer) -> Result<Source> {
+    let mut source_config = config.source.clone();
+    source_config.topics = committer.selection(&config.source.topics);
+    if committer.commits() {
+        let mut partitions = Vec::new();
+        for sel in &source_config.topics {
+            let all = kafka::topic_partitions(client, &config.kafka, &sel.topic, "input").await?;
+            let wanted: Vec<i32> = sel.partitions.clone().unwrap_or_else(|| all.into_iter().collect());
+            partitions.extend(wanted.into_iter().map(|p| (sel.topic.clone(), p)));
+        }
+        source_config.resume = committer.committed(&partitions).await?;
+    }
+    let source = Source::start(Arc::clone(client), &config.kafka, &source_config).await?;
+    for r in source.ranges() {
+        let resumed = source_config.resume.contains_key(&(r.topic.clone(), r.partition));
+        tracing::info!(topic = %r.topic, partition = r.partition, start = r.start, end = ?r.end, resumed, "reading partition");
+    }
+    Ok(source)
+}
+
+/// Commits the acknowledged positions; a failure is logged and retried at the next commit.
+async fn commit(committer: &Committer, run: &mut RunLoop) {
+    if !committer.commits() {
+        run.tracker.take_commits();
+        return;
+    }
+    let positions = run.tracker.commits();
+    if positions.is_empty() {
+        return;
+    }
+    match committer.commit(&positions).await {
+        Ok(()) => {
+            run.tracker.confirm(&positions);
+            tracing::debug!(partitions = positions.len(), "committed");
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "commit failed; will retry");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// Eager rebalance: stop reading, finish and commit what is in flight, rejoin, read the new
+/// assignment from its committed positions.
+async fn rebalance(
+    config: &PipelineConfig,
+    client: &Arc<Client>,
+    committer: &mut Committer,
+    run: &mut RunLoop,
+    source: &mut Source,
+) -> Result<()> {
+    tracing::info!("rebalance: finishing the records in flight before giving up the partitions");
+    *source = Source::idle();
+    run.drain(config.drain_timeout).await;
+    commit(committer, run).await;
+    run.tracker.forget_all();
+    committer.rejoin().await?;
+    *source = start_source(client, config, committer).await?;
+    Ok(())
 }

@@ -16,9 +16,11 @@ pub type TopicPartition = (Arc<str>, i32);
 struct PartitionState {
     /// Offsets read and not yet known done, with their done flag, in read (= offset) order.
     pending: VecDeque<(i64, bool)>,
+    /// Offsets read and not yet covered by a confirmed commit, in read order.
+    uncommitted: VecDeque<i64>,
     /// One past the last offset read.
     next_read: Option<i64>,
-    /// The position last handed out by [`OffsetTracker::take_commits`].
+    /// The last position confirmed committed (or where reading started).
     committed: Option<i64>,
 }
 
@@ -48,6 +50,7 @@ impl PartitionState {
 pub struct OffsetTracker {
     partitions: BTreeMap<TopicPartition, PartitionState>,
     in_flight: usize,
+    uncommitted: usize,
 }
 
 impl OffsetTracker {
@@ -57,8 +60,10 @@ impl OffsetTracker {
         // The position before the first record read is where reading started: nothing to commit.
         state.committed.get_or_insert(offset);
         state.pending.push_back((offset, false));
+        state.uncommitted.push_back(offset);
         state.next_read = Some(offset + 1);
         self.in_flight += 1;
+        self.uncommitted += 1;
     }
 
     /// The record at `offset` is done (output or dead letter acknowledged, or skipped).
@@ -83,13 +88,20 @@ impl OffsetTracker {
         self.in_flight
     }
 
-    /// Commit positions (next offset to read) that moved since the last call.
-    pub fn take_commits(&mut self) -> BTreeMap<TopicPartition, i64> {
+    /// Records read and not yet covered by a confirmed commit: what a crash now would make
+    /// the next reader process again.
+    pub fn uncommitted(&self) -> usize {
+        self.uncommitted
+    }
+
+    /// Commit positions (next offset to read) that moved past the last confirmed commit.
+    /// Call [`confirm`](Self::confirm) once the broker accepted them; until then they are
+    /// offered again.
+    pub fn commits(&self) -> BTreeMap<TopicPartition, i64> {
         let mut out = BTreeMap::new();
-        for (tp, state) in &mut self.partitions {
+        for (tp, state) in &self.partitions {
             if let Some(pos) = state.position() {
                 if state.committed != Some(pos) {
-                    state.committed = Some(pos);
                     out.insert(tp.clone(), pos);
                 }
             }
@@ -97,11 +109,38 @@ impl OffsetTracker {
         out
     }
 
+    /// The broker accepted these commit positions.
+    pub fn confirm(&mut self, positions: &BTreeMap<TopicPartition, i64>) {
+        for (tp, pos) in positions {
+            let Some(state) = self.partitions.get_mut(tp) else { continue };
+            state.committed = Some(*pos);
+            while state.uncommitted.front().is_some_and(|o| o < pos) {
+                state.uncommitted.pop_front();
+                self.uncommitted -= 1;
+            }
+        }
+    }
+
+    /// [`commits`](Self::commits) confirmed at once, for runs that have nowhere to commit.
+    pub fn take_commits(&mut self) -> BTreeMap<TopicPartition, i64> {
+        let positions = self.commits();
+        self.confirm(&positions);
+        positions
+    }
+
     /// Forgets a partition (revoked); its not-done records will be read again by its next owner.
     pub fn forget(&mut self, tp: &TopicPartition) {
         if let Some(state) = self.partitions.remove(tp) {
             self.in_flight -= state.pending.iter().filter(|(_, done)| !done).count();
+            self.uncommitted -= state.uncommitted.len();
         }
+    }
+
+    /// Forgets every partition (after a rebalance, all are assigned anew).
+    pub fn forget_all(&mut self) {
+        self.partitions.clear();
+        self.in_flight = 0;
+        self.uncommitted = 0;
     }
 }
 
@@ -133,6 +172,24 @@ mod tests {
         t.done(&tp(0), 6);
         assert_eq!(t.take_commits()[&tp(0)], 7);
         assert_eq!(t.in_flight(), 0);
+        assert_eq!(t.uncommitted(), 0);
+    }
+
+    #[test]
+    fn unconfirmed_commits_are_offered_again() {
+        let mut t = OffsetTracker::default();
+        for o in 0..4 {
+            t.read(&tp(0), o);
+        }
+        t.done(&tp(0), 0);
+        t.done(&tp(0), 1);
+        assert_eq!(t.uncommitted(), 4);
+        let first = t.commits();
+        assert_eq!(first[&tp(0)], 2);
+        assert_eq!(t.commits(), first, "a failed commit is offered again");
+        t.confirm(&first);
+        assert_eq!(t.uncommitted(), 2);
+        assert!(t.commits().is_empty());
     }
 
     #[test]

@@ -114,13 +114,18 @@ impl RunLoop {
             if self.fatal.is_some() {
                 return Some(Stop::Fatal);
             }
+            // At the uncommitted bound reading pauses; commit as soon as there is progress.
+            let at_bound = self.tracker.uncommitted() >= self.config.max_uncommitted;
+            if at_bound && !self.tracker.commits().is_empty() {
+                return None;
+            }
             tokio::select! {
                 biased;
                 _ = &mut *shutdown => return Some(Stop::Shutdown),
                 _ = &mut *rebalance => return Some(Stop::Rebalance),
                 Some(acked) = self.acks.recv() => self.on_acks(acked),
                 Some(result) = self.inflight.next(), if !self.inflight.is_empty() => self.on_batch_done(result).await,
-                chunk = source.next_chunk(), if self.inflight.len() < max_inflight => match chunk {
+                chunk = source.next_chunk(), if self.inflight.len() < max_inflight && !at_bound => match chunk {
                     None => return Some(Stop::SourceEnded),
                     Some(Err(e)) => { self.fatal.get_or_insert(e.into()); }
                     Some(Ok(records)) => self.on_records(records).await,
