@@ -755,7 +755,10 @@ fn evaluate_example_prints_accuracy() {
     let rows = &digits()[..N];
     let mut recs: Vec<Rec> = rows
         .iter()
-        .map(|(label, features)| Rec::unkeyed(format!("{label},{features}")))
+        .enumerate()
+        .map(|(i, (label, features))| {
+            Rec::unkeyed(format!("{label},{features}")).partition(i as i32 % 3)
+        })
         .collect();
     recs.push(Rec::unkeyed("3,1,2"));
     broker.produce("labelled", &recs);
