@@ -2,6 +2,11 @@
 //! CNN next to a pass-through run (the same records consumed and produced, no model), all in
 //! one invocation on one broker so the ratios are stable on a noisy machine.
 //!
+//! tansu stores every record header as a database row, so the five headers the pipeline puts
+//! on each output cost the broker more than everything else together; the table therefore
+//! also shows a pass-through that writes the same five headers, and model runs without them
+//! (`output_headers = false`), so each model run has a like-for-like reference.
+//!
 //!     cargo bench --bench e2e                       # 100,000 records
 //!     STREAMTRACT_BENCH_RECORDS=20000 cargo bench --bench e2e
 //!
@@ -153,6 +158,7 @@ async fn with_model(
     output: &str,
     model: &str,
     batch: usize,
+    output_headers: bool,
 ) -> (u64, Duration) {
     let mut config = PipelineConfig::new(
         kafka.brokers.clone(),
@@ -162,6 +168,7 @@ async fn with_model(
     )
     .until_end(true)
     .batch_size(batch);
+    config.output_headers = output_headers;
     config.kafka = kafka.clone();
     let summary = Pipeline::connect(config)
         .await
@@ -197,8 +204,9 @@ async fn main() {
         "pass-through",
         "pass-through+headers",
         "digits_mlp/256",
-        "digits_mlp/1024",
         "digits_cnn/256",
+        "digits_mlp/256/no-headers",
+        "digits_cnn/256/no-headers",
         "pass-through",
     ];
     for (run, mode) in runs.iter().enumerate() {
@@ -207,10 +215,24 @@ async fn main() {
         let (done, elapsed) = match *mode {
             "pass-through" => pass_through(&kafka, "bench-in", &output, false).await,
             "pass-through+headers" => pass_through(&kafka, "bench-in", &output, true).await,
-            model_batch => {
-                let (model, batch) = model_batch.split_once('/').expect("model/batch");
-                let batch = batch.parse().expect("batch size");
-                with_model(&kafka, "bench-in", &output, &format!("{model}.onnx"), batch).await
+            run => {
+                // model/batch[/no-headers]
+                let mut parts = run.split('/');
+                let model = parts.next().expect("model");
+                let batch = parts
+                    .next()
+                    .and_then(|b| b.parse().ok())
+                    .expect("batch size");
+                let headers = parts.next() != Some("no-headers");
+                with_model(
+                    &kafka,
+                    "bench-in",
+                    &output,
+                    &format!("{model}.onnx"),
+                    batch,
+                    headers,
+                )
+                .await
             }
         };
         assert_eq!(done as usize, n, "{mode}: {done} of {n} records written");

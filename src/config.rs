@@ -28,6 +28,7 @@ use serde::Deserialize;
 use crate::codec::{InputFormat, OutputFormat};
 use crate::error::ConfigError;
 use crate::kafka::group::{Assignor, GroupConfig};
+use crate::kafka::{Password, SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
 use crate::kafka::{StartPosition, TopicSelection};
 use crate::pipeline::{ErrorPolicy, PipelineConfig};
 
@@ -106,6 +107,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "TOPIC")]
     pub dlq: Option<String>,
 
+    /// Write `source.*` and `model.sha256` headers on every output. [default: true]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub output_headers: Option<bool>,
+
     /// Consumer group id. Without explicit partitions, Kafka spreads the input partitions over
     /// every process with this id; with `--input TOPIC:P1,P2` the positions are still fetched
     /// from and committed to the group, without joining it. Positions start from the committed
@@ -150,6 +155,44 @@ pub struct RunArgs {
     /// Client id sent to the brokers. [default: streamtract]
     #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
+
+    /// Connect to the brokers with TLS. On by itself when any other `tls_*` setting is given;
+    /// without `tls_ca_file`, the broker certificates must chain to the system's CA bundle.
+    /// Broker host names (or IP addresses) are always checked against their certificates.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub tls: Option<bool>,
+
+    /// PEM file with the CA certificates that signed the brokers' certificates (turns TLS on).
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<PathBuf>,
+
+    /// PEM client certificate (chain, ours first) for brokers that require mutual TLS; needs
+    /// `tls_key_file`.
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+
+    /// PEM private key of `tls_cert_file` (PKCS#8, RSA or EC).
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+
+    /// SASL mechanism: plain, scram-sha-256 or scram-sha-512. Needs `sasl_username` and one of
+    /// `sasl_password_file` / `sasl_password_env`. PLAIN sends the password as it is: use it
+    /// with TLS.
+    #[arg(long, value_name = "MECHANISM")]
+    pub sasl_mechanism: Option<String>,
+
+    /// SASL user name.
+    #[arg(long, value_name = "USER")]
+    pub sasl_username: Option<String>,
+
+    /// File holding the SASL password (one trailing newline is ignored). There is no flag for
+    /// the password itself: command lines are visible to every user of the machine.
+    #[arg(long, value_name = "FILE")]
+    pub sasl_password_file: Option<PathBuf>,
+
+    /// Name of the environment variable holding the SASL password.
+    #[arg(long, value_name = "VAR")]
+    pub sasl_password_env: Option<String>,
 }
 
 macro_rules! overlay {
@@ -190,6 +233,7 @@ impl RunArgs {
             max_record_bytes,
             on_error,
             dlq,
+            output_headers,
             group,
             assignor,
             session_timeout_ms,
@@ -199,7 +243,15 @@ impl RunArgs {
             max_uncommitted,
             connect_timeout,
             request_timeout,
-            client_id
+            client_id,
+            tls,
+            tls_ca_file,
+            tls_cert_file,
+            tls_key_file,
+            sasl_mechanism,
+            sasl_username,
+            sasl_password_file,
+            sasl_password_env
         )
     }
 
@@ -311,11 +363,17 @@ impl RunArgs {
             }
             config.dlq = Some(topic);
         }
+        config.output_headers = self.output_headers.unwrap_or(true);
         if let Some(id) = self.group {
             let mut group = GroupConfig::new(id);
             if let Some(names) = &self.assignor {
-                let list = Assignor::parse_list(names)
-                    .map_err(|_| invalid("assignor", "range, roundrobin, or both comma separated", names))?;
+                let list = Assignor::parse_list(names).map_err(|_| {
+                    invalid(
+                        "assignor",
+                        "range, roundrobin, or both comma separated",
+                        names,
+                    )
+                })?;
                 group = group.assignors(list);
             }
             if let Some(ms) = self.session_timeout_ms {
@@ -327,8 +385,15 @@ impl RunArgs {
             if let Some(ms) = self.max_poll_interval_ms {
                 group = group.rebalance_timeout(Duration::from_millis(ms));
             }
-            group.validate().map_err(|e| invalid("group", "valid consumer group settings", &e.to_string()))?;
-            let explicit = config.source.topics.iter().filter(|t| t.partitions.is_some()).count();
+            group
+                .validate()
+                .map_err(|e| invalid("group", "valid consumer group settings", &e.to_string()))?;
+            let explicit = config
+                .source
+                .topics
+                .iter()
+                .filter(|t| t.partitions.is_some())
+                .count();
             if explicit != 0 && explicit != config.source.topics.len() {
                 return Err(invalid(
                     "input",
@@ -337,12 +402,23 @@ impl RunArgs {
                 ));
             }
             config.group = Some(group);
-        } else if self.assignor.is_some() || self.session_timeout_ms.is_some() || self.max_uncommitted.is_some() {
-            return Err(invalid("group", "a group id when assignor, session_timeout_ms or max_uncommitted are set", ""));
+        } else if self.assignor.is_some()
+            || self.session_timeout_ms.is_some()
+            || self.max_uncommitted.is_some()
+        {
+            return Err(invalid(
+                "group",
+                "a group id when assignor, session_timeout_ms or max_uncommitted are set",
+                "",
+            ));
         }
         if let Some(ms) = self.commit_interval_ms {
             if ms == 0 {
-                return Err(invalid("commit_interval_ms", "a number of milliseconds >= 1", "0"));
+                return Err(invalid(
+                    "commit_interval_ms",
+                    "a number of milliseconds >= 1",
+                    "0",
+                ));
             }
             config.commit_interval = Duration::from_millis(ms);
         }
@@ -361,7 +437,108 @@ impl RunArgs {
         if let Some(id) = self.client_id {
             config.kafka.client_id = id;
         }
+        config.kafka.security = SecuritySettings {
+            tls: self.tls,
+            tls_ca_file: self.tls_ca_file,
+            tls_cert_file: self.tls_cert_file,
+            tls_key_file: self.tls_key_file,
+            sasl_mechanism: self.sasl_mechanism,
+            sasl_username: self.sasl_username,
+            sasl_password_file: self.sasl_password_file,
+            sasl_password_env: self.sasl_password_env,
+        }
+        .into_security_config()?;
         Ok(config)
+    }
+}
+
+/// The TLS and SASL fields of [`RunArgs`], checked together.
+struct SecuritySettings {
+    tls: Option<bool>,
+    tls_ca_file: Option<PathBuf>,
+    tls_cert_file: Option<PathBuf>,
+    tls_key_file: Option<PathBuf>,
+    sasl_mechanism: Option<String>,
+    sasl_username: Option<String>,
+    sasl_password_file: Option<PathBuf>,
+    sasl_password_env: Option<String>,
+}
+
+impl SecuritySettings {
+    /// Reads and checks the files now, so a missing CA file or a malformed key stops the run
+    /// before it connects.
+    fn into_security_config(self) -> Result<SecurityConfig, ConfigError> {
+        let mut security = SecurityConfig::default();
+        let any_tls_file = self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || self.tls_key_file.is_some();
+        if self.tls == Some(false) && any_tls_file {
+            return Err(invalid(
+                "tls",
+                "true (or unset) when tls_ca_file, tls_cert_file or tls_key_file is set",
+                "false",
+            ));
+        }
+        if self.tls == Some(true) || any_tls_file {
+            let mut tls = match &self.tls_ca_file {
+                Some(path) => TlsConfig::from_ca_file(path)?,
+                None => TlsConfig::from_system_roots()?,
+            };
+            match (&self.tls_cert_file, &self.tls_key_file) {
+                (Some(cert), Some(key)) => tls = tls.with_client_cert(cert, key)?,
+                (Some(_), None) => {
+                    return Err(ConfigError::Missing {
+                        field: "tls_key_file",
+                        flag: "tls-key-file",
+                    })
+                }
+                (None, Some(_)) => {
+                    return Err(ConfigError::Missing {
+                        field: "tls_cert_file",
+                        flag: "tls-cert-file",
+                    })
+                }
+                (None, None) => {}
+            }
+            security.tls = Some(tls);
+        }
+
+        let Some(mechanism) = self.sasl_mechanism else {
+            if self.sasl_username.is_some()
+                || self.sasl_password_file.is_some()
+                || self.sasl_password_env.is_some()
+            {
+                return Err(ConfigError::Missing {
+                    field: "sasl_mechanism",
+                    flag: "sasl-mechanism",
+                });
+            }
+            return Ok(security);
+        };
+        let mechanism: SaslMechanism = parse("sasl_mechanism", &mechanism)?;
+        let username = required(self.sasl_username, "sasl_username", "sasl-username")?;
+        if username.is_empty() {
+            return Err(invalid("sasl_username", "a user name", ""));
+        }
+        let password = match (self.sasl_password_file, self.sasl_password_env) {
+            (Some(path), None) => Password::from_file(path)?,
+            (None, Some(var)) => Password::from_env(&var)?,
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "sasl_password_file",
+                    "either sasl_password_file or sasl_password_env, not both",
+                    "both",
+                ))
+            }
+            (None, None) => {
+                return Err(ConfigError::Missing {
+                    field: "sasl_password_file",
+                    flag: "sasl-password-file (or --sasl-password-env VAR)",
+                })
+            }
+        };
+        security.sasl = Some(SaslConfig::new(mechanism, username, password));
+        Ok(security)
     }
 }
 
@@ -455,6 +632,71 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("unknown field `batchsize`"), "{err}");
+    }
+
+    #[test]
+    fn security_settings_are_checked() {
+        let err = |args: RunArgs| args.into_pipeline_config().unwrap_err().to_string();
+        let e = err(RunArgs {
+            tls_ca_file: Some("/nonexistent/ca.pem".into()),
+            ..base()
+        });
+        assert!(e.starts_with("`tls_ca_file` (/nonexistent/ca.pem): cannot read it"), "{e}");
+        let dir = tempfile::tempdir().unwrap();
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n").unwrap();
+        let e = err(RunArgs {
+            tls_ca_file: Some(bad.clone()),
+            ..base()
+        });
+        assert!(e.contains("`tls_ca_file`") && e.contains("not a valid PEM file"), "{e}");
+        let e = err(RunArgs {
+            tls_cert_file: Some(bad.clone()),
+            tls_ca_file: None,
+            tls: Some(false),
+            ..base()
+        });
+        assert!(e.starts_with("`tls`: expected true"), "{e}");
+        let e = err(RunArgs {
+            sasl_username: Some("alice".into()),
+            ..base()
+        });
+        assert!(e.contains("`sasl_mechanism` is required"), "{e}");
+        let e = err(RunArgs {
+            sasl_mechanism: Some("gssapi".into()),
+            ..base()
+        });
+        assert!(e.contains("plain, scram-sha-256, scram-sha-512"), "{e}");
+        let e = err(RunArgs {
+            sasl_mechanism: Some("scram-sha-512".into()),
+            sasl_username: Some("alice".into()),
+            ..base()
+        });
+        assert!(e.contains("`sasl_password_file` is required"), "{e}");
+        let e = err(RunArgs {
+            sasl_mechanism: Some("scram-sha-512".into()),
+            sasl_username: Some("alice".into()),
+            sasl_password_env: Some("STREAMTRACT_TEST_SURELY_UNSET".into()),
+            ..base()
+        });
+        assert!(
+            e.contains("`sasl_password_env`") && e.contains("STREAMTRACT_TEST_SURELY_UNSET is not set"),
+            "{e}"
+        );
+
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "hunter2\n").unwrap();
+        let file: RunArgs = toml::from_str(&format!(
+            "sasl_mechanism = \"scram-sha-256\"\nsasl_username = \"alice\"\nsasl_password_file = {:?}\n",
+            pw.display().to_string()
+        ))
+        .unwrap();
+        let config = base().over(file).into_pipeline_config().unwrap();
+        let sasl = config.kafka.security.sasl.as_ref().unwrap();
+        assert_eq!(sasl.mechanism, SaslMechanism::ScramSha256);
+        assert_eq!(sasl.username, "alice");
+        let shown = format!("{:?}", config.kafka);
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 
     #[test]

@@ -65,6 +65,9 @@ pub enum ConfigError {
         /// What went wrong, including the TOML parser's location.
         message: String,
     },
+    /// A TLS or SASL setting names a file that is missing or malformed, or cannot work.
+    #[error(transparent)]
+    Security(#[from] crate::kafka::SecurityError),
 }
 
 /// Loading or checking a model.
@@ -149,6 +152,10 @@ pub enum KafkaError {
     /// Metadata request failed.
     #[error("Kafka metadata request failed: {0}")]
     Metadata(String),
+    /// The broker rejected our TLS certificate check or SASL credentials, or we rejected its
+    /// certificate.
+    #[error(transparent)]
+    Security(#[from] crate::kafka::SecurityError),
 }
 
 impl KafkaError {
@@ -160,6 +167,7 @@ impl KafkaError {
             KafkaError::Unreachable { .. }
                 | KafkaError::UnknownTopic { .. }
                 | KafkaError::UnknownPartition { .. }
+                | KafkaError::Security(_)
         )
     }
 }

@@ -21,12 +21,20 @@ fn root() -> std::path::PathBuf {
 
 fn pixels() -> String {
     let line = std::fs::read_to_string(root().join("data/digits.csv")).unwrap();
-    line.lines().next().unwrap().split_once(',').unwrap().1.to_string()
+    line.lines()
+        .next()
+        .unwrap()
+        .split_once(',')
+        .unwrap()
+        .1
+        .to_string()
 }
 
 fn produce_keyed(broker: &Broker, topic: &str, from: usize, to: usize) {
     let value = pixels();
-    let recs: Vec<Rec> = (from..to).map(|i| Rec::kv(&format!("k{i}"), value.clone())).collect();
+    let recs: Vec<Rec> = (from..to)
+        .map(|i| Rec::kv(&format!("k{i}"), value.clone()))
+        .collect();
     for chunk in recs.chunks(10_000) {
         broker.produce(topic, chunk);
     }
@@ -42,9 +50,23 @@ impl Member {
     fn start(broker: &Broker, group: &str, extra: &[&str]) -> Member {
         let mut child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
             .args([
-                "run", "--brokers", &broker.addr, "--input", "events", "--output", "predictions",
-                "--model", "models/digits_mlp.onnx", "--group", group,
-                "--session-timeout-ms", "6000", "--heartbeat-interval-ms", "500", "--commit-interval-ms", "200",
+                "run",
+                "--brokers",
+                &broker.addr,
+                "--input",
+                "events",
+                "--output",
+                "predictions",
+                "--model",
+                "models/digits_mlp.onnx",
+                "--group",
+                group,
+                "--session-timeout-ms",
+                "6000",
+                "--heartbeat-interval-ms",
+                "500",
+                "--commit-interval-ms",
+                "200",
             ])
             .args(extra)
             .current_dir(root())
@@ -69,7 +91,11 @@ impl Member {
     }
 
     fn signal(&self, sig: &str) {
-        assert!(Command::new("kill").args([sig, &self.child.id().to_string()]).status().unwrap().success());
+        assert!(Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success());
     }
 
     /// Waits for the process to exit; returns its exit code and log.
@@ -82,7 +108,10 @@ impl Member {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("streamtract did not exit within {limit:?}; log:\n{}", self.log());
+                panic!(
+                    "streamtract did not exit within {limit:?}; log:\n{}",
+                    self.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -92,16 +121,27 @@ impl Member {
     fn last_assignment(&self) -> Option<BTreeSet<i32>> {
         let log = self.log();
         let line = log.lines().rev().find(|l| l.contains("assignment="))?;
-        let list = line.split("assignment=").nth(1)?.split_whitespace().next()?;
+        let list = line
+            .split("assignment=")
+            .nth(1)?
+            .split_whitespace()
+            .next()?;
         if list == "none" {
             return Some(BTreeSet::new());
         }
-        Some(list.split(',').map(|tp| tp.rsplit_once('/').unwrap().1.parse().unwrap()).collect())
+        Some(
+            list.split(',')
+                .map(|tp| tp.rsplit_once('/').unwrap().1.parse().unwrap())
+                .collect(),
+        )
     }
 }
 
 fn total_high_watermark(broker: &Broker, topic: &str) -> i64 {
-    broker.topic_info(topic).map(|t| t.high_watermarks.iter().sum()).unwrap_or(0)
+    broker
+        .topic_info(topic)
+        .map(|t| t.high_watermarks.iter().sum())
+        .unwrap_or(0)
 }
 
 /// Waits until `topic` holds at least `min` records and stopped growing; returns the count.
@@ -116,7 +156,10 @@ fn wait_for_settled(broker: &Broker, topic: &str, min: i64, limit: Duration) -> 
         if now >= min && since.elapsed() > Duration::from_secs(3) {
             return now;
         }
-        assert!(Instant::now() < deadline, "{topic} has {now} records, expected at least {min}");
+        assert!(
+            Instant::now() < deadline,
+            "{topic} has {now} records, expected at least {min}"
+        );
         std::thread::sleep(Duration::from_millis(250));
     }
 }
@@ -134,11 +177,23 @@ fn outputs_per_key(broker: &Broker, count: i64) -> HashMap<String, usize> {
 fn committed(broker: &Broker, group: &str) -> Value {
     let out = Command::new(common::python())
         .arg(root().join("scripts/kgroup.py"))
-        .args(["committed", "--brokers", &broker.addr, "--group", group, "--topic", "events"])
+        .args([
+            "committed",
+            "--brokers",
+            &broker.addr,
+            "--group",
+            group,
+            "--topic",
+            "events",
+        ])
         .args(["--partitions", &PARTITIONS.to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
@@ -153,7 +208,9 @@ fn setup(name: &str) -> Broker {
 fn three_members_split_the_topic_and_write_each_key_once() {
     let broker = setup("group_three_bounded");
     produce_keyed(&broker, "events", 0, 30_000);
-    let members: Vec<Member> = (0..3).map(|_| Member::start(&broker, "g3", &["--until-end", "--workers", "1"])).collect();
+    let members: Vec<Member> = (0..3)
+        .map(|_| Member::start(&broker, "g3", &["--until-end", "--workers", "1"]))
+        .collect();
     let mut assigned_somewhere = 0;
     for m in members {
         let (code, log) = m.wait(Duration::from_secs(240));
@@ -162,16 +219,31 @@ fn three_members_split_the_topic_and_write_each_key_once() {
             assigned_somewhere += 1;
         }
     }
-    assert!(assigned_somewhere >= 2, "partitions should have been spread over the members");
-    let per_key = outputs_per_key(&broker, wait_for_settled(&broker, "predictions", 30_000, Duration::from_secs(30)));
+    assert!(
+        assigned_somewhere >= 2,
+        "partitions should have been spread over the members"
+    );
+    let per_key = outputs_per_key(
+        &broker,
+        wait_for_settled(&broker, "predictions", 30_000, Duration::from_secs(30)),
+    );
     assert_eq!(per_key.len(), 30_000, "every key has an output");
     let dups: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(dups.is_empty(), "{} keys have more than one output, e.g. {:?}", dups.len(), dups.first());
+    assert!(
+        dups.is_empty(),
+        "{} keys have more than one output, e.g. {:?}",
+        dups.len(),
+        dups.first()
+    );
     // Everything was committed: every partition's position is its end.
     let positions = committed(&broker, "g3");
     let info = broker.topic_info("events").unwrap();
     for p in 0..PARTITIONS {
-        assert_eq!(positions[p.to_string()].as_i64(), Some(info.high_watermarks[p as usize]), "partition {p}");
+        assert_eq!(
+            positions[p.to_string()].as_i64(),
+            Some(info.high_watermarks[p as usize]),
+            "partition {p}"
+        );
     }
 }
 
@@ -180,8 +252,17 @@ fn a_killed_member_loses_nothing_and_a_restart_reprocesses_nothing() {
     let broker = setup("group_kill");
     const BOUND: usize = 2_000;
     let bound = BOUND.to_string();
-    let extra = ["--max-uncommitted", bound.as_str(), "--workers", "1", "--batch-size", "64"];
-    let members: Vec<Member> = (0..3).map(|_| Member::start(&broker, "gk", &extra)).collect();
+    let extra = [
+        "--max-uncommitted",
+        bound.as_str(),
+        "--workers",
+        "1",
+        "--batch-size",
+        "64",
+    ];
+    let members: Vec<Member> = (0..3)
+        .map(|_| Member::start(&broker, "gk", &extra))
+        .collect();
     std::thread::sleep(Duration::from_secs(8)); // let the group settle
     produce_keyed(&broker, "events", 0, 30_000);
     // Kill one member hard while the others are mid-stream.
@@ -198,9 +279,16 @@ fn a_killed_member_loses_nothing_and_a_restart_reprocesses_nothing() {
     let survivors: Vec<Member> = members.collect();
 
     let total = wait_for_settled(&broker, "predictions", 30_000, Duration::from_secs(180));
-    println!("all 30000 keys answered {:.1} s after the kill", killed_at.elapsed().as_secs_f64());
+    println!(
+        "all 30000 keys answered {:.1} s after the kill",
+        killed_at.elapsed().as_secs_f64()
+    );
     let per_key = outputs_per_key(&broker, total);
-    assert_eq!(per_key.len(), 30_000, "every key has at least one output after the crash");
+    assert_eq!(
+        per_key.len(),
+        30_000,
+        "every key has at least one output after the crash"
+    );
     let duplicates = (total - 30_000) as usize;
     println!("duplicates after kill -9: {duplicates} (bound {BOUND})");
     assert!(duplicates < BOUND, "{duplicates} duplicates, bound {BOUND}");
@@ -210,11 +298,22 @@ fn a_killed_member_loses_nothing_and_a_restart_reprocesses_nothing() {
         m.signal("-TERM");
         let (code, log) = m.wait(Duration::from_secs(60));
         assert_eq!(code, Some(0), "{log}");
+        // Lag is logged per partition at shutdown: everything read was committed.
+        let lags: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("consumer lag at shutdown"))
+            .collect();
+        assert!(!lags.is_empty(), "{log}");
+        assert!(lags.iter().all(|l| l.contains("lag=Some(0)")), "{lags:#?}");
     }
     let positions = committed(&broker, "gk");
     let info = broker.topic_info("events").unwrap();
     for p in 0..PARTITIONS {
-        assert_eq!(positions[p.to_string()].as_i64(), Some(info.high_watermarks[p as usize]), "partition {p}");
+        assert_eq!(
+            positions[p.to_string()].as_i64(),
+            Some(info.high_watermarks[p as usize]),
+            "partition {p}"
+        );
     }
 
     // A new member alone in the group gets every partition and reprocesses nothing.
@@ -236,8 +335,23 @@ fn shares_a_group_with_a_librdkafka_member() {
     produce_keyed(&broker, "events", 0, 600);
     let mut theirs = Command::new(common::python())
         .arg(root().join("scripts/kgroup.py"))
-        .args(["member", "--brokers", &broker.addr, "--group", "gi", "--topic", "events", "--strategy", "range"])
-        .args(["--session-timeout-ms", "6000", "--heartbeat-interval-ms", "500"])
+        .args([
+            "member",
+            "--brokers",
+            &broker.addr,
+            "--group",
+            "gi",
+            "--topic",
+            "events",
+            "--strategy",
+            "range",
+        ])
+        .args([
+            "--session-timeout-ms",
+            "6000",
+            "--heartbeat-interval-ms",
+            "500",
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -247,7 +361,9 @@ fn shares_a_group_with_a_librdkafka_member() {
     let stdout = theirs.stdout.take().unwrap();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(serde_json::from_str(&line).unwrap());
+            sink.lock()
+                .unwrap()
+                .push(serde_json::from_str(&line).unwrap());
         }
     });
     let mut their_stdin: ChildStdin = theirs.stdin.take().unwrap();
@@ -257,17 +373,33 @@ fn shares_a_group_with_a_librdkafka_member() {
     let last_theirs = || -> Option<BTreeSet<i32>> {
         let ev = events.lock().unwrap();
         let a = ev.iter().rev().find(|e| e["event"] == "assign")?;
-        Some(a["partitions"].as_array()?.iter().map(|tp| tp[1].as_i64().unwrap() as i32).collect())
+        Some(
+            a["partitions"]
+                .as_array()?
+                .iter()
+                .map(|tp| tp[1].as_i64().unwrap() as i32)
+                .collect(),
+        )
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mine, them) = loop {
         if let (Some(m), Some(t)) = (ours.last_assignment(), last_theirs()) {
             let union: BTreeSet<i32> = m.union(&t).copied().collect();
-            if m.is_disjoint(&t) && union.len() == PARTITIONS as usize && !m.is_empty() && !t.is_empty() {
+            if m.is_disjoint(&t)
+                && union.len() == PARTITIONS as usize
+                && !m.is_empty()
+                && !t.is_empty()
+            {
                 break (m, t);
             }
         }
-        assert!(Instant::now() < deadline, "no stable split; ours {:?} theirs {:?}\n{}", ours.last_assignment(), last_theirs(), ours.log());
+        assert!(
+            Instant::now() < deadline,
+            "no stable split; ours {:?} theirs {:?}\n{}",
+            ours.last_assignment(),
+            last_theirs(),
+            ours.log()
+        );
         std::thread::sleep(Duration::from_millis(200));
     };
     println!("streamtract owns {mine:?}, confluent-kafka owns {them:?}");
@@ -276,11 +408,17 @@ fn shares_a_group_with_a_librdkafka_member() {
     let info = broker.topic_info("events").unwrap();
     loop {
         let positions = committed(&broker, "gi");
-        let done = mine.iter().all(|p| positions[p.to_string()].as_i64() == Some(info.high_watermarks[*p as usize]));
+        let done = mine
+            .iter()
+            .all(|p| positions[p.to_string()].as_i64() == Some(info.high_watermarks[*p as usize]));
         if done {
             break;
         }
-        assert!(Instant::now() < deadline, "our commits not visible to confluent-kafka: {positions}\n{}", ours.log());
+        assert!(
+            Instant::now() < deadline,
+            "our commits not visible to confluent-kafka: {positions}\n{}",
+            ours.log()
+        );
         std::thread::sleep(Duration::from_millis(300));
     }
     let _ = writeln!(their_stdin, "stop");
@@ -295,18 +433,34 @@ fn start_policy_applies_without_and_with_out_of_range_commits() {
     let broker = setup("group_start_policy");
     produce_keyed(&broker, "events", 0, 120);
     // No committed offsets: `latest` reads nothing that is already there.
-    let (code, log) = Member::start(&broker, "gp", &["--until-end", "--start", "latest"]).wait(Duration::from_secs(60));
+    let (code, log) = Member::start(&broker, "gp", &["--until-end", "--start", "latest"])
+        .wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("0 records in"), "{log}");
 
     // A committed offset beyond the end falls back to the policy (earliest) with a warning.
     let out = Command::new(common::python())
         .arg(root().join("scripts/kgroup.py"))
-        .args(["commit", "--brokers", &broker.addr, "--group", "gq", "--topic", "events", "--offsets", "0=999999"])
+        .args([
+            "commit",
+            "--brokers",
+            &broker.addr,
+            "--group",
+            "gq",
+            "--topic",
+            "events",
+            "--offsets",
+            "0=999999",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let (code, log) = Member::start(&broker, "gq", &["--until-end", "--start", "earliest"]).wait(Duration::from_secs(60));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (code, log) = Member::start(&broker, "gq", &["--until-end", "--start", "earliest"])
+        .wait(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{log}");
     assert!(log.contains("committed offset is out of range"), "{log}");
     assert!(log.contains("120 records in, 120 outputs written"), "{log}");

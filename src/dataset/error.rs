@@ -2,6 +2,7 @@
 
 use crate::codec::DecodeError;
 use crate::error::{KafkaError, ModelError};
+use crate::kafka::group::GroupError;
 
 /// What can go wrong reading a [`KafkaDataset`](super::KafkaDataset), preparing its records for
 /// a model, or writing through an [`OutputSequence`](super::OutputSequence) /
@@ -45,6 +46,18 @@ pub enum DatasetError {
     /// Talking to Kafka failed.
     #[error(transparent)]
     Kafka(#[from] KafkaError),
+    /// A consumer-group operation of a [`KafkaGroupDataset`](super::KafkaGroupDataset) (join,
+    /// rejoin, committed offsets, commit, leave) failed.
+    #[error(transparent)]
+    Group(#[from] GroupError),
+    /// [`Acker::commit`](super::Acker::commit) was called after the
+    /// [`KafkaGroupDataset`](super::KafkaGroupDataset) was closed (or its background task
+    /// stopped).
+    #[error("group dataset of group `{group}` is closed: nothing more can be committed (acknowledge and commit before `close`)")]
+    GroupClosed {
+        /// The group id.
+        group: String,
+    },
     /// The model or its signature does not fit.
     #[error(transparent)]
     Model(#[from] ModelError),

@@ -13,7 +13,7 @@ use rskafka::client::Client;
 
 use super::batch::Batches;
 use super::blocking::{Blocking, BlockingKafkaDataset};
-use super::origin::{into_stream, ChunkStream, RecordSource, SpecReader};
+use super::origin::{into_stream, ChunkStream, RecordSource, Revocation, SpecReader};
 use super::preprocess::{Examples, Preprocess};
 use super::spec::TopicSpec;
 use super::timer::QuietTimer;
@@ -70,8 +70,8 @@ impl KafkaDatasetBuilder {
     /// positions it fetched (before the model saw the records, hence its data loss); which
     /// records are read always came from the topic specs. This dataset commits nothing, so a
     /// group here changes nothing but a log line; it is accepted so ported programs keep their
-    /// shape. Consumer-group reading with commits on acknowledgement is the job of the group
-    /// dataset.
+    /// shape. Consumer-group reading with commits on acknowledgement is the job of
+    /// [`KafkaGroupDataset`](super::KafkaGroupDataset).
     pub fn group(mut self, group: &str) -> Self {
         self.group = group.to_string();
         self
@@ -240,6 +240,10 @@ pub struct KafkaDataset {
     finished: bool,
     settings: Settings,
     yielded: u64,
+    /// For a consumer-group source: buffered records of an older epoch were revoked.
+    revocation: Option<Revocation>,
+    /// The epoch the buffered records were read in.
+    buffered_epoch: u64,
 }
 
 impl fmt::Debug for KafkaDataset {
@@ -280,7 +284,17 @@ impl KafkaDataset {
             finished: false,
             settings,
             yielded: 0,
+            revocation: None,
+            buffered_epoch: 0,
         }
+    }
+
+    /// Drops buffered records once `revocation` says their partitions were taken away (the
+    /// source accepts each chunk it hands out under its epoch).
+    pub(crate) fn with_revocation(mut self, revocation: Revocation) -> KafkaDataset {
+        self.buffered_epoch = revocation.current();
+        self.revocation = Some(revocation);
+        self
     }
 
     /// The topic specs, parsed.
@@ -306,7 +320,8 @@ impl KafkaDataset {
             .map(|s| s.max(self.settings.timeout))
     }
 
-    /// The group given to the builder (unused; see [`KafkaDatasetBuilder::group`]).
+    /// The group given to the builder (unused; see [`KafkaDatasetBuilder::group`]), or the
+    /// group of a [`KafkaGroupDataset`](super::KafkaGroupDataset).
     pub fn group(&self) -> &str {
         &self.settings.group
     }
@@ -342,6 +357,15 @@ impl Stream for KafkaDataset {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
         loop {
+            if let Some(revocation) = &this.revocation {
+                if !this.buffered.is_empty() && revocation.current() != this.buffered_epoch {
+                    tracing::debug!(
+                        dropped = this.buffered.len(),
+                        "buffered records of revoked partitions dropped"
+                    );
+                    this.buffered.clear();
+                }
+            }
             if let Some(record) = this.buffered.pop_front() {
                 this.idle.reset();
                 this.yielded += 1;
@@ -351,7 +375,12 @@ impl Stream for KafkaDataset {
                 return Poll::Ready(None);
             }
             match this.chunks.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok(chunk))) => this.buffered.extend(chunk),
+                Poll::Ready(Some(Ok(chunk))) => {
+                    if let Some(revocation) = &this.revocation {
+                        this.buffered_epoch = revocation.accepted();
+                    }
+                    this.buffered.extend(chunk);
+                }
                 Poll::Ready(Some(Err(e))) => {
                     this.finish();
                     return Poll::Ready(Some(Err(e)));

@@ -8,9 +8,10 @@
 //! | `KafkaDataset(topics, servers, group, eof, timeout)` | [`KafkaDataset::builder`] → [`KafkaDatasetBuilder::open`] (async [`Stream`](futures::Stream)) or [`open_blocking`](KafkaDatasetBuilder::open_blocking) ([`Iterator`]) |
 //! | topic spec `topic:partition:offset:last` | [`TopicSpec`] (`last` is an inclusive end offset) |
 //! | `stream_timeout` (of `KafkaGroupIODataset`) | [`KafkaDatasetBuilder::stream_timeout`] |
+//! | `KafkaGroupIODataset(topics, group_id, servers, stream_timeout, message_poll_timeout, configuration)` | [`KafkaGroupDataset::builder`] → [`KafkaGroupDatasetBuilder::open`]; records are committed once acknowledged through an [`Acker`] |
 //! | `dataset.map(decode)` | [`KafkaDataset::examples`] with a [`Preprocess`] (the pipeline's [decoders](crate::codec)) |
 //! | `dataset.batch(n)` | [`KafkaDataset::batch`] → [`TensorBatch`]es (tract tensors and ndarray views, labels) |
-//! | `KafkaBatchIODataset` | [`KafkaBatchDataset`] → [`MiniBatch`]es |
+//! | `KafkaBatchIODataset` | [`KafkaBatchDataset`] → [`MiniBatch`]es (over a group: [`KafkaGroupDataset::mini_batches`]) |
 //! | `KafkaOutputSequence(topic, servers)`, `setitem`, `flush` | [`OutputSequence::connect`], [`set`](OutputSequence::set), [`flush`](OutputSequence::flush) |
 //! | `write_kafka(message, topic, servers)` | [`KafkaWriter::write_kafka`] (one producer for every call), [`write_kafka`] (many messages) |
 //!
@@ -20,8 +21,9 @@
 //! that cannot be decoded is reported, never dropped silently; the writer reuses one producer,
 //! keeps keys and partitions by key; `flush` waits for the broker's acknowledgements.
 //!
-//! tensorflow-io's `KafkaGroupIODataset` (consumer groups, commits on acknowledgement) is not
-//! here yet.
+//! The consumer-group reader, [`KafkaGroupDataset`], commits only records the program
+//! acknowledged ([`Acker`]), where tensorflow-io auto-committed records as they were fetched
+//! and lost them in a crash.
 //!
 //! The program tensorflow-io users know, in Rust (see `examples/seed.rs` for the whole of it):
 //!
@@ -52,9 +54,11 @@
 //! # Ok(()) }
 //! ```
 
+mod acker;
 mod batch;
 mod blocking;
 mod error;
+mod group_dataset;
 mod kafka_dataset;
 mod mini_batch;
 mod origin;
@@ -63,9 +67,14 @@ mod preprocess;
 mod spec;
 mod timer;
 
+pub use acker::{Acker, Committed};
 pub use batch::{Batches, TensorBatch};
 pub use blocking::{Blocking, BlockingKafkaDataset, BlockingOutputSequence};
 pub use error::DatasetError;
+pub use group_dataset::{
+    BlockingKafkaGroupDataset, KafkaGroupDataset, KafkaGroupDatasetBuilder,
+    DEFAULT_COMMIT_INTERVAL, DEFAULT_MAX_UNCOMMITTED, DEFAULT_MESSAGE_POLL_TIMEOUT,
+};
 pub use kafka_dataset::{KafkaDataset, KafkaDatasetBuilder, DEFAULT_TIMEOUT};
 pub use mini_batch::{KafkaBatchDataset, MiniBatch};
 pub use output::{write_kafka, KafkaWriter, OutputConfig, OutputItem, OutputSequence};

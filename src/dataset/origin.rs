@@ -2,11 +2,14 @@
 //!
 //! [`KafkaDataset`](super::KafkaDataset) only sees a [`RecordSource`]: something that hands out
 //! chunks of records, in offset order per partition, and says when there are no more. Reading
-//! topic specs in order ([`SpecReader`]) is one; a consumer-group member is meant to be another,
-//! so the dataset's preprocessing, batching, timeouts and blocking face serve both.
+//! topic specs in order ([`SpecReader`]) is one; a consumer-group member
+//! (`group_dataset::GroupReader`) is another, so the dataset's preprocessing,
+//! batching, timeouts and blocking face serve both. A group source also hands the dataset a
+//! [`Revocation`], so records of partitions taken away in a rebalance are dropped.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use futures::future::BoxFuture;
@@ -283,5 +286,39 @@ impl SpecReader {
 impl RecordSource for SpecReader {
     fn next_chunk(&mut self) -> BoxFuture<'_, Option<Result<Vec<SourceRecord>, DatasetError>>> {
         Box::pin(self.next())
+    }
+}
+
+/// Tells a dataset that records it holds were revoked: a consumer-group source bumps the epoch
+/// when its partitions are taken away (a rebalance, or closing), and the dataset drops the
+/// records it buffered under an older epoch instead of handing them out, so another member's
+/// copy of them is not processed twice.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Revocation {
+    /// The epoch records must belong to, to be handed out.
+    current: Arc<AtomicU64>,
+    /// The epoch of the chunk the source handed out last.
+    accepted: Arc<AtomicU64>,
+}
+
+impl Revocation {
+    /// Revokes every record handed over so far; returns the new epoch.
+    pub(crate) fn revoke(&self) -> u64 {
+        self.current.fetch_add(1, Ordering::SeqCst) + 1
+    }
+
+    /// The current epoch.
+    pub(crate) fn current(&self) -> u64 {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    /// The source is handing out a chunk read in `epoch`.
+    pub(crate) fn accept(&self, epoch: u64) {
+        self.accepted.store(epoch, Ordering::SeqCst);
+    }
+
+    /// The epoch of the chunk handed out last (read by the dataset right after it got it).
+    pub(crate) fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 }

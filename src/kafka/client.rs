@@ -7,6 +7,7 @@ use std::time::Duration;
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 
+use super::security::{SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
 use crate::error::KafkaError;
 
 /// How to reach the cluster.
@@ -23,6 +24,8 @@ pub struct KafkaConfig {
     /// rskafka retries with exponential backoff and, by default, forever; this puts a deadline
     /// on it so a dead broker surfaces as an error instead of a hang.
     pub request_timeout: Duration,
+    /// TLS and SASL, used by every connection: sources, sinks and consumer-group coordinators.
+    pub security: SecurityConfig,
 }
 
 impl KafkaConfig {
@@ -33,7 +36,20 @@ impl KafkaConfig {
             client_id: "streamtract".into(),
             connect_timeout: Duration::from_secs(30),
             request_timeout: Duration::from_secs(60),
+            security: SecurityConfig::default(),
         }
+    }
+
+    /// Connects with TLS.
+    pub fn tls(mut self, tls: TlsConfig) -> KafkaConfig {
+        self.security.tls = Some(tls);
+        self
+    }
+
+    /// Authenticates with SASL.
+    pub fn sasl(mut self, sasl: SaslConfig) -> KafkaConfig {
+        self.security.sasl = Some(sasl);
+        self
     }
 
     pub(crate) fn brokers_display(&self) -> String {
@@ -43,8 +59,16 @@ impl KafkaConfig {
 
 /// Connects to the cluster, retrying until `connect_timeout`.
 ///
-/// The error names the brokers tried and the last failure.
+/// The error names the brokers tried and the last failure. With TLS or SASL on, a rejected
+/// certificate or password is reported at once (as [`KafkaError::Security`]), without retrying.
 pub async fn connect(config: &KafkaConfig) -> Result<Arc<Client>, KafkaError> {
+    if config.security.tls.is_none() {
+        if let Some(sasl) = &config.security.sasl {
+            if sasl.mechanism == SaslMechanism::Plain {
+                tracing::warn!(user = %sasl.username, "SASL PLAIN without TLS sends the password in clear text");
+            }
+        }
+    }
     let backoff = BackoffConfig {
         init_backoff: Duration::from_millis(100),
         max_backoff: Duration::from_secs(2),
@@ -54,10 +78,28 @@ pub async fn connect(config: &KafkaConfig) -> Result<Arc<Client>, KafkaError> {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let mut last_error = String::from("no answer");
     loop {
-        let build = ClientBuilder::new(config.brokers.clone())
+        if config.security.is_enabled() {
+            // rskafka retries a TLS or SASL failure like a network error until its deadline and
+            // then reports it in its own words. One connection of our own first tells a refused
+            // certificate or password apart and names the problem.
+            match tokio::time::timeout_at(deadline, crate::kafka::group::check_security(config))
+                .await
+            {
+                Ok(Err(e)) => return Err(KafkaError::Security(e)),
+                Ok(Ok(())) => {}
+                Err(_) => break,
+            }
+        }
+        let mut builder = ClientBuilder::new(config.brokers.clone())
             .client_id(config.client_id.clone())
-            .backoff_config(backoff.clone())
-            .build();
+            .backoff_config(backoff.clone());
+        if let Some(tls) = config.security.rskafka_tls() {
+            builder = builder.tls_config(tls);
+        }
+        if let Some(sasl) = config.security.rskafka_sasl() {
+            builder = builder.sasl_config(sasl);
+        }
+        let build = builder.build();
         // rskafka checks its deadline only between attempts; the outer timeout bounds a hung one.
         match tokio::time::timeout_at(deadline, build).await {
             Ok(Ok(client)) => return Ok(Arc::new(client)),

@@ -3,12 +3,16 @@
 
 mod client;
 pub mod group;
+mod lag;
 mod partitioner;
+pub mod security;
 mod sink;
 mod source;
 
 pub use client::{connect, topic_partitions, KafkaConfig};
+pub use lag::{ConsumerLag, PartitionLag};
 pub use partitioner::{murmur2, partition_for_key};
+pub use security::{Password, SaslConfig, SaslMechanism, SecurityConfig, SecurityError, TlsConfig};
 pub use sink::{OutputRecord, Sink, SinkConfig, SourceCoordinates};
 pub use source::{
     PartitionRange, Source, SourceConfig, SourceRecord, StartPosition, TopicSelection,

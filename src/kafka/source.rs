@@ -147,6 +147,8 @@ pub struct SourceConfig {
     /// one starts there; if it is outside the partition's range, `start` applies instead,
     /// with a warning (like Kafka's `auto.offset.reset`).
     pub resume: BTreeMap<(String, i32), i64>,
+    /// Where fetch responses' high watermarks are recorded (shared by clones).
+    pub lag: super::ConsumerLag,
 }
 
 impl SourceConfig {
@@ -160,6 +162,7 @@ impl SourceConfig {
             fetch_max_wait: Duration::from_millis(100),
             channel_capacity: 8,
             resume: BTreeMap::new(),
+            lag: super::ConsumerLag::default(),
         }
     }
 }
@@ -249,7 +252,11 @@ impl Source {
             let _keep = tx;
             std::future::pending::<()>().await;
         });
-        Source { records, ranges: Vec::new(), tasks }
+        Source {
+            records,
+            ranges: Vec::new(),
+            tasks,
+        }
     }
 
     /// The partitions being read, with their start and end offsets.
@@ -308,7 +315,12 @@ async fn resolve_range(
     let high = offset_at(OffsetAt::Latest).await?;
     if let Some(pos) = resume {
         if (low..=high).contains(&pos) {
-            return Ok(PartitionRange { topic, partition, start: pos, end: until_end.then_some(high) });
+            return Ok(PartitionRange {
+                topic,
+                partition,
+                start: pos,
+                end: until_end.then_some(high),
+            });
         }
         tracing::warn!(
             topic = %topic, partition, committed = pos, low, high, policy = %start,
@@ -364,7 +376,12 @@ async fn fetch_partition(
             .fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms)
             .await;
         let records = match fetched {
-            Ok((records, _high_watermark)) => records,
+            Ok((records, high_watermark)) => {
+                config
+                    .lag
+                    .set_high_watermark(&range.topic, range.partition, high_watermark);
+                records
+            }
             Err(e) => {
                 let _ = tx
                     .send(Err(request_error(

@@ -25,9 +25,13 @@ impl Committer {
         group: Option<&GroupConfig>,
         topics: &[TopicSelection],
     ) -> Result<Committer, GroupError> {
-        let Some(group) = group else { return Ok(Committer::None) };
+        let Some(group) = group else {
+            return Ok(Committer::None);
+        };
         if topics.iter().all(|t| t.partitions.is_some()) {
-            return Ok(Committer::Standalone(OffsetStore::connect(kafka, &group.group_id).await?));
+            return Ok(Committer::Standalone(
+                OffsetStore::connect(kafka, &group.group_id).await?,
+            ));
         }
         let names = topics.iter().map(|t| t.topic.clone()).collect();
         let member = GroupMember::join(kafka, group.clone(), names).await?;
@@ -50,14 +54,22 @@ impl Committer {
 
     /// The topics and partitions to read: the assignment for a member, else `configured`.
     pub(super) fn selection(&self, configured: &[TopicSelection]) -> Vec<TopicSelection> {
-        let Committer::Member(member) = self else { return configured.to_vec() };
+        let Committer::Member(member) = self else {
+            return configured.to_vec();
+        };
         let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for tp in member.assignment() {
-            by_topic.entry(tp.topic.clone()).or_default().push(tp.partition);
+            by_topic
+                .entry(tp.topic.clone())
+                .or_default()
+                .push(tp.partition);
         }
         by_topic
             .into_iter()
-            .map(|(topic, partitions)| TopicSelection { topic, partitions: Some(partitions) })
+            .map(|(topic, partitions)| TopicSelection {
+                topic,
+                partitions: Some(partitions),
+            })
             .collect()
     }
 
@@ -66,24 +78,34 @@ impl Committer {
         &self,
         partitions: &[(String, i32)],
     ) -> Result<BTreeMap<(String, i32), i64>, GroupError> {
-        let tps: Vec<group::TopicPartition> =
-            partitions.iter().map(|(t, p)| group::TopicPartition::new(t.clone(), *p)).collect();
+        let tps: Vec<group::TopicPartition> = partitions
+            .iter()
+            .map(|(t, p)| group::TopicPartition::new(t.clone(), *p))
+            .collect();
         let found = match self {
             Committer::None => return Ok(BTreeMap::new()),
             Committer::Standalone(store) => store.committed(&tps).await?,
             Committer::Member(member) => member.committed(&tps).await?,
         };
-        Ok(found.into_iter().filter_map(|(tp, pos)| pos.map(|p| ((tp.topic, tp.partition), p))).collect())
+        Ok(found
+            .into_iter()
+            .filter_map(|(tp, pos)| pos.map(|p| ((tp.topic, tp.partition), p)))
+            .collect())
     }
 
     /// Commits positions (next offset to read).
-    pub(super) async fn commit(&self, positions: &BTreeMap<TopicPartition, i64>) -> Result<(), GroupError> {
+    pub(super) async fn commit(
+        &self,
+        positions: &BTreeMap<TopicPartition, i64>,
+    ) -> Result<(), GroupError> {
         if positions.is_empty() {
             return Ok(());
         }
         let offsets: BTreeMap<group::TopicPartition, i64> = positions
             .iter()
-            .map(|((topic, partition), pos)| (group::TopicPartition::new(topic.as_ref(), *partition), *pos))
+            .map(|((topic, partition), pos)| {
+                (group::TopicPartition::new(topic.as_ref(), *partition), *pos)
+            })
             .collect();
         match self {
             Committer::None => Ok(()),
@@ -123,7 +145,9 @@ fn describe(assignment: &[group::TopicPartition]) -> String {
     if assignment.is_empty() {
         return "none".into();
     }
-    assignment.iter().map(|tp| tp.to_string()).collect::<Vec<_>>().join(",")
+    assignment
+        .iter()
+        .map(|tp| tp.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
 }
-
-

@@ -27,10 +27,11 @@ use run::{RunLoop, Stages, Stop};
 
 use crate::codec::{Decoder, Encoder, InputFormat, OutputFormat};
 use crate::error::{Error, Result};
+use crate::kafka::group::GroupConfig;
+use crate::kafka::ConsumerLag;
 use crate::kafka::{
     self, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, StartPosition, TopicSelection,
 };
-use crate::kafka::group::GroupConfig;
 use crate::model::{InferencePool, Model};
 
 /// Header names written on every output record.
@@ -108,6 +109,10 @@ pub struct PipelineConfig {
     /// Dead-letter topic: rejected records are written there unchanged, with headers saying
     /// where they came from and why they were rejected.
     pub dlq: Option<String>,
+    /// Write the source coordinates and model SHA-256 as headers on every output (default).
+    /// Turning this off saves broker work where headers are costly (tansu stores each header
+    /// as a database row), at the price of outputs that no longer say where they came from.
+    pub output_headers: bool,
     /// Consumer group: with it, positions are fetched from and committed to the group, and
     /// (unless every input names explicit partitions) Kafka assigns the partitions.
     pub group: Option<GroupConfig>,
@@ -149,6 +154,7 @@ impl PipelineConfig {
             max_record_bytes: 1 << 20,
             on_error: ErrorPolicy::Skip,
             dlq: None,
+            output_headers: true,
             group: None,
             commit_interval: Duration::from_secs(1),
             max_uncommitted: 10_000,
@@ -282,7 +288,8 @@ impl Pipeline {
         for sel in &config.source.topics {
             kafka::topic_partitions(&client, &config.kafka, &sel.topic, "input").await?;
         }
-        let committer = Committer::start(&config.kafka, config.group.as_ref(), &config.source.topics).await?;
+        let committer =
+            Committer::start(&config.kafka, config.group.as_ref(), &config.source.topics).await?;
         let source = start_source(&client, &config, &committer).await?;
         let pool = InferencePool::new(&model, config.workers)?;
         // Compile the full-size plan now, so the first batch does not pay for it.
@@ -310,12 +317,25 @@ impl Pipeline {
             row_shapes,
             sha: model.sha256().as_bytes().to_vec(),
         };
-        Ok(Pipeline { config, model, client, committer, source, stages })
+        Ok(Pipeline {
+            config,
+            model,
+            client,
+            committer,
+            source,
+            stages,
+        })
     }
 
     /// The loaded model.
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// Per-partition consumer lag (high watermark minus committed position), updated while
+    /// the pipeline runs; clone it before [`run`](Self::run) to watch it.
+    pub fn lag(&self) -> ConsumerLag {
+        self.config.source.lag.clone()
     }
 
     /// The partitions being read and their offset ranges.
@@ -331,20 +351,36 @@ impl Pipeline {
     /// Runs until done or until `shutdown` completes; on shutdown, stops reading, finishes the
     /// batches in flight and waits for their outputs to be acknowledged.
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
-        let Pipeline { config, model: _, client, mut committer, mut source, stages } = self;
+        let Pipeline {
+            config,
+            model: _,
+            client,
+            mut committer,
+            mut source,
+            stages,
+        } = self;
         let started = Instant::now();
         let mut run = RunLoop::new(stages);
         let mut shutdown = Box::pin(shutdown.fuse());
         let mut commit_due = tokio::time::interval(config.commit_interval);
         commit_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut result: Result<()> = Ok(());
+        let committer_commits = committer.commits();
+        let mut last_lag_log = Instant::now();
         loop {
             let stop = {
                 let mut rebalance = Box::pin(committer.rebalance_needed());
-                run.pump(&mut source, &mut shutdown, &mut rebalance, &mut commit_due).await
+                run.pump(&mut source, &mut shutdown, &mut rebalance, &mut commit_due)
+                    .await
             };
             match stop {
-                None => commit(&committer, &mut run).await,
+                None => {
+                    commit(&committer, &mut run, &config.source.lag).await;
+                    if committer_commits && last_lag_log.elapsed() >= Duration::from_secs(30) {
+                        last_lag_log = Instant::now();
+                        tracing::info!(total_lag = config.source.lag.total(), "consumer lag");
+                    }
+                }
                 Some(Stop::SourceEnded) if committer.is_member() && !config.source.until_end => {
                     // No partitions assigned: wait for a rebalance to bring some.
                     tokio::select! {
@@ -358,7 +394,9 @@ impl Pipeline {
                     }
                 }
                 Some(Stop::Rebalance) => {
-                    if let Err(e) = rebalance(&config, &client, &mut committer, &mut run, &mut source).await {
+                    if let Err(e) =
+                        rebalance(&config, &client, &mut committer, &mut run, &mut source).await
+                    {
                         result = Err(e);
                         break;
                     }
@@ -372,8 +410,13 @@ impl Pipeline {
         }
         drop(source);
         run.drain(config.drain_timeout).await;
-        commit(&committer, &mut run).await;
+        commit(&committer, &mut run, &config.source.lag).await;
         committer.leave().await;
+        if committer_commits {
+            for ((topic, partition), l) in config.source.lag.snapshot() {
+                tracing::info!(%topic, partition, high_watermark = l.high_watermark, committed = ?l.committed, lag = ?l.lag(), "consumer lag at shutdown");
+            }
+        }
         run.summary.elapsed = started.elapsed();
         let summary = run.finish().await?;
         result?;
@@ -392,28 +435,37 @@ impl Pipeline {
 
 /// Starts reading what the committer says to read, from the committed positions where there
 /// are any.
-async fn start_source(client: &Arc<Client>, config: &PipelineConfig, committer: &Committer) -> Result<Source> {
+async fn start_source(
+    client: &Arc<Client>,
+    config: &PipelineConfig,
+    committer: &Committer,
+) -> Result<Source> {
     let mut source_config = config.source.clone();
     source_config.topics = committer.selection(&config.source.topics);
     if committer.commits() {
         let mut partitions = Vec::new();
         for sel in &source_config.topics {
             let all = kafka::topic_partitions(client, &config.kafka, &sel.topic, "input").await?;
-            let wanted: Vec<i32> = sel.partitions.clone().unwrap_or_else(|| all.into_iter().collect());
+            let wanted: Vec<i32> = sel
+                .partitions
+                .clone()
+                .unwrap_or_else(|| all.into_iter().collect());
             partitions.extend(wanted.into_iter().map(|p| (sel.topic.clone(), p)));
         }
         source_config.resume = committer.committed(&partitions).await?;
     }
     let source = Source::start(Arc::clone(client), &config.kafka, &source_config).await?;
     for r in source.ranges() {
-        let resumed = source_config.resume.contains_key(&(r.topic.clone(), r.partition));
+        let resumed = source_config
+            .resume
+            .contains_key(&(r.topic.clone(), r.partition));
         tracing::info!(topic = %r.topic, partition = r.partition, start = r.start, end = ?r.end, resumed, "reading partition");
     }
     Ok(source)
 }
 
 /// Commits the acknowledged positions; a failure is logged and retried at the next commit.
-async fn commit(committer: &Committer, run: &mut RunLoop) {
+async fn commit(committer: &Committer, run: &mut RunLoop, lag: &ConsumerLag) {
     if !committer.commits() {
         run.tracker.take_commits();
         return;
@@ -425,6 +477,9 @@ async fn commit(committer: &Committer, run: &mut RunLoop) {
     match committer.commit(&positions).await {
         Ok(()) => {
             run.tracker.confirm(&positions);
+            for ((topic, partition), position) in &positions {
+                lag.set_committed(topic, *partition, *position);
+            }
             tracing::debug!(partitions = positions.len(), "committed");
         }
         Err(e) => {
@@ -446,8 +501,9 @@ async fn rebalance(
     tracing::info!("rebalance: finishing the records in flight before giving up the partitions");
     *source = Source::idle();
     run.drain(config.drain_timeout).await;
-    commit(committer, run).await;
+    commit(committer, run, &config.source.lag).await;
     run.tracker.forget_all();
+    config.source.lag.clear();
     committer.rejoin().await?;
     *source = start_source(client, config, committer).await?;
     Ok(())

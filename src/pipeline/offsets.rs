@@ -112,7 +112,9 @@ impl OffsetTracker {
     /// The broker accepted these commit positions.
     pub fn confirm(&mut self, positions: &BTreeMap<TopicPartition, i64>) {
         for (tp, pos) in positions {
-            let Some(state) = self.partitions.get_mut(tp) else { continue };
+            let Some(state) = self.partitions.get_mut(tp) else {
+                continue;
+            };
             state.committed = Some(*pos);
             while state.uncommitted.front().is_some_and(|o| o < pos) {
                 state.uncommitted.pop_front();

@@ -273,24 +273,23 @@ impl RunLoop {
         let now = Utc::now();
         for (m, row) in meta.into_iter().zip(rows) {
             let value = self.encoder.encode(&row);
-            let mut h = BTreeMap::new();
-            h.insert(
-                headers::SOURCE_TOPIC.to_string(),
-                m.topic.as_bytes().to_vec(),
-            );
-            h.insert(
-                headers::SOURCE_PARTITION.to_string(),
-                m.partition.to_string().into_bytes(),
-            );
-            h.insert(
-                headers::SOURCE_OFFSET.to_string(),
-                m.offset.to_string().into_bytes(),
-            );
-            h.insert(
-                headers::SOURCE_TIMESTAMP.to_string(),
-                m.timestamp_ms.to_string().into_bytes(),
-            );
-            h.insert(headers::MODEL_SHA256.to_string(), self.sha.clone());
+            let h = if self.config.output_headers {
+                header_map([
+                    (headers::SOURCE_TOPIC, m.topic.as_bytes().to_vec()),
+                    (
+                        headers::SOURCE_PARTITION,
+                        m.partition.to_string().into_bytes(),
+                    ),
+                    (headers::SOURCE_OFFSET, m.offset.to_string().into_bytes()),
+                    (
+                        headers::SOURCE_TIMESTAMP,
+                        m.timestamp_ms.to_string().into_bytes(),
+                    ),
+                    (headers::MODEL_SHA256, self.sha.clone()),
+                ])
+            } else {
+                BTreeMap::new()
+            };
             let partition = self.sink.partition_for(m.key.as_deref(), m.partition);
             let source = SourceCoordinates {
                 topic: m.topic,
@@ -332,23 +331,19 @@ fn dead_letter(record: SourceRecord, error: &DecodeError) -> OutputRecord {
         _ => "decode",
     };
     let mut h = record.headers;
-    h.insert(
-        headers::DLQ_SOURCE_TOPIC.to_string(),
-        record.topic.as_bytes().to_vec(),
-    );
-    h.insert(
-        headers::DLQ_SOURCE_PARTITION.to_string(),
-        record.partition.to_string().into_bytes(),
-    );
-    h.insert(
-        headers::DLQ_SOURCE_OFFSET.to_string(),
-        record.offset.to_string().into_bytes(),
-    );
-    h.insert(headers::DLQ_STAGE.to_string(), stage.as_bytes().to_vec());
-    h.insert(
-        headers::DLQ_REASON.to_string(),
-        error.to_string().into_bytes(),
-    );
+    h.extend(header_map([
+        (headers::DLQ_SOURCE_TOPIC, record.topic.as_bytes().to_vec()),
+        (
+            headers::DLQ_SOURCE_PARTITION,
+            record.partition.to_string().into_bytes(),
+        ),
+        (
+            headers::DLQ_SOURCE_OFFSET,
+            record.offset.to_string().into_bytes(),
+        ),
+        (headers::DLQ_STAGE, stage.as_bytes().to_vec()),
+        (headers::DLQ_REASON, error.to_string().into_bytes()),
+    ]));
     let source = SourceCoordinates {
         topic: record.topic,
         partition: record.partition,
@@ -361,4 +356,8 @@ fn dead_letter(record: SourceRecord, error: &DecodeError) -> OutputRecord {
         timestamp: record.timestamp,
         source: Some(source),
     }
+}
+
+fn header_map<const N: usize>(pairs: [(&str, Vec<u8>); N]) -> BTreeMap<String, Vec<u8>> {
+    pairs.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
 }

@@ -1,17 +1,24 @@
-//! One TCP connection to one broker: Kafka framing, request headers, correlation ids, and the
-//! `ApiVersions` handshake that picks a version per API.
+//! One connection to one broker: TLS if configured, Kafka framing, request headers, correlation
+//! ids, the `ApiVersions` handshake that picks a version per API, and SASL authentication
+//! (`SaslHandshake` v1 + `SaslAuthenticate`) if configured.
 
 use std::collections::BTreeMap;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, RequestHeader, ResponseHeader,
+    SaslAuthenticateRequest, SaslAuthenticateResponse, SaslHandshakeRequest, SaslHandshakeResponse,
 };
-use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes, VersionRange};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use kafka_protocol::protocol::{
+    Decodable, Encodable, HeaderVersion, Message, StrBytes, VersionRange,
+};
+use kafka_protocol::ResponseError;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::GroupError;
+use crate::kafka::security::{SaslConfig, SecurityError, TlsConfig};
+use crate::kafka::KafkaConfig;
 
 /// Largest response accepted (group answers are small; this only guards against garbage).
 const MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
@@ -34,10 +41,32 @@ impl ConnError {
     }
 }
 
+/// The byte stream under a connection: TCP, or TLS over TCP.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send + Sync {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
+
+/// Connects to each bootstrap broker in turn, with the TLS and SASL settings of `kafka`, until
+/// one connection is made. A TLS or SASL failure is the error; a broker that cannot be reached
+/// is skipped (whoever connects next reports it).
+pub(crate) async fn check_security(kafka: &KafkaConfig) -> Result<(), SecurityError> {
+    for broker in &kafka.brokers {
+        match Connection::open(broker, kafka).await {
+            Ok(_) => return Ok(()),
+            Err(ConnError::Fatal(GroupError::Security(e))) => return Err(e),
+            Err(e) => {
+                tracing::debug!(broker = %broker, error = ?e, "security check: broker not usable")
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A connection with the broker's supported versions.
 pub(crate) struct Connection {
     addr: String,
-    stream: TcpStream,
+    stream: Box<dyn Stream>,
+    /// The TLS settings, to put a failure into words.
+    tls: Option<TlsConfig>,
     client_id: StrBytes,
     correlation_id: i32,
     /// The broker's version range per API key.
@@ -53,22 +82,127 @@ impl std::fmt::Debug for Connection {
 }
 
 impl Connection {
-    /// Connects to `addr` (`host:port`) and asks which versions it speaks. Not bounded in time:
-    /// the caller wraps it in its deadline.
-    pub(crate) async fn open(addr: &str, client_id: &str) -> Result<Connection, ConnError> {
-        let stream = TcpStream::connect(addr)
+    /// Connects to `addr` (`host:port`) with the TLS settings of `kafka`, asks which versions
+    /// it speaks and authenticates with its SASL settings. Not bounded in time: the caller wraps
+    /// it in its deadline.
+    pub(crate) async fn open(addr: &str, kafka: &KafkaConfig) -> Result<Connection, ConnError> {
+        let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| ConnError::io(addr, "connect to", e))?;
-        let _ = stream.set_nodelay(true);
+        let _ = tcp.set_nodelay(true);
+        let tls = kafka.security.tls.clone();
+        let stream: Box<dyn Stream> = match &tls {
+            Some(t) => match t.connect(addr, tcp).await {
+                Ok(s) => Box::new(s),
+                Err(e) => {
+                    return Err(match t.failure(addr, &e) {
+                        Some(fatal) => ConnError::Fatal(GroupError::Security(fatal)),
+                        None => ConnError::io(addr, "TLS handshake with", e),
+                    })
+                }
+            },
+            None => Box::new(tcp),
+        };
         let mut conn = Connection {
             addr: addr.to_string(),
             stream,
-            client_id: StrBytes::from_string(client_id.to_string()),
+            tls,
+            client_id: StrBytes::from_string(kafka.client_id.clone()),
             correlation_id: 0,
             broker_versions: BTreeMap::new(),
         };
         conn.handshake().await?;
+        if let Some(sasl) = &kafka.security.sasl {
+            conn.authenticate(sasl).await?;
+        }
         Ok(conn)
+    }
+
+    /// An I/O failure: a TLS alert from the broker (say, our client certificate was refused) is
+    /// final and named; anything else may pass on reconnecting.
+    fn io_failure(&self, what: &str, e: std::io::Error) -> ConnError {
+        match self.tls.as_ref().and_then(|t| t.failure(&self.addr, &e)) {
+            Some(fatal) => ConnError::Fatal(GroupError::Security(fatal)),
+            None => ConnError::io(&self.addr, what, e),
+        }
+    }
+
+    /// SASL: `SaslHandshake` v1 names the mechanism, then `SaslAuthenticate` carries the
+    /// mechanism's messages until it completes (one round for PLAIN, two for SCRAM).
+    async fn authenticate(&mut self, sasl: &SaslConfig) -> Result<(), ConnError> {
+        let mechanism = sasl.mechanism.name();
+        let broker = self.addr.clone();
+        let refused = |problem: String| {
+            ConnError::Fatal(GroupError::Security(SecurityError::Authentication {
+                mechanism,
+                user: sasl.username.clone(),
+                broker: broker.clone(),
+                problem,
+            }))
+        };
+        let handshake_version = self
+            .version(
+                ApiKey::SaslHandshake,
+                "SaslHandshake",
+                VersionRange { min: 1, max: 1 },
+            )
+            .map_err(|_| {
+                refused("the broker does not offer SASL (no SaslHandshake v1): is SASL enabled on this listener?".into())
+            })?;
+        let mut request = SaslHandshakeRequest::default();
+        request.mechanism = StrBytes::from_static_str(mechanism);
+        let response: SaslHandshakeResponse = self
+            .request(ApiKey::SaslHandshake, handshake_version, &request)
+            .await?;
+        if response.error_code != 0 {
+            let offered: Vec<&str> = response.mechanisms.iter().map(|m| m.as_str()).collect();
+            return Err(refused(format!(
+                "the broker does not enable {mechanism} ({}; it offers: {})",
+                describe_code(response.error_code),
+                if offered.is_empty() {
+                    "none".into()
+                } else {
+                    offered.join(", ")
+                }
+            )));
+        }
+        let auth_version = self
+            .version(
+                ApiKey::SaslAuthenticate,
+                "SaslAuthenticate",
+                SaslAuthenticateRequest::VERSIONS,
+            )
+            .map_err(ConnError::Fatal)?;
+        let (mut message, mut state) = sasl.start().map_err(refused)?;
+        loop {
+            let mut request = SaslAuthenticateRequest::default();
+            request.auth_bytes = Bytes::from(message);
+            let response: SaslAuthenticateResponse = self
+                .request(ApiKey::SaslAuthenticate, auth_version, &request)
+                .await?;
+            if response.error_code != 0 {
+                let detail = response
+                    .error_message
+                    .as_ref()
+                    .map(|m| m.as_str())
+                    .filter(|m| !m.is_empty())
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default();
+                return Err(refused(format!(
+                    "the broker refused the credentials ({}{detail}); check sasl_username, the \
+                     password (sasl_password_file or sasl_password_env) and that the user exists \
+                     for {mechanism}",
+                    describe_code(response.error_code)
+                )));
+            }
+            let (next, after) = state.step(&response.auth_bytes).map_err(refused)?;
+            match next {
+                Some(m) => (message, state) = (m, after),
+                None => break,
+            }
+        }
+        tracing::debug!(broker = %self.addr, user = %sasl.username, mechanism, "SASL authenticated");
+        Ok(())
     }
 
     /// The broker's address, as connected to.
@@ -181,25 +315,25 @@ impl Connection {
             )))
         })?;
         buf[..4].copy_from_slice(&size.to_be_bytes());
-        self.stream
-            .write_all(&buf)
-            .await
-            .map_err(|e| ConnError::io(&self.addr, "send to", e))?;
+        if let Err(e) = self.stream.write_all(&buf).await {
+            return Err(self.io_failure("send to", e));
+        }
+        if let Err(e) = self.stream.flush().await {
+            return Err(self.io_failure("send to", e));
+        }
 
-        let size = self
-            .stream
-            .read_i32()
-            .await
-            .map_err(|e| ConnError::io(&self.addr, "read from", e))?;
+        let size = match self.stream.read_i32().await {
+            Ok(size) => size,
+            Err(e) => return Err(self.io_failure("read from", e)),
+        };
         let size = usize::try_from(size)
             .ok()
             .filter(|s| (4..=MAX_RESPONSE_BYTES).contains(s))
             .ok_or_else(|| self.malformed(api, format!("response size {size}")))?;
         let mut body = vec![0u8; size];
-        self.stream
-            .read_exact(&mut body)
-            .await
-            .map_err(|e| ConnError::io(&self.addr, "read from", e))?;
+        if let Err(e) = self.stream.read_exact(&mut body).await {
+            return Err(self.io_failure("read from", e));
+        }
         let mut body = Bytes::from(body);
         let header = ResponseHeader::decode(&mut body, Resp::header_version(version))
             .map_err(|e| self.malformed(api, format!("response header: {e}")))?;
@@ -235,6 +369,13 @@ pub(crate) fn api_name(api: ApiKey) -> &'static str {
         ApiKey::OffsetCommit => "OffsetCommit response",
         ApiKey::OffsetFetch => "OffsetFetch response",
         ApiKey::Metadata => "Metadata response",
+        ApiKey::SaslHandshake => "SaslHandshake response",
+        ApiKey::SaslAuthenticate => "SaslAuthenticate response",
         _ => "response",
     }
+}
+
+/// A Kafka error code as its name.
+fn describe_code(code: i16) -> String {
+    ResponseError::try_from_code(code).map_or_else(|| format!("error {code}"), |e| e.to_string())
 }

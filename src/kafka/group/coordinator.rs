@@ -276,7 +276,7 @@ impl Coordinator {
     async fn find(&self) -> Result<Connection, Failure> {
         let mut last = String::from("no bootstrap broker");
         for broker in &self.kafka.brokers {
-            let mut conn = match Connection::open(broker, &self.kafka.client_id).await {
+            let mut conn = match Connection::open(broker, &self.kafka).await {
                 Ok(c) => c,
                 Err(e) => {
                     last = match Failure::from(e) {
@@ -357,7 +357,7 @@ impl Coordinator {
                 return Ok(conn);
             }
             drop(conn);
-            return Connection::open(&addr, &self.kafka.client_id)
+            return Connection::open(&addr, &self.kafka)
                 .await
                 .map_err(Failure::from);
         }

@@ -114,6 +114,9 @@ pub enum GroupError {
         /// Each failed partition with the broker's error and a hint.
         failures: Vec<(TopicPartition, String)>,
     },
+    /// A TLS handshake or SASL authentication with the coordinator failed.
+    #[error(transparent)]
+    Security(#[from] crate::kafka::SecurityError),
     /// The background heartbeat task or the connection ended unexpectedly.
     #[error("internal consumer-group error: {0}")]
     Internal(String),

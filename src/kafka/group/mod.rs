@@ -85,6 +85,7 @@ use std::fmt;
 use std::time::Duration;
 
 pub use assignor::{Assignor, MemberSubscription};
+pub(crate) use connection::check_security;
 pub use error::GroupError;
 pub use member::GroupMember;
 pub use offsets::OffsetStore;
