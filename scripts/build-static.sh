@@ -9,7 +9,7 @@ MAX_BYTES=$((30 * 1024 * 1024))
 # tract's assembly kernels are built by the C compiler of the target: musl's.
 export CC_x86_64_unknown_linux_musl=musl-gcc
 cargo build --release --target x86_64-unknown-linux-musl
-BIN=target/x86_64-unknown-linux-musl/release/streamtract
+BIN="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-musl/release/streamtract"
 if file "$BIN" | grep -q "dynamically linked"; then
     echo "FAIL: $BIN is dynamically linked:"; file "$BIN"; exit 1
 fi

@@ -641,15 +641,25 @@ mod tests {
             tls_ca_file: Some("/nonexistent/ca.pem".into()),
             ..base()
         });
-        assert!(e.starts_with("`tls_ca_file` (/nonexistent/ca.pem): cannot read it"), "{e}");
+        assert!(
+            e.starts_with("`tls_ca_file` (/nonexistent/ca.pem): cannot read it"),
+            "{e}"
+        );
         let dir = tempfile::tempdir().unwrap();
         let bad = dir.path().join("bad.pem");
-        std::fs::write(&bad, "-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n").unwrap();
+        std::fs::write(
+            &bad,
+            "-----BEGIN CERTIFICATE-----\n@@@\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
         let e = err(RunArgs {
             tls_ca_file: Some(bad.clone()),
             ..base()
         });
-        assert!(e.contains("`tls_ca_file`") && e.contains("not a valid PEM file"), "{e}");
+        assert!(
+            e.contains("`tls_ca_file`") && e.contains("not a valid PEM file"),
+            "{e}"
+        );
         let e = err(RunArgs {
             tls_cert_file: Some(bad.clone()),
             tls_ca_file: None,
@@ -680,7 +690,8 @@ mod tests {
             ..base()
         });
         assert!(
-            e.contains("`sasl_password_env`") && e.contains("STREAMTRACT_TEST_SURELY_UNSET is not set"),
+            e.contains("`sasl_password_env`")
+                && e.contains("STREAMTRACT_TEST_SURELY_UNSET is not set"),
             "{e}"
         );
 

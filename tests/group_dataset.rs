@@ -396,3 +396,93 @@ async fn two_readers_in_one_group_split_the_partitions() {
         expected
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebalance_hands_unacknowledged_records_to_the_next_owner() {
+    const PARTITIONS: i32 = 2;
+    const PER_PARTITION: i64 = 10;
+    const ACKED: i64 = 5;
+    let broker = Broker::start("group_dataset_rebalance");
+    broker.create_topic("moving", PARTITIONS);
+    produce_per_partition(&broker, "moving", PARTITIONS, PER_PARTITION);
+    // Only the rebalance and close commit.
+    let builder = reader(&broker, "moving", "g-move").commit_interval(Duration::from_secs(600));
+    let mut a = builder.clone().stream_timeout(None).open().await.unwrap();
+    let before = take(
+        &mut a,
+        (PARTITIONS as i64 * PER_PARTITION) as usize,
+        Duration::from_secs(30),
+    )
+    .await;
+    a.acker()
+        .ack_all(before.iter().filter(|r| r.offset < ACKED));
+
+    // B joins: A commits its acknowledged prefixes, gives up a partition, and reads the one it
+    // keeps again from the committed position.
+    let mut b = builder
+        .stream_timeout(Duration::from_secs(4))
+        .open()
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (kept, moved) = loop {
+        let (x, y) = (a.assignment(), b.assignment());
+        if x.len() == 1 && y.len() == 1 && x != y {
+            break (x[0].partition, y[0].partition);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no split within 30 s: {x:?} / {y:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let expected: BTreeMap<i32, Option<i64>> = (0..PARTITIONS).map(|p| (p, Some(ACKED))).collect();
+    assert_eq!(
+        committed(&broker, "g-move", "moving", PARTITIONS),
+        expected,
+        "committed before rejoining"
+    );
+
+    let again_a = take(
+        &mut a,
+        (PER_PARTITION - ACKED) as usize,
+        Duration::from_secs(30),
+    )
+    .await;
+    let again_b = drain(&mut b, Duration::from_secs(30)).await;
+    let coords = |rs: &[SourceRecord]| {
+        rs.iter()
+            .map(|r| (r.partition, r.offset))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        coords(&again_a),
+        (ACKED..PER_PARTITION)
+            .map(|o| (kept, o))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        coords(&again_b),
+        (ACKED..PER_PARTITION)
+            .map(|o| (moved, o))
+            .collect::<Vec<_>>()
+    );
+
+    // A late acknowledgement of a record A no longer owns commits nothing.
+    a.acker()
+        .ack_all(before.iter().filter(|r| r.partition == moved));
+    assert_eq!(a.commit().await.unwrap(), BTreeMap::new());
+    b.acker().ack_all(&again_b);
+    a.acker().ack_all(&again_a);
+    assert_eq!(
+        a.close().await.unwrap(),
+        BTreeMap::from([(tp("moving", kept), PER_PARTITION)])
+    );
+    assert_eq!(
+        b.close().await.unwrap(),
+        BTreeMap::from([(tp("moving", moved), PER_PARTITION)])
+    );
+    let expected: BTreeMap<i32, Option<i64>> =
+        (0..PARTITIONS).map(|p| (p, Some(PER_PARTITION))).collect();
+    assert_eq!(committed(&broker, "g-move", "moving", PARTITIONS), expected);
+}

@@ -3,7 +3,7 @@
 //!
 //! A background task owns the [`GroupMember`] and the [`Source`] over its assignment. It hands
 //! records to the dataset's stream (`GroupReader`, a [`RecordSource`]) through a bounded
-//! channel, notes each in the [`Ledger`](super::acker) the [`Acker`]s write to, commits on an
+//! channel, notes each in the ledger the [`Acker`]s write to, commits on an
 //! interval, on request and at close, and on a rebalance stops fetching, revokes what the
 //! stream still buffers, commits, rejoins and reads the new assignment from its committed
 //! positions, the way the pipeline's group loop does.
@@ -412,10 +412,11 @@ impl Blocking<KafkaGroupDataset> {
 /// # Acknowledge, commit, close
 ///
 /// tensorflow-io let librdkafka auto-commit each record when it was fetched, so the records
-/// between a commit and a crash were lost, and it discarded the records of the poll round that
-/// ended the stream. Here nothing is committed that was not acknowledged: call
-/// [`ack`](Self::ack) (or [`Acker::ack_all`], [`Acker::ack_through`]) once a record's result is
-/// safe, e.g. after an [`OutputSequence::flush`](super::OutputSequence::flush). Per
+/// between a commit and a crash were lost, and with its default timeouts it discarded the
+/// records of the poll round that ended the stream (they were committed all the same). Here
+/// nothing is committed that was not acknowledged: call [`ack`](Self::ack) (or
+/// [`Acker::ack_all`], [`Acker::ack_through`]) once a record's result is safe, e.g. after an
+/// [`OutputSequence::flush`](super::OutputSequence::flush). Per
 /// partition, the offset after the acknowledged prefix is committed every
 /// [`commit_interval`](KafkaGroupDatasetBuilder::commit_interval), before a rebalance, on
 /// [`commit`](Self::commit) and on [`close`](Self::close). The next reader of a partition gets

@@ -12,6 +12,10 @@
 //! Files are read and parsed when the settings are made, so a missing CA file, an unreadable key
 //! or a malformed PEM file is reported at start-up, naming the setting and the file.
 //!
+//! Not supported: OAUTHBEARER and GSSAPI (Kerberos); re-authentication on a live connection
+//! (KIP-368): a broker that closes connections when their SASL session expires sees them
+//! re-established and authenticated again; certificate revocation lists.
+//!
 //! ```no_run
 //! use streamtract::kafka::{KafkaConfig, Password, SaslConfig, SaslMechanism, TlsConfig};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -676,7 +680,13 @@ impl Scram {
                 .find_map(|a| a.strip_prefix(name).and_then(|v| v.strip_prefix('=')))
         };
         if let Some(e) = attr('e') {
-            return Err(format!("the broker answered with the SCRAM error `{e}`"));
+            return Err(if e == "unknown-user" {
+                "no such user for this mechanism on the broker (it answered `unknown-user`); \
+                 SCRAM users exist per mechanism: check sasl_username and sasl_mechanism"
+                    .into()
+            } else {
+                format!("the broker answered with the SCRAM error `{e}`")
+            });
         }
         let malformed = || format!("malformed SCRAM challenge from the broker: `{server_first}`");
         let nonce = attr('r').ok_or_else(malformed)?;

@@ -50,13 +50,37 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync> Stream for T {}
 /// is skipped (whoever connects next reports it).
 pub(crate) async fn check_security(kafka: &KafkaConfig) -> Result<(), SecurityError> {
     for broker in &kafka.brokers {
-        match Connection::open(broker, kafka).await {
-            Ok(_) => return Ok(()),
+        let mut conn = match Connection::open_unauthenticated(broker, kafka).await {
+            Ok(c) => c,
             Err(ConnError::Fatal(GroupError::Security(e))) => return Err(e),
             Err(e) => {
-                tracing::debug!(broker = %broker, error = ?e, "security check: broker not usable")
+                tracing::debug!(broker = %broker, error = ?e, "security check: broker not usable");
+                continue;
             }
-        }
+        };
+        let Some(sasl) = &kafka.security.sasl else {
+            return Ok(());
+        };
+        return match conn.authenticate(sasl).await {
+            Ok(()) => Ok(()),
+            Err(ConnError::Fatal(GroupError::Security(e))) => Err(e),
+            // The broker answered ApiVersions, then dropped the connection during SASL: brokers
+            // that do not enable a mechanism may do that instead of naming the ones they do.
+            Err(ConnError::Io(message)) => Err(SecurityError::Authentication {
+                mechanism: sasl.mechanism.name(),
+                user: sasl.username.clone(),
+                broker: broker.clone(),
+                problem: format!(
+                    "the broker closed the connection during authentication ({message}): it may \
+                     not enable {} (check sasl_mechanism and the broker's SASL settings)",
+                    sasl.mechanism.name()
+                ),
+            }),
+            Err(ConnError::Fatal(e)) => {
+                tracing::debug!(broker = %broker, error = %e, "security check: SASL not finished");
+                Ok(())
+            }
+        };
     }
     Ok(())
 }
@@ -86,6 +110,18 @@ impl Connection {
     /// it speaks and authenticates with its SASL settings. Not bounded in time: the caller wraps
     /// it in its deadline.
     pub(crate) async fn open(addr: &str, kafka: &KafkaConfig) -> Result<Connection, ConnError> {
+        let mut conn = Connection::open_unauthenticated(addr, kafka).await?;
+        if let Some(sasl) = &kafka.security.sasl {
+            conn.authenticate(sasl).await?;
+        }
+        Ok(conn)
+    }
+
+    /// [`Connection::open`] without the SASL step.
+    async fn open_unauthenticated(
+        addr: &str,
+        kafka: &KafkaConfig,
+    ) -> Result<Connection, ConnError> {
         let tcp = TcpStream::connect(addr)
             .await
             .map_err(|e| ConnError::io(addr, "connect to", e))?;
@@ -112,9 +148,6 @@ impl Connection {
             broker_versions: BTreeMap::new(),
         };
         conn.handshake().await?;
-        if let Some(sasl) = &kafka.security.sasl {
-            conn.authenticate(sasl).await?;
-        }
         Ok(conn)
     }
 
