@@ -459,6 +459,13 @@ async fn start_source(
         let resumed = source_config
             .resume
             .contains_key(&(r.topic.clone(), r.partition));
+        if let Some(position) = source_config.resume.get(&(r.topic.clone(), r.partition)) {
+            // The group's committed position is this partition's lag baseline.
+            config
+                .source
+                .lag
+                .set_committed(&r.topic, r.partition, *position);
+        }
         tracing::info!(topic = %r.topic, partition = r.partition, start = r.start, end = ?r.end, resumed, "reading partition");
     }
     Ok(source)
