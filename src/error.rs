@@ -159,6 +159,21 @@ pub enum KafkaError {
 }
 
 impl KafkaError {
+    /// A failed request on one partition, with rskafka's (or the broker's) message.
+    pub(crate) fn request(
+        operation: &'static str,
+        topic: &str,
+        partition: i32,
+        e: impl std::fmt::Display,
+    ) -> KafkaError {
+        KafkaError::Request {
+            operation,
+            topic: topic.to_string(),
+            partition,
+            message: e.to_string(),
+        }
+    }
+
     /// True for errors found while checking the configuration against the cluster (unreachable
     /// broker, unknown topic or partition), before anything was consumed.
     pub fn is_startup(&self) -> bool {

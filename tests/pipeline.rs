@@ -703,14 +703,28 @@ fn malformed_records_go_to_the_dead_letter_topic_unchanged() {
     // Dead letters count as done: the group's offsets are committed past every bad record.
     let out = Command::new(common::python())
         .arg(root().join("scripts/kgroup.py"))
-        .args(["committed", "--brokers", &broker.addr, "--group", "dlq-test"])
+        .args([
+            "committed",
+            "--brokers",
+            &broker.addr,
+            "--group",
+            "dlq-test",
+        ])
         .args(["--topic", "pixels", "--partitions", "3"])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let committed: Value = serde_json::from_slice(&out.stdout).unwrap();
     let ends = broker.topic_info("pixels").unwrap().high_watermarks;
     for p in 0..3 {
-        assert_eq!(committed[p.to_string()].as_i64(), Some(ends[p]), "partition {p}: {committed}");
+        assert_eq!(
+            committed[p.to_string()].as_i64(),
+            Some(ends[p]),
+            "partition {p}: {committed}"
+        );
     }
 }

@@ -118,20 +118,6 @@ impl fmt::Debug for SpecReader {
     }
 }
 
-fn request_error(
-    operation: &'static str,
-    topic: &str,
-    partition: i32,
-    e: impl fmt::Display,
-) -> KafkaError {
-    KafkaError::Request {
-        operation,
-        topic: topic.to_string(),
-        partition,
-        message: e.to_string(),
-    }
-}
-
 impl SpecReader {
     /// Checks every spec against the cluster and fixes where each partition starts and stops.
     pub(crate) async fn plan(
@@ -160,15 +146,15 @@ impl SpecReader {
                 let pc = client
                     .partition_client(spec.topic.clone(), p, UnknownTopicHandling::Retry)
                     .await
-                    .map_err(|e| request_error("connect to leader", &spec.topic, p, e))?;
+                    .map_err(|e| KafkaError::request("connect to leader", &spec.topic, p, e))?;
                 let low = pc
                     .get_offset(OffsetAt::Earliest)
                     .await
-                    .map_err(|e| request_error("list offsets", &spec.topic, p, e))?;
+                    .map_err(|e| KafkaError::request("list offsets", &spec.topic, p, e))?;
                 let high = pc
                     .get_offset(OffsetAt::Latest)
                     .await
-                    .map_err(|e| request_error("list offsets", &spec.topic, p, e))?;
+                    .map_err(|e| KafkaError::request("list offsets", &spec.topic, p, e))?;
                 let start = match spec.offset {
                     SpecOffset::Earliest => low,
                     SpecOffset::Latest => high,

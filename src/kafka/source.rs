@@ -220,7 +220,7 @@ impl Source {
                 let pc = client
                     .partition_client(sel.topic.clone(), p, UnknownTopicHandling::Retry)
                     .await
-                    .map_err(|e| request_error("connect to leader", &sel.topic, p, e))?;
+                    .map_err(|e| KafkaError::request("connect to leader", &sel.topic, p, e))?;
                 let resume = config.resume.get(&(sel.topic.clone(), p)).copied();
                 let range = resolve_range(&pc, config.start, resume, config.until_end).await?;
                 plan.push((pc, range));
@@ -285,20 +285,6 @@ impl Drop for Source {
     }
 }
 
-fn request_error(
-    operation: &'static str,
-    topic: &str,
-    partition: i32,
-    e: impl fmt::Display,
-) -> KafkaError {
-    KafkaError::Request {
-        operation,
-        topic: topic.to_string(),
-        partition,
-        message: e.to_string(),
-    }
-}
-
 async fn resolve_range(
     pc: &PartitionClient,
     start: StartPosition,
@@ -309,7 +295,7 @@ async fn resolve_range(
     let offset_at = |at: OffsetAt| async move {
         pc.get_offset(at)
             .await
-            .map_err(|e| request_error("list offsets", pc.topic(), pc.partition(), e))
+            .map_err(|e| KafkaError::request("list offsets", pc.topic(), pc.partition(), e))
     };
     let low = offset_at(OffsetAt::Earliest).await?;
     let high = offset_at(OffsetAt::Latest).await?;
@@ -332,7 +318,7 @@ async fn resolve_range(
         StartPosition::Latest => high,
         StartPosition::Offset(n) => {
             if n < low || n > high {
-                return Err(request_error(
+                return Err(KafkaError::request(
                     "start",
                     &topic,
                     partition,
@@ -384,7 +370,7 @@ async fn fetch_partition(
             }
             Err(e) => {
                 let _ = tx
-                    .send(Err(request_error(
+                    .send(Err(KafkaError::request(
                         "fetch",
                         &range.topic,
                         range.partition,
