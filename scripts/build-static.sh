@@ -10,14 +10,17 @@ MAX_BYTES=$((30 * 1024 * 1024))
 export CC_x86_64_unknown_linux_musl=musl-gcc
 cargo build --release --target x86_64-unknown-linux-musl
 BIN="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-musl/release/streamtract"
-if file "$BIN" | grep -q "dynamically linked"; then
-    echo "FAIL: $BIN is dynamically linked:"; file "$BIN"; exit 1
+# Static means: no program interpreter and no shared-library dependencies (readelf, binutils).
+program_headers="$(readelf -l "$BIN")"
+dynamic_section="$(readelf -d "$BIN")"
+if grep -q "INTERP" <<<"$program_headers"; then
+    echo "FAIL: $BIN asks for a dynamic loader:"; grep -A1 INTERP <<<"$program_headers"; exit 1
 fi
-if ldd "$BIN" 2>&1 | grep -q "=>"; then
-    echo "FAIL: $BIN has shared library dependencies:"; ldd "$BIN"; exit 1
+if grep -q "(NEEDED)" <<<"$dynamic_section"; then
+    echo "FAIL: $BIN needs shared libraries:"; grep "(NEEDED)" <<<"$dynamic_section"; exit 1
 fi
 size=$(stat -c %s "$BIN")
-echo "static binary: $BIN, $size bytes ($(( size / 1024 / 1024 )) MiB), $(file -b "$BIN" | cut -d, -f1-2)"
+echo "static binary: $BIN, $size bytes ($(( size / 1024 / 1024 )) MiB), no interpreter, no NEEDED libraries"
 "$BIN" --version
 if [ "$size" -gt "$MAX_BYTES" ]; then
     echo "FAIL: $size bytes exceeds the bound of $MAX_BYTES"; exit 1
