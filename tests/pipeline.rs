@@ -69,6 +69,29 @@ fn streamtract(args: &[&str]) -> Output {
     child.wait_with_output().unwrap()
 }
 
+/// `streamtract run` from `input` to `output` on `broker` with `model`, then `extra` flags.
+fn run_args<'a>(
+    broker: &'a Broker,
+    input: &'a str,
+    output: &'a str,
+    model: &'a str,
+    extra: &[&'a str],
+) -> Vec<&'a str> {
+    let mut args = vec![
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        input,
+        "--output",
+        output,
+        "--model",
+        model,
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
 fn run_ok(args: &[&str]) -> String {
     let out = streamtract(args);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -199,20 +222,13 @@ fn digits_csv_through_the_cnn_match_tensorflow() {
             .len(),
         3
     );
-    let stderr = run_ok(&[
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
+    let stderr = run_ok(&run_args(
+        &broker,
         "pixels",
-        "--output",
         "predictions",
-        "--model",
         "models/digits_cnn.onnx",
-        "--format",
-        "csv",
-        "--until-end",
-    ]);
+        &["--format", "csv", "--until-end"],
+    ));
     assert!(
         stderr.contains("1797 records in, 1797 outputs written, 0 rejected"),
         "{stderr}"
@@ -227,22 +243,13 @@ fn digits_json_arrays_and_raw_through_the_mlp_match_tensorflow() {
     broker.create_topic("predictions", 2);
     // JSON flat array form.
     let coords = produce_digits(&broker, "pixels", |px| serde_json::to_vec(px).unwrap());
-    run_ok(&[
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
+    run_ok(&run_args(
+        &broker,
         "pixels",
-        "--output",
         "predictions",
-        "--model",
         "models/digits_mlp.onnx",
-        "--format",
-        "json",
-        "--until-end",
-        "--batch-size",
-        "100",
-    ]);
+        &["--format", "json", "--until-end", "--batch-size", "100"],
+    ));
     check_digit_outputs(&broker, "digits_mlp", &coords, 2);
 
     // Raw little-endian float32, a fresh pair of topics on the same broker.
@@ -252,22 +259,13 @@ fn digits_json_arrays_and_raw_through_the_mlp_match_tensorflow() {
     let coords = produce_digits(&broker2, "pixels", |px| {
         px.iter().flat_map(|v| v.to_le_bytes()).collect()
     });
-    run_ok(&[
-        "run",
-        "--brokers",
-        &broker2.addr,
-        "--input",
+    run_ok(&run_args(
+        &broker2,
         "pixels",
-        "--output",
         "predictions",
-        "--model",
         "models/digits_mlp.onnx",
-        "--format",
-        "raw",
-        "--until-end",
-        "--workers",
-        "1",
-    ]);
+        &["--format", "raw", "--until-end", "--workers", "1"],
+    ));
     check_digit_outputs(&broker2, "digits_mlp", &coords, 2);
 }
 
@@ -289,22 +287,13 @@ fn digits_json_nested_and_object_forms_through_the_cnn() {
             serde_json::to_vec(&serde_json::json!({ "pixels": nested })).unwrap()
         }
     });
-    run_ok(&[
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
+    run_ok(&run_args(
+        &broker,
         "pixels",
-        "--output",
         "predictions",
-        "--model",
         "models/digits_cnn.onnx",
-        "--format",
-        "json",
-        "--until-end",
-        "--batch-size",
-        "37",
-    ]);
+        &["--format", "json", "--until-end", "--batch-size", "37"],
+    ));
     check_digit_outputs(&broker, "digits_cnn", &coords, 3);
 }
 
@@ -323,22 +312,13 @@ fn two_input_model_reads_json_objects() {
         })
         .collect();
     broker.produce("wine", &recs);
-    run_ok(&[
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
+    run_ok(&run_args(
+        &broker,
         "wine",
-        "--output",
         "wine-predictions",
-        "--model",
         "models/wine_two_inputs.onnx",
-        "--format",
-        "json",
-        "--until-end",
-        "--top-k",
-        "2",
-    ]);
+        &["--format", "json", "--until-end", "--top-k", "2"],
+    ));
     let (_, by_key) = outputs_by_key(&broker, "wine-predictions", rows.len());
     let tf = tf_classes("wine_two_inputs");
     for (i, class) in tf.iter().enumerate() {
@@ -369,22 +349,13 @@ fn breast_cancer_csv_with_normalization_and_csv_output() {
         .map(|(i, (_, f))| Rec::kv(&format!("c{i}"), csv_line(f)))
         .collect();
     broker.produce("cells", &recs);
-    run_ok(&[
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
+    run_ok(&run_args(
+        &broker,
         "cells",
-        "--output",
         "diagnoses",
-        "--model",
         "models/breast_cancer.onnx",
-        "--format",
-        "csv",
-        "--output-format",
-        "csv",
-        "--until-end",
-    ]);
+        &["--format", "csv", "--output-format", "csv", "--until-end"],
+    ));
     let (_, by_key) = outputs_by_key(&broker, "diagnoses", rows.len());
     for (i, class) in tf_classes("breast_cancer").iter().enumerate() {
         let p: f32 = by_key[&format!("c{i}")]
@@ -411,18 +382,13 @@ fn bad_records_are_skipped_counted_and_do_not_stop_the_stream() {
         Rec::kv("ok-2", good.clone()),
     ];
     broker.produce("pixels", &recs);
-    let stderr = run_ok(&[
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
+    let stderr = run_ok(&run_args(
+        &broker,
         "pixels",
-        "--output",
         "predictions",
-        "--model",
         "models/digits_mlp.onnx",
-        "--until-end",
-    ]);
+        &["--until-end"],
+    ));
     assert!(
         stderr.contains("6 records in, 2 outputs written, 4 rejected"),
         "{stderr}"
@@ -435,20 +401,13 @@ fn bad_records_are_skipped_counted_and_do_not_stop_the_stream() {
 
     // With `--on-error stop` the run fails on the first bad record, after writing what came before.
     broker.create_topic("predictions-stop", 1);
-    let out = streamtract(&[
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
+    let out = streamtract(&run_args(
+        &broker,
         "pixels",
-        "--output",
         "predictions-stop",
-        "--model",
         "models/digits_mlp.onnx",
-        "--until-end",
-        "--on-error",
-        "stop",
-    ]);
+        &["--until-end", "--on-error", "stop"],
+    ));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -469,20 +428,13 @@ fn start_offset_reads_only_the_rest() {
         .map(|i| Rec::kv(&format!("k{i}"), good.clone()))
         .collect();
     broker.produce("pixels", &recs);
-    run_ok(&[
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
+    run_ok(&run_args(
+        &broker,
         "pixels:0",
-        "--output",
         "predictions",
-        "--model",
         "models/digits_mlp.onnx",
-        "--until-end",
-        "--start",
-        "7",
-    ]);
+        &["--until-end", "--start", "7"],
+    ));
     let (_, by_key) = outputs_by_key(&broker, "predictions", 3);
     for k in ["k7", "k8", "k9"] {
         assert!(by_key.contains_key(k), "missing {k}");
@@ -526,20 +478,13 @@ fn start_timestamp_skips_older_records() {
         .map(|i| Rec::kv(&format!("new{i}"), good.clone()))
         .collect();
     broker.produce("pixels", &new);
-    run_ok(&[
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
+    run_ok(&run_args(
+        &broker,
         "pixels",
-        "--output",
         "predictions",
-        "--model",
         "models/digits_mlp.onnx",
-        "--until-end",
-        "--start",
-        &cut,
-    ]);
+        &["--until-end", "--start", &cut],
+    ));
     let (_, by_key) = outputs_by_key(&broker, "predictions", 4);
     assert!(
         (0..4).all(|i| by_key.contains_key(&format!("new{i}"))),
@@ -645,22 +590,13 @@ fn malformed_records_go_to_the_dead_letter_topic_unchanged() {
         })
         .collect();
     let coords = broker.produce("pixels", &recs);
-    let stderr = run_ok(&[
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
+    let stderr = run_ok(&run_args(
+        &broker,
         "pixels",
-        "--output",
         "predictions",
-        "--model",
         "models/digits_mlp.onnx",
-        "--until-end",
-        "--dlq",
-        "pixels-dlq",
-        "--group",
-        "dlq-test",
-    ]);
+        &["--until-end", "--dlq", "pixels-dlq", "--group", "dlq-test"],
+    ));
     assert!(
         stderr.contains(
             "10000 records in, 9900 outputs written, 100 rejected (100 dead letters written)"
