@@ -48,10 +48,11 @@ say "streamtract run --input pixels --output predictions --model models/digits_c
 
 say "reading 'predictions' back with an independent client (confluent-kafka)"
 "$PY" scripts/kclient.py consume --brokers "$BROKER" --topic predictions --count 1797 --timeout 60 \
-  | "$PY" - "$ROOT/data/digits.csv" <<'PY'
+    >"$DIR/predictions.jsonl"
+"$PY" - "$ROOT/data/digits.csv" "$DIR/predictions.jsonl" <<'PY'
 import base64, json, sys
 labels = [int(l.split(",", 1)[0]) for l in open(sys.argv[1])]
-outputs = [json.loads(l) for l in sys.stdin]
+outputs = [json.loads(l) for l in open(sys.argv[2])]
 correct = 0
 for n, o in enumerate(sorted(outputs, key=lambda o: int(base64.b64decode(o["key"])))):
     row = int(base64.b64decode(o["key"]))
