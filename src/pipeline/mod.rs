@@ -510,6 +510,7 @@ async fn rebalance(
     run.drain(config.drain_timeout).await;
     commit(committer, run, &config.source.lag).await;
     run.tracker.forget_all();
+    run.forget_held();
     config.source.lag.clear();
     committer.rejoin().await?;
     *source = start_source(client, config, committer).await?;

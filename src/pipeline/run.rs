@@ -63,6 +63,9 @@ pub(super) struct RunLoop {
     pub(super) tracker: OffsetTracker,
     pub(super) summary: RunSummary,
     fatal: Option<Error>,
+    /// Records fetched but not taken in yet because the uncommitted bound was reached; they
+    /// are not tracked, so if the run stops they are simply read again by the next owner.
+    held: std::collections::VecDeque<SourceRecord>,
 }
 
 /// The pieces a [`RunLoop`] is built from.
@@ -96,6 +99,7 @@ impl RunLoop {
             tracker: OffsetTracker::default(),
             summary: RunSummary::default(),
             fatal: None,
+            held: std::collections::VecDeque::new(),
         }
     }
 
@@ -115,25 +119,49 @@ impl RunLoop {
                 return Some(Stop::Fatal);
             }
             // At the uncommitted bound reading pauses; commit as soon as there is progress.
-            let at_bound = self.tracker.uncommitted() >= self.config.max_uncommitted;
+            let room = self
+                .config
+                .max_uncommitted
+                .saturating_sub(self.tracker.uncommitted());
+            let at_bound = room == 0;
             if at_bound && !self.tracker.commits().is_empty() {
                 return None;
             }
+            // Records held back at the bound go first, as far as there is room.
+            if !self.held.is_empty() && !at_bound && self.inflight.len() < max_inflight {
+                let take = room.min(self.held.len());
+                let records: Vec<SourceRecord> = self.held.drain(..take).collect();
+                self.on_records(records).await;
+                continue;
+            }
+            let can_read = self.inflight.len() < max_inflight && !at_bound && self.held.is_empty();
             tokio::select! {
                 biased;
                 _ = &mut *shutdown => return Some(Stop::Shutdown),
                 _ = &mut *rebalance => return Some(Stop::Rebalance),
                 Some(acked) = self.acks.recv() => self.on_acks(acked),
                 Some(result) = self.inflight.next(), if !self.inflight.is_empty() => self.on_batch_done(result).await,
-                chunk = source.next_chunk(), if self.inflight.len() < max_inflight && !at_bound => match chunk {
+                chunk = source.next_chunk(), if can_read => match chunk {
                     None => return Some(Stop::SourceEnded),
                     Some(Err(e)) => { self.fatal.get_or_insert(e.into()); }
-                    Some(Ok(records)) => self.on_records(records).await,
+                    Some(Ok(mut records)) => {
+                        // Take no more than the bound allows; hold the rest (at most one chunk).
+                        if records.len() > room {
+                            self.held.extend(records.drain(room..));
+                        }
+                        self.on_records(records).await;
+                    }
                 },
                 _ = tokio::time::sleep_until(self.batch_deadline), if !self.batch.is_empty() => self.dispatch().await,
                 _ = commit_due.tick() => return None,
             }
         }
+    }
+
+    /// Drops records held back at the uncommitted bound (their partitions are being given up;
+    /// they were never taken in, so the next owner reads them).
+    pub(super) fn forget_held(&mut self) {
+        self.held.clear();
     }
 
     /// Finishes everything read so far: runs the pending batch, writes the outputs and waits
