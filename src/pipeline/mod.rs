@@ -410,7 +410,13 @@ impl Pipeline {
         }
         drop(source);
         run.drain(config.drain_timeout).await;
-        commit(&committer, &mut run, &config.source.lag).await;
+        // The last commit matters most: retry it a few times (a rebalance may be in progress).
+        for _ in 0..5 {
+            commit(&committer, &mut run, &config.source.lag).await;
+            if run.tracker.commits().is_empty() {
+                break;
+            }
+        }
         committer.leave().await;
         if committer_commits {
             for ((topic, partition), l) in config.source.lag.snapshot() {
