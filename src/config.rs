@@ -259,11 +259,7 @@ impl RunArgs {
     /// what it got.
     pub fn into_pipeline_config(self) -> Result<PipelineConfig, ConfigError> {
         let brokers = required(self.brokers, "brokers", "brokers")?;
-        let brokers: Vec<String> = brokers
-            .split(',')
-            .map(|b| b.trim().to_string())
-            .filter(|b| !b.is_empty())
-            .collect();
+        let brokers = crate::kafka::parse_brokers(&brokers);
         for b in &brokers {
             let valid = b
                 .rsplit_once(':')

@@ -70,7 +70,7 @@ pub struct KafkaGroupDatasetBuilder {
 impl KafkaGroupDatasetBuilder {
     /// Bootstrap servers, comma separated (tensorflow-io's `servers`). Default `localhost:9092`.
     pub fn servers(mut self, servers: &str) -> Self {
-        self.kafka.brokers = parse_servers(servers);
+        self.kafka.brokers = crate::kafka::parse_brokers(servers);
         self
     }
 
@@ -183,7 +183,7 @@ impl KafkaGroupDatasetBuilder {
             },
             "client.id" => self.kafka.client_id = value.to_string(),
             "group.id" => self.group.group_id = value.to_string(),
-            "bootstrap.servers" => self.kafka.brokers = parse_servers(value),
+            "bootstrap.servers" => self.kafka.brokers = crate::kafka::parse_brokers(value),
             _ => self.ignored.push(key.to_string()),
         }
         Ok(())
@@ -858,15 +858,6 @@ impl Driver {
             (Ok(committed), Ok(())) => Ok(committed),
         }
     }
-}
-
-fn parse_servers(servers: &str) -> Vec<String> {
-    servers
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 fn describe(assignment: &[TopicPartition]) -> String {

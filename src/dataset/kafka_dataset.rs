@@ -42,12 +42,7 @@ pub struct KafkaDatasetBuilder {
 impl KafkaDatasetBuilder {
     /// Bootstrap servers, comma separated (tensorflow-io's `servers`). Default `localhost:9092`.
     pub fn servers(mut self, servers: &str) -> Self {
-        self.kafka.brokers = servers
-            .split(',')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .map(str::to_string)
-            .collect();
+        self.kafka.brokers = crate::kafka::parse_brokers(servers);
         self
     }
 

@@ -57,6 +57,19 @@ impl KafkaConfig {
     }
 }
 
+/// Splits a comma-separated bootstrap list (`"a:9092, b:9092"`), dropping blanks.
+///
+/// ```
+/// assert_eq!(streamtract::kafka::parse_brokers(" a:1,,b:2 "), ["a:1", "b:2"]);
+/// ```
+pub fn parse_brokers(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
 /// Connects to the cluster, retrying until `connect_timeout`.
 ///
 /// The error names the brokers tried and the last failure. With TLS or SASL on, a rejected

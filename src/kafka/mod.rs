@@ -9,7 +9,7 @@ pub mod security;
 mod sink;
 mod source;
 
-pub use client::{connect, topic_partitions, KafkaConfig};
+pub use client::{connect, parse_brokers, topic_partitions, KafkaConfig};
 pub use lag::{ConsumerLag, PartitionLag};
 pub use partitioner::{murmur2, partition_for_key};
 pub use security::{Password, SaslConfig, SaslMechanism, SecurityConfig, SecurityError, TlsConfig};
