@@ -74,6 +74,18 @@ def build_digits_cnn():
     return keras.Model(pixels, out, name="digits_cnn")
 
 
+def build_digits_embedding():
+    """Each pixel intensity (an integer 0..16) is a token looked up in an embedding table.
+    Intensities outside 0..16 make the lookup fail, in TensorFlow and in tract alike: the
+    model that tests "the model itself rejects a well-formed record"."""
+    pixels = keras.Input(shape=(64,), name="pixels")
+    x = keras.layers.Embedding(17, 4, name="intensity_embedding")(pixels)  # N x 64 x 4
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(32, activation="relu", name="hidden")(x)
+    out = keras.layers.Dense(10, activation="softmax", name="probabilities")(x)
+    return keras.Model(pixels, out, name="digits_embedding")
+
+
 def build_breast_cancer(x_train):
     norm = keras.layers.Normalization(axis=-1, name="normalize")
     norm.adapt(x_train)
@@ -322,6 +334,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=here, help="models directory (default: this script's)")
     ap.add_argument("--data", default=None, help="data directory (default: OUT/../data)")
+    ap.add_argument("--only", default=None,
+                    help="build only this model (e.g. digits_embedding); metrics.json is "
+                         "updated for it and data files are left alone")
     args = ap.parse_args()
     out_dir = os.path.abspath(args.out)
     data_dir = os.path.abspath(args.data or os.path.join(out_dir, "..", "data"))
@@ -329,6 +344,7 @@ def main():
     tf.config.experimental.enable_op_determinism()
 
     results = {}
+    want = lambda name: args.only in (None, name)  # noqa: E731
     with tempfile.TemporaryDirectory(prefix="streamtract-models-") as work_dir:
         # ---- digits (shared split) ----
         digits = load_digits()
@@ -336,49 +352,73 @@ def main():
         dy = digits.target.astype(np.int64)
         tr, te = split(dy, 0.2)
 
-        reset_seed()
-        m = build_digits_mlp()
-        train(m, dx[tr], dy[tr], "sparse_categorical_crossentropy", epochs=100, batch_size=32)
-        results["digits_mlp"] = finish(m, "digits_mlp", out_dir, work_dir, {"pixels": dx}, dy,
-                                       te, "probabilities", [10], argmax_classes)
+        if want("digits_mlp"):
+            reset_seed()
+            m = build_digits_mlp()
+            train(m, dx[tr], dy[tr], "sparse_categorical_crossentropy", epochs=100,
+                  batch_size=32)
+            results["digits_mlp"] = finish(m, "digits_mlp", out_dir, work_dir, {"pixels": dx},
+                                           dy, te, "probabilities", [10], argmax_classes)
 
-        reset_seed()
-        dimg = dx.reshape(-1, 8, 8, 1)
-        m = build_digits_cnn()
-        train(m, dimg[tr], dy[tr], "sparse_categorical_crossentropy", epochs=40, batch_size=32)
-        results["digits_cnn"] = finish(m, "digits_cnn", out_dir, work_dir, {"pixels": dimg}, dy,
-                                       te, "probabilities", [10], argmax_classes)
+        if want("digits_cnn"):
+            reset_seed()
+            dimg = dx.reshape(-1, 8, 8, 1)
+            m = build_digits_cnn()
+            train(m, dimg[tr], dy[tr], "sparse_categorical_crossentropy", epochs=40,
+                  batch_size=32)
+            results["digits_cnn"] = finish(m, "digits_cnn", out_dir, work_dir,
+                                           {"pixels": dimg}, dy, te, "probabilities", [10],
+                                           argmax_classes)
+
+        if want("digits_embedding"):
+            reset_seed()
+            m = build_digits_embedding()
+            train(m, dx[tr], dy[tr], "sparse_categorical_crossentropy", epochs=60,
+                  batch_size=32)
+            results["digits_embedding"] = finish(m, "digits_embedding", out_dir, work_dir,
+                                                 {"pixels": dx}, dy, te, "probabilities", [10],
+                                                 argmax_classes)
+            results["digits_embedding"]["out_of_range_check"] = check_embedding_rejects(
+                m, dx[te[:4]])
 
         # ---- breast cancer ----
-        bc = load_breast_cancer()
-        bx = bc.data.astype(np.float32)
-        by = bc.target.astype(np.int64)
-        tr, te = split(by, 0.2)
-        reset_seed()
-        m = build_breast_cancer(bx[tr])
-        train(m, bx[tr], by[tr].astype(np.float32), "binary_crossentropy", epochs=100,
-              batch_size=32)
-        results["breast_cancer"] = finish(m, "breast_cancer", out_dir, work_dir,
-                                          {"features": bx}, by, te, "probability", [1],
-                                          threshold_classes)
+        if want("breast_cancer"):
+            bc = load_breast_cancer()
+            bx = bc.data.astype(np.float32)
+            by = bc.target.astype(np.int64)
+            tr, te = split(by, 0.2)
+            reset_seed()
+            m = build_breast_cancer(bx[tr])
+            train(m, bx[tr], by[tr].astype(np.float32), "binary_crossentropy", epochs=100,
+                  batch_size=32)
+            results["breast_cancer"] = finish(m, "breast_cancer", out_dir, work_dir,
+                                              {"features": bx}, by, te, "probability", [1],
+                                              threshold_classes)
 
         # ---- wine, two inputs ----
-        wine = load_wine()
-        wx = wine.data.astype(np.float32)
-        wy = wine.target.astype(np.int64)
-        tr, te = split(wy, 0.25)
-        chem, color = wx[:, :9], wx[:, 9:]
-        reset_seed()
-        m = build_wine(chem[tr], color[tr])
-        train(m, [chem[tr], color[tr]], wy[tr], "sparse_categorical_crossentropy", epochs=150,
-              batch_size=16)
-        results["wine_two_inputs"] = finish(m, "wine_two_inputs", out_dir, work_dir,
-                                            {"chemistry": chem, "color": color}, wy, te,
-                                            "probabilities", [3], argmax_classes)
-        results["wine_two_inputs"]["input_order_check"] = check_wine_input_order(
-            m, os.path.join(out_dir, "wine_two_inputs.onnx"), chem, color)
+        if want("wine_two_inputs"):
+            wine = load_wine()
+            wx = wine.data.astype(np.float32)
+            wy = wine.target.astype(np.int64)
+            tr, te = split(wy, 0.25)
+            chem, color = wx[:, :9], wx[:, 9:]
+            reset_seed()
+            m = build_wine(chem[tr], color[tr])
+            train(m, [chem[tr], color[tr]], wy[tr], "sparse_categorical_crossentropy",
+                  epochs=150, batch_size=16)
+            results["wine_two_inputs"] = finish(m, "wine_two_inputs", out_dir, work_dir,
+                                                {"chemistry": chem, "color": color}, wy, te,
+                                                "probabilities", [3], argmax_classes)
+            results["wine_two_inputs"]["input_order_check"] = check_wine_input_order(
+                m, os.path.join(out_dir, "wine_two_inputs.onnx"), chem, color)
 
-    write_data(data_dir)
+    if args.only is not None:
+        # Keep the other models' entries; data files are unchanged.
+        with open(os.path.join(out_dir, "metrics.json")) as f:
+            previous = json.load(f)["models"]
+        results = {**previous, **results}
+    else:
+        write_data(data_dir)
 
     versions = {}
     import keras as _k
@@ -390,6 +430,17 @@ def main():
     with open(os.path.join(out_dir, "metrics.json"), "w") as f:
         json.dump({"versions": versions, "models": results}, f, indent=1)
         f.write("\n")
+
+
+def check_embedding_rejects(model, rows):
+    """TensorFlow itself refuses a pixel intensity outside the embedding table (0..16)."""
+    bad = np.array(rows, dtype=np.float32)
+    bad[0, 5] = 40.0
+    try:
+        tf_predict(model, bad)
+    except tf.errors.InvalidArgumentError as e:
+        return {"tensorflow_error": str(e).splitlines()[0][:200]}
+    raise AssertionError("TensorFlow accepted an out-of-range intensity")
 
 
 def check_wine_input_order(model, onnx_path, chem, color):

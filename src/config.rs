@@ -98,12 +98,18 @@ pub struct RunArgs {
     #[arg(long, value_name = "BYTES")]
     pub max_record_bytes: Option<usize>,
 
-    /// What to do with a record that cannot be decoded: skip (log and count) or stop. [default: skip]
+    /// Reading pauses while records read but not yet done (output not yet acknowledged) hold
+    /// this many bytes; bounds memory when the output side is slow. [default: 16777216]
+    #[arg(long, value_name = "BYTES")]
+    pub max_in_flight_bytes: Option<usize>,
+
+    /// What to do with a record that cannot be decoded or that the model fails on, when no
+    /// dead-letter topic is set: skip (log and count) or stop. [default: skip]
     #[arg(long, value_name = "POLICY")]
     pub on_error: Option<String>,
 
-    /// Dead-letter topic (must exist): records that cannot be decoded or are too large are
-    /// written there unchanged, with headers naming their source, the stage and the reason.
+    /// Dead-letter topic (must exist): records that are too large, cannot be decoded or make
+    /// the model fail are written there unchanged, with headers naming their source, the stage and the reason.
     #[arg(long, value_name = "TOPIC")]
     pub dlq: Option<String>,
 
@@ -231,6 +237,7 @@ impl RunArgs {
             linger_ms,
             workers,
             max_record_bytes,
+            max_in_flight_bytes,
             on_error,
             dlq,
             output_headers,
@@ -349,6 +356,12 @@ impl RunArgs {
                 return Err(invalid("max_record_bytes", "a number >= 1", "0"));
             }
             config.max_record_bytes = n;
+        }
+        if let Some(n) = self.max_in_flight_bytes {
+            if n == 0 {
+                return Err(invalid("max_in_flight_bytes", "a number >= 1", "0"));
+            }
+            config.max_in_flight_bytes = n;
         }
         if let Some(p) = self.on_error {
             config.on_error = parse::<ErrorPolicy>("on_error", &p)?;

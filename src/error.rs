@@ -31,6 +31,20 @@ pub enum Error {
         /// The policy that made this fatal.
         policy: &'static str,
     },
+    /// The model failed on a record and the error policy says stop.
+    #[error("stopping on a record the model failed on ({policy}): {topic}/{partition}@{offset}: {source}")]
+    ModelRejected {
+        /// Source topic of the record.
+        topic: String,
+        /// Source partition.
+        partition: i32,
+        /// Source offset.
+        offset: i64,
+        /// What the model reported.
+        source: ModelError,
+        /// The policy that made this fatal.
+        policy: &'static str,
+    },
     /// A worker thread or task ended unexpectedly.
     #[error("internal error: {0}")]
     Internal(String),
@@ -100,6 +114,21 @@ pub enum ModelError {
     /// Running the model on a batch failed.
     #[error("inference failed: {0}")]
     Run(String),
+    /// tract crashed while running a batch (it trusts some input values, such as lookup
+    /// indices, without checking them); the worker recovered.
+    #[error("the model crashed on this input (tract panicked: {0})")]
+    Panicked(String),
+    /// The inference threads are gone; no further batch can run.
+    #[error("inference stopped: {0}")]
+    Stopped(String),
+}
+
+impl ModelError {
+    /// True when the failure may come from the values of the batch, so that running its
+    /// rows one by one can tell the bad records from the good ones.
+    pub fn depends_on_input(&self) -> bool {
+        matches!(self, ModelError::Run(_) | ModelError::Panicked(_))
+    }
 }
 
 /// Talking to the broker.

@@ -36,6 +36,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging();
+    streamtract::model::quiet_caught_panics();
     match cli.command {
         Command::Inspect { model } => match Model::load(&model) {
             Ok(m) => {

@@ -85,6 +85,27 @@ fn digits_cnn_matches_tensorflow() {
 }
 
 #[test]
+fn digits_embedding_matches_tensorflow() {
+    check_model("digits_embedding");
+}
+
+/// TensorFlow refuses a pixel intensity outside the embedding table (make_models.py checks
+/// that); tract must refuse it too, with an error rather than a panic or a made-up output.
+#[test]
+fn embedding_lookup_out_of_range_is_an_error() {
+    let model = Model::load(models_dir().join("digits_embedding.onnx")).unwrap();
+    let mut pixels = vec![0f32; 2 * 64];
+    pixels[64 + 5] = 40.0;
+    let err = model
+        .run(vec![Tensor::from_shape(&[2, 64], &pixels).unwrap()])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("the model crashed on this input"), "{err}");
+    let ok = model.run(vec![Tensor::from_shape(&[1, 64], &pixels[..64]).unwrap()]);
+    assert!(ok.is_ok(), "{ok:?}");
+}
+
+#[test]
 fn breast_cancer_with_normalization_matches_tensorflow() {
     check_model("breast_cancer");
 }
@@ -112,6 +133,7 @@ fn every_model_has_a_parity_test() {
         [
             "breast_cancer",
             "digits_cnn",
+            "digits_embedding",
             "digits_mlp",
             "wine_two_inputs"
         ]

@@ -664,3 +664,142 @@ fn malformed_records_go_to_the_dead_letter_topic_unchanged() {
         );
     }
 }
+
+/// Records that decode and fit the input signature but make the model itself fail: the
+/// embedding model has a table for pixel intensities 0..16 only, and an intensity of 40 makes
+/// the lookup fail (TensorFlow raises; tract panics, which the worker catches). The failing
+/// batch is re-run row by row: only the bad records are dead-lettered, the rest of the batch
+/// gets its outputs, in order.
+#[test]
+fn records_the_model_fails_on_go_to_the_dead_letter_topic() {
+    let broker = Broker::start("model_dlq");
+    broker.create_topic("pixels", 2);
+    broker.create_topic("predictions", 2);
+    broker.create_topic("pixels-dlq", 1);
+    let digits = dataset("digits.csv");
+    let is_bad = |i: usize| i % 90 == 11;
+    let recs: Vec<Rec> = digits
+        .iter()
+        .enumerate()
+        .map(|(i, (_, px))| {
+            let mut px = px.clone();
+            if is_bad(i) {
+                px[5] = 40.0;
+            }
+            Rec::kv(&format!("digit-{i}"), csv_line(&px)).header("trace", format!("t{i}"))
+        })
+        .collect();
+    let coords = broker.produce("pixels", &recs);
+    let bad: Vec<usize> = (0..digits.len()).filter(|&i| is_bad(i)).collect();
+    let good = digits.len() - bad.len();
+    let stderr = run_ok(&run_args(
+        &broker,
+        "pixels",
+        "predictions",
+        "models/digits_embedding.onnx",
+        &[
+            "--until-end",
+            "--batch-size",
+            "64",
+            "--dlq",
+            "pixels-dlq",
+            "--group",
+            "model-dlq",
+        ],
+    ));
+    assert!(
+        stderr.contains(&format!(
+            "{} records in, {good} outputs written, {} rejected ({} dead letters written)",
+            digits.len(),
+            bad.len(),
+            bad.len()
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("running its rows one by one"), "{stderr}");
+
+    let (outs, by_key) = outputs_by_key(&broker, "predictions", good);
+    let tf = tf_classes("digits_embedding");
+    for (i, class) in tf.iter().enumerate() {
+        let key = format!("digit-{i}");
+        if is_bad(i) {
+            assert!(!by_key.contains_key(&key), "{key} has an output");
+            continue;
+        }
+        let v = by_key[&key].value_json();
+        assert_eq!(
+            argmax(v["probabilities"].as_array().unwrap()),
+            *class,
+            "{key}"
+        );
+    }
+    assert_order_kept(&outs);
+
+    let (_, letters) = outputs_by_key(&broker, "pixels-dlq", bad.len());
+    for &i in &bad {
+        let letter = &letters[&format!("digit-{i}")];
+        assert_eq!(letter.value, recs[i].value, "digit-{i}: value unchanged");
+        assert_eq!(letter.header("trace"), Some(format!("t{i}")));
+        assert_eq!(letter.header("dlq.stage").as_deref(), Some("model"));
+        assert_eq!(
+            letter.header("dlq.source.offset"),
+            Some(coords[i].1.to_string())
+        );
+        let reason = letter.header("dlq.reason").unwrap();
+        assert!(
+            reason.contains("the model crashed on this input") && !reason.contains('\n'),
+            "{reason}"
+        );
+    }
+    let ends = broker.topic_info("pixels").unwrap().high_watermarks;
+    let committed = group_committed(&broker, "model-dlq", "pixels", 2);
+    for p in 0..2 {
+        assert_eq!(
+            committed[p.to_string()].as_i64(),
+            Some(ends[p]),
+            "{committed}"
+        );
+    }
+
+    // Without a dead-letter topic, `--on-error stop` fails on the first such record, after
+    // committing everything before it in its partition.
+    broker.create_topic("predictions-stop", 2);
+    let out = streamtract(&run_args(
+        &broker,
+        "pixels",
+        "predictions-stop",
+        "models/digits_embedding.onnx",
+        &["--until-end", "--on-error", "stop", "--group", "model-stop"],
+    ));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: stopping on a record the model failed on (on_error = stop)"),
+        "{stderr}"
+    );
+    let committed = group_committed(&broker, "model-stop", "pixels", 2);
+    let first_bad: BTreeMap<i32, i64> = bad.iter().rev().map(|&i| coords[i]).collect();
+    for (p, offset) in first_bad {
+        let c = committed[p.to_string()].as_i64().unwrap_or(0);
+        assert!(
+            c <= offset,
+            "partition {p}: committed {c} past the bad record at {offset}"
+        );
+    }
+}
+
+/// The group's committed offsets per partition, read by confluent-kafka.
+fn group_committed(broker: &Broker, group: &str, topic: &str, partitions: usize) -> Value {
+    let out = Command::new(common::python())
+        .arg(root().join("scripts/kgroup.py"))
+        .args(["committed", "--brokers", &broker.addr, "--group", group])
+        .args(["--topic", topic, "--partitions", &partitions.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -127,6 +127,14 @@ pub struct SourceRecord {
     pub headers: BTreeMap<String, Vec<u8>>,
 }
 
+impl SourceRecord {
+    /// Bytes of key, value and headers: what holding this record costs, roughly.
+    pub fn size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.key.as_ref().map_or(0, Vec::len) + self.value.as_ref().map_or(0, Vec::len) + headers
+    }
+}
+
 /// How the source reads.
 #[derive(Debug, Clone)]
 pub struct SourceConfig {

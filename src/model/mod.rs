@@ -220,7 +220,24 @@ impl Model {
             }
         };
         let inputs: TVec<TValue> = inputs.into_iter().map(|t| t.into()).collect();
-        let outputs = state.run(inputs).map_err(run_err)?;
+        // tract indexes some inputs without bounds checks of its own (a Gather with an
+        // out-of-range index panics). A panic here is about this batch's data, not the
+        // process: turn it into an error and drop the state, which may be half-updated.
+        let guarded = || {
+            IN_TRACT_RUN.with(|flag| flag.set(true));
+            let result = state.run(inputs);
+            IN_TRACT_RUN.with(|flag| flag.set(false));
+            result
+        };
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(guarded));
+        IN_TRACT_RUN.with(|flag| flag.set(false));
+        let outputs = match caught {
+            Ok(result) => result.map_err(run_err)?,
+            Err(panic) => {
+                states.0.remove(&size);
+                return Err(ModelError::Panicked(panic_message(panic.as_ref())));
+            }
+        };
         outputs
             .into_iter()
             .map(|v| {
@@ -286,6 +303,38 @@ fn pad_rows(t: Tensor, rows: usize) -> TractResult<Tensor> {
     shape[0] = rows - have;
     let zeros = Tensor::zero_dt(t.datum_type(), &shape)?;
     Tensor::stack_tensors(0, &[t, zeros])
+}
+
+thread_local! {
+    /// Set while this thread is inside a tract run whose panics are caught (see `run_with`).
+    static IN_TRACT_RUN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Installs a process-wide panic hook that reports panics caught inside model runs (tract
+/// panics on some inputs; the run becomes a [`ModelError::Panicked`] for that batch) as one
+/// debug log line instead of the default report with its backtrace, which is slow to print and
+/// would repeat for every such record. Every other panic keeps the default report.
+///
+/// A library does not touch global hooks on its own; applications call this once at start-up
+/// (the `streamtract` binary does).
+pub fn quiet_caught_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if IN_TRACT_RUN.with(std::cell::Cell::get) {
+            tracing::debug!(%info, "tract panicked inside a model run (caught)");
+        } else {
+            default(info);
+        }
+    }));
+}
+
+/// The text of a caught panic (`panic!` payloads are `&str` or `String`).
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_string())
 }
 
 /// Name of the first input's first dimension when it is symbolic, else `N`.

@@ -72,7 +72,7 @@ impl InferencePool {
                         let _ = job.reply.send(result);
                     }
                 })
-                .map_err(|e| ModelError::Run(format!("cannot start inference thread: {e}")))?;
+                .map_err(|e| ModelError::Stopped(format!("cannot start inference thread: {e}")))?;
         }
         Ok(InferencePool { jobs: tx, workers })
     }
@@ -90,7 +90,7 @@ impl InferencePool {
         self.jobs
             .send(Job { inputs, reply })
             .await
-            .map_err(|_| ModelError::Run("inference threads have stopped".into()))?;
+            .map_err(|_| ModelError::Stopped("the inference threads have ended".into()))?;
         Ok(PendingBatch(rx))
     }
 }
@@ -105,8 +105,8 @@ impl Future for PendingBatch {
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0).poll(cx).map(|r| match r {
             Ok(reply) => reply,
-            Err(_) => Err(ModelError::Run(
-                "an inference thread stopped during a batch".into(),
+            Err(_) => Err(ModelError::Stopped(
+                "an inference thread ended during a batch".into(),
             )),
         })
     }

@@ -121,6 +121,10 @@ pub struct PipelineConfig {
     /// In group mode, reading pauses while this many records are read but not committed:
     /// the most records a crash can make the next reader process again.
     pub max_uncommitted: usize,
+    /// Reading pauses while the records read and not yet done (output or dead letter not yet
+    /// acknowledged) hold this many bytes of key, value and headers. With the fetch buffers
+    /// ([`SourceConfig`]) this bounds memory when the output side is slower than the input.
+    pub max_in_flight_bytes: usize,
     /// On shutdown or rebalance, how long to wait for in-flight records to be acknowledged.
     pub drain_timeout: Duration,
 }
@@ -158,6 +162,7 @@ impl PipelineConfig {
             group: None,
             commit_interval: Duration::from_secs(1),
             max_uncommitted: 10_000,
+            max_in_flight_bytes: 16 << 20,
             drain_timeout: Duration::from_secs(30),
         }
     }

@@ -14,8 +14,9 @@ pub type TopicPartition = (Arc<str>, i32);
 
 #[derive(Debug, Default)]
 struct PartitionState {
-    /// Offsets read and not yet known done, with their done flag, in read (= offset) order.
-    pending: VecDeque<(i64, bool)>,
+    /// Offsets read and not yet known done, with their done flag and size in bytes, in read
+    /// (= offset) order.
+    pending: VecDeque<(i64, bool, usize)>,
     /// Offsets read and not yet covered by a confirmed commit, in read order.
     uncommitted: VecDeque<i64>,
     /// One past the last offset read.
@@ -27,7 +28,7 @@ struct PartitionState {
 impl PartitionState {
     fn position(&self) -> Option<i64> {
         match self.pending.front() {
-            Some((offset, _)) => Some(*offset),
+            Some((offset, _, _)) => Some(*offset),
             None => self.next_read,
         }
     }
@@ -50,19 +51,27 @@ impl PartitionState {
 pub struct OffsetTracker {
     partitions: BTreeMap<TopicPartition, PartitionState>,
     in_flight: usize,
+    in_flight_bytes: usize,
     uncommitted: usize,
 }
 
 impl OffsetTracker {
     /// A record entered the pipeline.
     pub fn read(&mut self, tp: &TopicPartition, offset: i64) {
+        self.read_sized(tp, offset, 0);
+    }
+
+    /// A record of `bytes` bytes entered the pipeline; the bytes count in
+    /// [`in_flight_bytes`](Self::in_flight_bytes) until the record is done.
+    pub fn read_sized(&mut self, tp: &TopicPartition, offset: i64, bytes: usize) {
         let state = self.partitions.entry(tp.clone()).or_default();
         // The position before the first record read is where reading started: nothing to commit.
         state.committed.get_or_insert(offset);
-        state.pending.push_back((offset, false));
+        state.pending.push_back((offset, false, bytes));
         state.uncommitted.push_back(offset);
         state.next_read = Some(offset + 1);
         self.in_flight += 1;
+        self.in_flight_bytes += bytes;
         self.uncommitted += 1;
     }
 
@@ -72,13 +81,15 @@ impl OffsetTracker {
         let Some(state) = self.partitions.get_mut(tp) else {
             return;
         };
-        if let Ok(ix) = state.pending.binary_search_by_key(&offset, |(o, _)| *o) {
-            if !state.pending[ix].1 {
-                state.pending[ix].1 = true;
+        if let Ok(ix) = state.pending.binary_search_by_key(&offset, |(o, _, _)| *o) {
+            let entry = &mut state.pending[ix];
+            if !entry.1 {
+                entry.1 = true;
                 self.in_flight -= 1;
+                self.in_flight_bytes -= entry.2;
             }
         }
-        while state.pending.front().is_some_and(|(_, done)| *done) {
+        while state.pending.front().is_some_and(|(_, done, _)| *done) {
             state.pending.pop_front();
         }
     }
@@ -86,6 +97,11 @@ impl OffsetTracker {
     /// Records read and not yet done.
     pub fn in_flight(&self) -> usize {
         self.in_flight
+    }
+
+    /// Bytes of the records read and not yet done (as given to [`read_sized`](Self::read_sized)).
+    pub fn in_flight_bytes(&self) -> usize {
+        self.in_flight_bytes
     }
 
     /// Records read and not yet covered by a confirmed commit: what a crash now would make
@@ -133,7 +149,12 @@ impl OffsetTracker {
     /// Forgets a partition (revoked); its not-done records will be read again by its next owner.
     pub fn forget(&mut self, tp: &TopicPartition) {
         if let Some(state) = self.partitions.remove(tp) {
-            self.in_flight -= state.pending.iter().filter(|(_, done)| !done).count();
+            for (_, done, bytes) in &state.pending {
+                if !done {
+                    self.in_flight -= 1;
+                    self.in_flight_bytes -= bytes;
+                }
+            }
             self.uncommitted -= state.uncommitted.len();
         }
     }
@@ -142,6 +163,7 @@ impl OffsetTracker {
     pub fn forget_all(&mut self) {
         self.partitions.clear();
         self.in_flight = 0;
+        self.in_flight_bytes = 0;
         self.uncommitted = 0;
     }
 }
@@ -210,5 +232,25 @@ mod tests {
         assert_eq!(t.in_flight(), 1);
         t.done(&tp(1), 41); // late ack of a revoked partition
         assert_eq!(t.in_flight(), 1);
+    }
+
+    #[test]
+    fn in_flight_bytes_follow_done_and_forget() {
+        let mut t = OffsetTracker::default();
+        t.read_sized(&tp(0), 0, 100);
+        t.read_sized(&tp(0), 1, 20);
+        t.read_sized(&tp(1), 7, 3);
+        assert_eq!(t.in_flight_bytes(), 123);
+        t.done(&tp(0), 1);
+        t.done(&tp(0), 1);
+        assert_eq!(
+            t.in_flight_bytes(),
+            103,
+            "a duplicate ack frees nothing twice"
+        );
+        t.forget(&tp(0));
+        assert_eq!(t.in_flight_bytes(), 3);
+        t.forget_all();
+        assert_eq!(t.in_flight_bytes(), 0);
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::Utc;
 use futures::stream::{FuturesOrdered, StreamExt};
 use tokio::sync::mpsc;
-use tract_onnx::prelude::Tensor;
+use tract_onnx::prelude::{Tensor, TractResult};
 
 use super::batch::{split_outputs, Batch};
 use super::offsets::{OffsetTracker, TopicPartition};
@@ -20,17 +20,14 @@ use crate::error::{Error, ModelError, Result};
 use crate::kafka::{OutputRecord, Sink, Source, SourceCoordinates, SourceRecord};
 use crate::model::InferencePool;
 
-/// Per-row data kept while the row is in a batch.
-#[derive(Debug)]
-struct RowMeta {
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    timestamp_ms: i64,
-    key: Option<Vec<u8>>,
-}
-
-type BatchResult = (Vec<RowMeta>, std::result::Result<Vec<Tensor>, ModelError>);
+/// A batch back from the model: its records (kept whole, so that a record the model fails on
+/// can still be dead-lettered unchanged), its input tensors (to re-run rows one by one after
+/// a failure) and the model's outputs.
+type BatchResult = (
+    Vec<SourceRecord>,
+    Vec<Tensor>,
+    std::result::Result<Vec<Tensor>, ModelError>,
+);
 type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = BatchResult> + Send>>>;
 
 /// Why [`RunLoop::pump`] returned.
@@ -56,7 +53,7 @@ pub(super) struct RunLoop {
     dlq: Option<Sink>,
     row_shapes: Vec<Vec<usize>>,
     sha: Vec<u8>,
-    batch: Batch<RowMeta>,
+    batch: Batch<SourceRecord>,
     batch_deadline: tokio::time::Instant,
     inflight: InFlight,
     acks: mpsc::UnboundedReceiver<Vec<SourceCoordinates>>,
@@ -123,13 +120,18 @@ impl RunLoop {
                 .config
                 .max_uncommitted
                 .saturating_sub(self.tracker.uncommitted());
-            let at_bound = room == 0;
-            if at_bound && !self.tracker.commits().is_empty() {
+            if room == 0 && !self.tracker.commits().is_empty() {
                 return None;
             }
-            // Records held back at the bound go first, as far as there is room.
+            // At the in-flight bytes bound reading pauses until outputs are acknowledged.
+            let bytes_room = self
+                .config
+                .max_in_flight_bytes
+                .saturating_sub(self.tracker.in_flight_bytes());
+            let at_bound = room == 0 || bytes_room == 0;
+            // Records held back at a bound go first, as far as there is room.
             if !self.held.is_empty() && !at_bound && self.inflight.len() < max_inflight {
-                let take = room.min(self.held.len());
+                let take = admit(self.held.iter(), room, bytes_room);
                 let records: Vec<SourceRecord> = self.held.drain(..take).collect();
                 self.on_records(records).await;
                 continue;
@@ -145,10 +147,9 @@ impl RunLoop {
                     None => return Some(Stop::SourceEnded),
                     Some(Err(e)) => { self.fatal.get_or_insert(e.into()); }
                     Some(Ok(mut records)) => {
-                        // Take no more than the bound allows; hold the rest (at most one chunk).
-                        if records.len() > room {
-                            self.held.extend(records.drain(room..));
-                        }
+                        // Take no more than the bounds allow; hold the rest (at most one chunk).
+                        let take = admit(records.iter(), room, bytes_room);
+                        self.held.extend(records.drain(take..));
                         self.on_records(records).await;
                     }
                 },
@@ -216,69 +217,94 @@ impl RunLoop {
         for record in records {
             self.summary.records_in += 1;
             let tp: TopicPartition = (Arc::clone(&record.topic), record.partition);
-            self.tracker.read(&tp, record.offset);
+            self.tracker.read_sized(&tp, record.offset, record.size());
             match decode(&self.decoder, &record, self.config.max_record_bytes) {
                 Ok(row) => {
                     if self.batch.is_empty() {
                         self.batch_deadline = tokio::time::Instant::now() + self.config.linger;
                     }
-                    let meta = RowMeta {
-                        topic: record.topic,
-                        partition: record.partition,
-                        offset: record.offset,
-                        timestamp_ms: record.timestamp.timestamp_millis(),
-                        key: record.key,
-                    };
-                    self.batch.push(row, meta);
+                    self.batch.push(row, record);
                     if self.batch.len() >= self.config.batch_size {
                         self.dispatch().await;
                     }
                 }
                 Err(e) => {
-                    self.summary.rejected += 1;
-                    tracing::warn!(topic = %record.topic, partition = record.partition,
-                        offset = record.offset, reason = %e, dlq = ?self.config.dlq, "bad record");
-                    if let Some(dlq) = &self.dlq {
-                        // Done once the dead letter is acknowledged (through the ack channel).
-                        let letter = dead_letter(record, &e);
-                        let fallback = letter.source.as_ref().map_or(0, |s| s.partition);
-                        let partition = dlq.partition_for(letter.key.as_deref(), fallback);
-                        if let Err(e) = dlq.send(partition, letter).await {
-                            self.fatal.get_or_insert(e.into());
-                            return;
-                        }
-                    } else if self.config.on_error == ErrorPolicy::Stop {
+                    if self.config.dlq.is_none()
+                        && self.config.on_error == ErrorPolicy::Stop
+                        && !self.batch.is_empty()
+                    {
                         // Everything before the bad record is still written and committed.
-                        if !self.batch.is_empty() {
-                            self.dispatch().await;
-                        }
-                        self.fatal.get_or_insert(Error::BadRecord {
-                            source: e,
-                            policy: "on_error = stop",
-                        });
+                        self.dispatch().await;
+                    }
+                    if !self.reject(record, Rejection::Decode(e)).await {
                         return;
-                    } else {
-                        self.tracker.done(&tp, record.offset);
                     }
                 }
+            }
+        }
+    }
+
+    /// Deals with a record that cannot be processed, as configured: dead letter, skip or stop.
+    /// Returns false when the run must stop.
+    async fn reject(&mut self, record: SourceRecord, why: Rejection) -> bool {
+        self.summary.rejected += 1;
+        tracing::warn!(topic = %record.topic, partition = record.partition,
+            offset = record.offset, stage = why.stage(), reason = %why,
+            dlq = ?self.config.dlq, "bad record");
+        if let Some(dlq) = &self.dlq {
+            // Done once the dead letter is acknowledged (through the ack channel).
+            let letter = dead_letter(record, &why);
+            let fallback = letter.source.as_ref().map_or(0, |s| s.partition);
+            let partition = dlq.partition_for(letter.key.as_deref(), fallback);
+            if let Err(e) = dlq.send(partition, letter).await {
+                self.fatal.get_or_insert(e.into());
+                return false;
+            }
+            return true;
+        }
+        match self.config.on_error {
+            ErrorPolicy::Skip => {
+                self.tracker.done(
+                    &(Arc::clone(&record.topic), record.partition),
+                    record.offset,
+                );
+                true
+            }
+            ErrorPolicy::Stop => {
+                let policy = "on_error = stop";
+                let error = match why {
+                    Rejection::Decode(source) => Error::BadRecord { source, policy },
+                    Rejection::Model(source) => Error::ModelRejected {
+                        topic: record.topic.to_string(),
+                        partition: record.partition,
+                        offset: record.offset,
+                        source,
+                        policy,
+                    },
+                };
+                self.fatal.get_or_insert(error);
+                false
             }
         }
     }
 
     async fn dispatch(&mut self) {
         let batch = std::mem::take(&mut self.batch);
-        let (tensors, meta) = match batch.into_tensors(&self.row_shapes) {
+        let (tensors, records) = match batch.into_tensors(&self.row_shapes) {
             Ok(t) => t,
             Err(e) => {
                 self.fatal.get_or_insert(e.into());
                 return;
             }
         };
+        // A copy of the inputs, kept in case the batch fails and its rows must be re-run one
+        // by one; small next to the inference itself.
+        let inputs = tensors.clone();
         match self.pool.submit(tensors).await {
             Ok(pending) => {
                 self.summary.batches += 1;
                 self.inflight
-                    .push_back(Box::pin(async move { (meta, pending.await) }));
+                    .push_back(Box::pin(async move { (records, inputs, pending.await) }));
             }
             Err(e) => {
                 self.fatal.get_or_insert(e.into());
@@ -286,9 +312,10 @@ impl RunLoop {
         }
     }
 
-    async fn on_batch_done(&mut self, (meta, outputs): BatchResult) {
+    async fn on_batch_done(&mut self, (records, inputs, outputs): BatchResult) {
         let result = match outputs {
-            Ok(outputs) => self.write_outputs(meta, &outputs).await,
+            Ok(outputs) => self.write_outputs(records, &outputs).await,
+            Err(e) if e.depends_on_input() => self.isolate(records, inputs, e).await,
             Err(e) => Err(e.into()),
         };
         if let Err(e) = result {
@@ -296,36 +323,73 @@ impl RunLoop {
         }
     }
 
-    async fn write_outputs(&self, meta: Vec<RowMeta>, outputs: &[Tensor]) -> Result<()> {
-        let rows = split_outputs(outputs, meta.len())?;
+    /// A batch failed in the model: runs its rows one at a time, in order, so that only the
+    /// records the model fails on are rejected and the others still get their outputs.
+    async fn isolate(
+        &mut self,
+        records: Vec<SourceRecord>,
+        inputs: Vec<Tensor>,
+        error: ModelError,
+    ) -> Result<()> {
+        if records.len() == 1 {
+            if let Some(record) = records.into_iter().next() {
+                self.reject(record, Rejection::Model(error)).await;
+            }
+            return Ok(());
+        }
+        tracing::warn!(rows = records.len(), %error,
+            "a batch failed in the model; running its rows one by one to find the bad ones");
+        for (row, record) in records.into_iter().enumerate() {
+            if self.fatal.is_some() {
+                // on_error = stop: the rest stays not done, so it is neither committed nor lost.
+                return Ok(());
+            }
+            let single = inputs
+                .iter()
+                .map(|t| t.slice(0, row, row + 1))
+                .collect::<TractResult<Vec<_>>>()
+                .map_err(|e| ModelError::Run(format!("{e:#}")))?;
+            match self.pool.submit(single).await?.await {
+                Ok(outputs) => self.write_outputs(vec![record], &outputs).await?,
+                Err(e) if e.depends_on_input() => {
+                    self.reject(record, Rejection::Model(e)).await;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    async fn write_outputs(&self, records: Vec<SourceRecord>, outputs: &[Tensor]) -> Result<()> {
+        let rows = split_outputs(outputs, records.len())?;
         let now = Utc::now();
-        for (m, row) in meta.into_iter().zip(rows) {
+        for (r, row) in records.into_iter().zip(rows) {
             let value = self.encoder.encode(&row);
             let h = if self.config.output_headers {
                 header_map([
-                    (headers::SOURCE_TOPIC, m.topic.as_bytes().to_vec()),
+                    (headers::SOURCE_TOPIC, r.topic.as_bytes().to_vec()),
                     (
                         headers::SOURCE_PARTITION,
-                        m.partition.to_string().into_bytes(),
+                        r.partition.to_string().into_bytes(),
                     ),
-                    (headers::SOURCE_OFFSET, m.offset.to_string().into_bytes()),
+                    (headers::SOURCE_OFFSET, r.offset.to_string().into_bytes()),
                     (
                         headers::SOURCE_TIMESTAMP,
-                        m.timestamp_ms.to_string().into_bytes(),
+                        r.timestamp.timestamp_millis().to_string().into_bytes(),
                     ),
                     (headers::MODEL_SHA256, self.sha.clone()),
                 ])
             } else {
                 BTreeMap::new()
             };
-            let partition = self.sink.partition_for(m.key.as_deref(), m.partition);
+            let partition = self.sink.partition_for(r.key.as_deref(), r.partition);
             let source = SourceCoordinates {
-                topic: m.topic,
-                partition: m.partition,
-                offset: m.offset,
+                topic: r.topic,
+                partition: r.partition,
+                offset: r.offset,
             };
             let record = OutputRecord {
-                key: m.key,
+                key: r.key,
                 value,
                 headers: h,
                 timestamp: now,
@@ -334,6 +398,55 @@ impl RunLoop {
             self.sink.send(partition, record).await?;
         }
         Ok(())
+    }
+}
+
+/// How many of `records` can be taken in with room for `room` more records and `bytes_room`
+/// more bytes. A record that crosses the bytes bound is still taken, so one record larger than
+/// the bound cannot stall the stream (it is at most `max_record_bytes` before rejection).
+fn admit<'a>(
+    records: impl Iterator<Item = &'a SourceRecord>,
+    room: usize,
+    bytes_room: usize,
+) -> usize {
+    let mut bytes = 0usize;
+    let mut n = 0;
+    for record in records.take(room) {
+        if bytes >= bytes_room {
+            break;
+        }
+        bytes += record.size();
+        n += 1;
+    }
+    n
+}
+
+/// Why a record was rejected.
+#[derive(Debug)]
+enum Rejection {
+    /// Too large, not decodable, or not fitting the model's input signature.
+    Decode(DecodeError),
+    /// The model failed on it (alone, after its batch failed).
+    Model(ModelError),
+}
+
+impl Rejection {
+    /// The stage named in the `dlq.stage` header.
+    fn stage(&self) -> &'static str {
+        match self {
+            Rejection::Decode(DecodeError::TooLarge { .. }) => "size",
+            Rejection::Decode(_) => "decode",
+            Rejection::Model(_) => "model",
+        }
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Rejection::Decode(e) => e.fmt(f),
+            Rejection::Model(e) => e.fmt(f),
+        }
     }
 }
 
@@ -353,11 +466,9 @@ fn decode(
 }
 
 /// The rejected record, unchanged, plus headers naming its source, the stage and the reason.
-fn dead_letter(record: SourceRecord, error: &DecodeError) -> OutputRecord {
-    let stage = match error {
-        DecodeError::TooLarge { .. } => "size",
-        _ => "decode",
-    };
+fn dead_letter(record: SourceRecord, why: &Rejection) -> OutputRecord {
+    // One line, as the header is read by people and by tools.
+    let reason = why.to_string().replace(['\n', '\r'], " ");
     let mut h = record.headers;
     h.extend(header_map([
         (headers::DLQ_SOURCE_TOPIC, record.topic.as_bytes().to_vec()),
@@ -369,8 +480,8 @@ fn dead_letter(record: SourceRecord, error: &DecodeError) -> OutputRecord {
             headers::DLQ_SOURCE_OFFSET,
             record.offset.to_string().into_bytes(),
         ),
-        (headers::DLQ_STAGE, stage.as_bytes().to_vec()),
-        (headers::DLQ_REASON, error.to_string().into_bytes()),
+        (headers::DLQ_STAGE, why.stage().as_bytes().to_vec()),
+        (headers::DLQ_REASON, reason.into_bytes()),
     ]));
     let source = SourceCoordinates {
         topic: record.topic,
