@@ -13,9 +13,8 @@
 //! Needs tansu (scripts/setup-test-env.sh). Under `cargo test --all-targets` it runs a small
 //! smoke version (2,000 records) and checks the counts.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,82 +23,9 @@ use streamtract::kafka::{
     self, KafkaConfig, OutputRecord, Sink, SinkConfig, Source, SourceConfig, TopicSelection,
 };
 use streamtract::pipeline::{Pipeline, PipelineConfig};
+use support::{create_topic, produce_digits, root, LocalBroker};
 
 const PARTITIONS: i32 = 3;
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The demo broker script, started in its own directory and stopped on drop.
-struct LocalBroker {
-    dir: PathBuf,
-    addr: String,
-}
-
-impl LocalBroker {
-    fn start() -> LocalBroker {
-        let dir = root().join("target/bench-broker");
-        let _ = std::fs::remove_dir_all(&dir);
-        let status = Command::new(root().join("scripts/broker.sh"))
-            .args(["start", dir.to_str().expect("utf-8 path")])
-            .status()
-            .expect("run scripts/broker.sh (install with scripts/setup-test-env.sh)");
-        assert!(
-            status.success(),
-            "scripts/broker.sh start failed; see {}/broker.log",
-            dir.display()
-        );
-        let addr = std::fs::read_to_string(dir.join("broker.addr"))
-            .expect("broker.addr")
-            .trim()
-            .to_string();
-        LocalBroker { dir, addr }
-    }
-}
-
-impl Drop for LocalBroker {
-    fn drop(&mut self) {
-        let _ = Command::new(root().join("scripts/broker.sh"))
-            .args(["stop", self.dir.to_str().unwrap_or("")])
-            .status();
-    }
-}
-
-async fn create_topic(kafka: &KafkaConfig, name: &str) {
-    let client = kafka::connect(kafka).await.expect("connect");
-    client
-        .controller_client()
-        .expect("controller")
-        .create_topic(name, PARTITIONS, 1, 10_000)
-        .await
-        .expect("create topic");
-}
-
-async fn produce_input(kafka: &KafkaConfig, topic: &str, n: usize) {
-    let rows: Vec<String> = std::fs::read_to_string(root().join("data/digits.csv"))
-        .expect("digits.csv")
-        .lines()
-        .map(|l| l.split_once(',').expect("label,pixels").1.to_string())
-        .collect();
-    let client = kafka::connect(kafka).await.expect("connect");
-    let sink = Sink::start(client, kafka, &SinkConfig::new(topic), None)
-        .await
-        .expect("sink");
-    for i in 0..n {
-        let key = format!("k{i}").into_bytes();
-        let partition = sink.partition_for(Some(&key), 0);
-        let record = OutputRecord {
-            key: Some(key),
-            value: rows[i % rows.len()].clone().into_bytes(),
-            headers: BTreeMap::new(),
-            timestamp: Utc::now(),
-            source: None,
-        };
-        sink.send(partition, record).await.expect("send");
-    }
-    assert_eq!(sink.close().await.expect("close") as usize, n);
-}
 
 /// Consume and produce the same records with no model: the ceiling for the pipeline. With
 /// `with_headers`, each output also carries the five headers the pipeline writes, which shows
@@ -181,19 +107,12 @@ async fn with_model(
 
 #[tokio::main]
 async fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
-    let n: usize = match std::env::var("STREAMTRACT_BENCH_RECORDS") {
-        Ok(v) => v
-            .parse()
-            .expect("STREAMTRACT_BENCH_RECORDS must be a number"),
-        Err(_) if bench => 100_000,
-        Err(_) => 2_000,
-    };
-    let broker = LocalBroker::start();
-    let kafka = KafkaConfig::new([broker.addr.clone()]);
-    create_topic(&kafka, "bench-in").await;
+    let n = support::records(100_000, 2_000);
+    let broker = LocalBroker::start("bench-broker");
+    let kafka = broker.kafka();
+    create_topic(&kafka, "bench-in", PARTITIONS).await;
     let t = Instant::now();
-    produce_input(&kafka, "bench-in", n).await;
+    produce_digits(&kafka, "bench-in", n).await;
     println!(
         "produced {n} CSV digit records to a {PARTITIONS}-partition topic in {:.2} s",
         t.elapsed().as_secs_f64()
@@ -211,7 +130,7 @@ async fn main() {
     ];
     for (run, mode) in runs.iter().enumerate() {
         let output = format!("bench-out-{run}");
-        create_topic(&kafka, &output).await;
+        create_topic(&kafka, &output, PARTITIONS).await;
         let (done, elapsed) = match *mode {
             "pass-through" => pass_through(&kafka, "bench-in", &output, false).await,
             "pass-through+headers" => pass_through(&kafka, "bench-in", &output, true).await,

@@ -8,84 +8,23 @@
 //! processes to the last one exiting, so it includes joining the group (tansu makes each
 //! follower's first JoinGroup wait about 3 s) and the rebalances while members arrive.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
+mod support;
+
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
-use chrono::Utc;
-use streamtract::kafka::{self, KafkaConfig, OutputRecord, Sink, SinkConfig};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-struct LocalBroker(PathBuf);
-
-impl Drop for LocalBroker {
-    fn drop(&mut self) {
-        let _ = Command::new(root().join("scripts/broker.sh"))
-            .args(["stop", self.0.to_str().unwrap_or("")])
-            .status();
-    }
-}
+use support::{create_topic, produce_digits, root, LocalBroker};
 
 #[tokio::main]
 async fn main() {
-    let bench = std::env::args().any(|a| a == "--bench");
-    let n: usize = match std::env::var("STREAMTRACT_BENCH_RECORDS") {
-        Ok(v) => v
-            .parse()
-            .expect("STREAMTRACT_BENCH_RECORDS must be a number"),
-        Err(_) if bench => 60_000,
-        Err(_) => 3_000,
-    };
-    let dir = root().join("target/bench-group-broker");
-    let _ = std::fs::remove_dir_all(&dir);
-    assert!(Command::new(root().join("scripts/broker.sh"))
-        .args(["start", dir.to_str().unwrap()])
-        .status()
-        .unwrap()
-        .success());
-    let _broker = LocalBroker(dir.clone());
-    let addr = std::fs::read_to_string(dir.join("broker.addr"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let kafka = KafkaConfig::new([addr.clone()]);
-    let client = kafka::connect(&kafka).await.expect("connect");
-    let controller = client.controller_client().expect("controller");
+    let n = support::records(60_000, 3_000);
+    let broker = LocalBroker::start("bench-group-broker");
+    let addr = broker.addr.clone();
+    let kafka = broker.kafka();
     for topic in ["events", "out-1", "out-2", "out-3"] {
-        controller
-            .create_topic(topic, 6, 1, 10_000)
-            .await
-            .expect("create topic");
+        create_topic(&kafka, topic, 6).await;
     }
-    let pixels = std::fs::read_to_string(root().join("data/digits.csv")).unwrap();
-    let value = pixels
-        .lines()
-        .next()
-        .unwrap()
-        .split_once(',')
-        .unwrap()
-        .1
-        .to_string();
-    let sink = Sink::start(client, &kafka, &SinkConfig::new("events"), None)
-        .await
-        .expect("sink");
-    for i in 0..n {
-        let key = format!("k{i}").into_bytes();
-        let partition = sink.partition_for(Some(&key), 0);
-        let record = OutputRecord {
-            key: Some(key),
-            value: value.clone().into_bytes(),
-            headers: BTreeMap::new(),
-            timestamp: Utc::now(),
-            source: None,
-        };
-        sink.send(partition, record).await.expect("send");
-    }
-    sink.close().await.expect("close");
+    produce_digits(&kafka, "events", n).await;
     println!("{n} records on a 6-partition topic");
 
     println!("\n{:>8} {:>10} {:>12}", "members", "seconds", "records/s");
