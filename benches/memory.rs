@@ -10,6 +10,9 @@
 //!     cargo bench --bench memory                      # 1,000,000 records
 //!     STREAMTRACT_BENCH_RECORDS=200000 cargo bench --bench memory
 //!
+//! Extra `streamtract run` flags (to see what each setting costs) go in
+//! `STREAMTRACT_BENCH_ARGS`, e.g. `STREAMTRACT_BENCH_ARGS="--workers 1"`.
+//!
 //! Under `cargo test --all-targets` it runs a small smoke version and checks the counts.
 
 mod support;
@@ -67,11 +70,13 @@ async fn main() {
         })
     };
 
+    let extra = std::env::var("STREAMTRACT_BENCH_ARGS").unwrap_or_default();
     let started = Instant::now();
     let mut child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
         .args(["run", "--brokers", &broker.addr, "--input", "mem-in"])
         .args(["--output", "mem-out", "--model", "models/digits_cnn.onnx"])
         .args(["--until-end"])
+        .args(extra.split_whitespace())
         .current_dir(root())
         .stderr(Stdio::piped())
         .spawn()
@@ -104,7 +109,7 @@ async fn main() {
             / 1024.0
     };
     println!(
-        "\nstreamtract run, digits CNN, {n} records, {:.1} s, {:.0} records/s",
+        "\nstreamtract run {extra}, digits CNN, {n} records, {:.1} s, {:.0} records/s",
         elapsed.as_secs_f64(),
         n as f64 / elapsed.as_secs_f64()
     );

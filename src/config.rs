@@ -150,6 +150,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "N")]
     pub max_uncommitted: Option<usize>,
 
+    /// Serve Prometheus metrics (`/metrics`) and probes (`/healthz`, `/readyz`) over HTTP on
+    /// this address, e.g. 127.0.0.1:9464 or 0.0.0.0:9464. [default: off]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_addr: Option<String>,
+
     /// Seconds to keep trying to reach the brokers at start-up. [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub connect_timeout: Option<u64>,
@@ -248,6 +253,7 @@ impl RunArgs {
             max_poll_interval_ms,
             commit_interval_ms,
             max_uncommitted,
+            metrics_addr,
             connect_timeout,
             request_timeout,
             client_id,
@@ -436,6 +442,20 @@ impl RunArgs {
                 return Err(invalid("max_uncommitted", "a number >= 1", "0"));
             }
             config.max_uncommitted = n;
+        }
+        if let Some(addr) = self.metrics_addr {
+            use std::net::ToSocketAddrs;
+            let resolved = addr.to_socket_addrs().ok().and_then(|mut a| a.next());
+            match resolved {
+                Some(a) => config.metrics_addr = Some(a),
+                None => {
+                    return Err(invalid(
+                        "metrics_addr",
+                        "HOST:PORT to listen on, e.g. 127.0.0.1:9464",
+                        &addr,
+                    ))
+                }
+            }
         }
         if let Some(s) = self.connect_timeout {
             config.kafka.connect_timeout = Duration::from_secs(s);

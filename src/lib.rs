@@ -14,6 +14,7 @@
 //! | [`model`] | load ONNX, read its [`model::Signature`], run batches on worker threads ([`model::InferencePool`]) |
 //! | [`pipeline`] | the stages composed: batching, ordering, error policy ([`pipeline::Pipeline`]) |
 //! | [`config`] | the `run` command's settings, from flags and a TOML file |
+//! | [`metrics`] | Prometheus metrics and readiness of a running pipeline, served over HTTP |
 //! | [`dataset`] | the tensorflow-io Kafka API: [`dataset::KafkaDataset`], batches for a model, [`dataset::OutputSequence`] |
 //!
 //! ```no_run
@@ -33,6 +34,7 @@ pub mod config;
 pub mod dataset;
 mod error;
 pub mod kafka;
+pub mod metrics;
 pub mod model;
 pub mod pipeline;
 

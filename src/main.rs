@@ -15,6 +15,18 @@ use streamtract::Error;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+
+    /// Log format on stderr: `text` (for people) or `json` (one JSON object per line, for log
+    /// collectors; fields in README.md). The level comes from RUST_LOG (default info).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "STREAMTRACT_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -35,7 +47,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    init_logging(cli.log_format);
     streamtract::model::quiet_caught_panics();
     match cli.command {
         Command::Inspect { model } => match Model::load(&model) {
@@ -53,23 +65,23 @@ fn main() -> ExitCode {
                 print!("{}", m.signature());
                 ExitCode::SUCCESS
             }
-            Err(e) => fail(&e.into()),
+            Err(e) => fail(&e.into(), cli.log_format),
         },
-        Command::Run(args) => run(*args),
+        Command::Run(args) => run(*args, cli.log_format),
     }
 }
 
-fn run(flags: RunArgs) -> ExitCode {
+fn run(flags: RunArgs, format: LogFormat) -> ExitCode {
     let file = match &flags.config {
         Some(path) => match RunArgs::from_file(path) {
             Ok(f) => f,
-            Err(e) => return fail(&e.into()),
+            Err(e) => return fail(&e.into(), format),
         },
         None => RunArgs::default(),
     };
     let config = match flags.over(file).into_pipeline_config() {
         Ok(c) => c,
-        Err(e) => return fail(&e.into()),
+        Err(e) => return fail(&e.into(), format),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -77,9 +89,10 @@ fn run(flags: RunArgs) -> ExitCode {
     {
         Ok(r) => r,
         Err(e) => {
-            return fail(&Error::Internal(format!(
-                "cannot start the async runtime: {e}"
-            )))
+            return fail(
+                &Error::Internal(format!("cannot start the async runtime: {e}")),
+                format,
+            )
         }
     };
     let result = runtime.block_on(async {
@@ -88,17 +101,28 @@ fn run(flags: RunArgs) -> ExitCode {
     });
     match result {
         Ok(summary) => {
-            eprintln!(
-                "done: {} records in, {} outputs written, {} rejected ({} dead letters written), {:.2} s",
-                summary.records_in,
-                summary.records_out,
-                summary.rejected,
-                summary.dead_letters,
-                summary.elapsed.as_secs_f64()
-            );
+            if format == LogFormat::Json {
+                tracing::info!(
+                    records_in = summary.records_in,
+                    records_out = summary.records_out,
+                    rejected = summary.rejected,
+                    dead_letters = summary.dead_letters,
+                    seconds = summary.elapsed.as_secs_f64(),
+                    "done"
+                );
+            } else {
+                eprintln!(
+                    "done: {} records in, {} outputs written, {} rejected ({} dead letters written), {:.2} s",
+                    summary.records_in,
+                    summary.records_out,
+                    summary.rejected,
+                    summary.dead_letters,
+                    summary.elapsed.as_secs_f64()
+                );
+            }
             ExitCode::SUCCESS
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&e, format),
     }
 }
 
@@ -125,22 +149,31 @@ async fn shutdown_signal() {
     }
 }
 
-fn init_logging() {
+fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
-    // Colours only on a terminal: logs redirected to a file or a journal stay plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        // Event fields at the top level next to `timestamp`, `level`, `target` and `message`,
+        // so collectors filter on `topic` or `group` directly.
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+        // Colours only on a terminal: logs redirected to a file or a journal stay plain text.
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 /// Prints the error the way a user reads it and picks the exit code: 2 for configuration
 /// problems found before anything was consumed, 1 for the rest.
-fn fail(e: &Error) -> ExitCode {
-    eprintln!("error: {e}");
+fn fail(e: &Error, format: LogFormat) -> ExitCode {
+    if format == LogFormat::Json {
+        tracing::error!(error = %e, "stopped");
+    } else {
+        eprintln!("error: {e}");
+    }
     match e {
         Error::Config(_) | Error::Model(_) => ExitCode::from(2),
         Error::Kafka(k) if k.is_startup() => ExitCode::from(2),

@@ -70,6 +70,18 @@ fn invalid_configurations_fail_before_consuming() {
             "topic `pixels` has no partition 5 (it has 2)",
         ),
         (
+            base(addr, &["--metrics-addr", "nowhere"]),
+            "`metrics_addr`: expected HOST:PORT to listen on, e.g. 127.0.0.1:9464, found `nowhere`",
+        ),
+        (
+            base(addr, &["--metrics-addr", "192.0.2.1:9464"]),
+            "`metrics_addr`: expected an address this process can listen on, found `192.0.2.1:9464 (",
+        ),
+        (
+            base(addr, &["--max-in-flight-bytes", "0"]),
+            "`max_in_flight_bytes`: expected a number >= 1, found `0`",
+        ),
+        (
             base(addr, &["--format", "xml"]),
             "`format`: expected one of csv, json, raw, found `xml`",
         ),

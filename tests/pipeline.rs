@@ -803,3 +803,92 @@ fn group_committed(broker: &Broker, group: &str, topic: &str, partitions: usize)
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// `--log-format json`: every stderr line is one JSON object with `timestamp`, `level`,
+/// `target` and `message`, and the event fields (here a bad record's coordinates, stage and
+/// reason, and the final summary) at the top level.
+#[test]
+fn json_logs_are_one_object_per_line_with_event_fields() {
+    let broker = Broker::start("json_logs");
+    broker.create_topic("pixels", 1);
+    broker.create_topic("predictions", 1);
+    let good = csv_line(&dataset("digits.csv")[0].1);
+    broker.produce(
+        "pixels",
+        &[
+            Rec::kv("ok-1", good.clone()),
+            Rec::kv("short", "1,2,3"),
+            Rec::kv("ok-2", good),
+        ],
+    );
+    let stderr = run_ok(&run_args(
+        &broker,
+        "pixels",
+        "predictions",
+        "models/digits_mlp.onnx",
+        &["--until-end", "--log-format", "json"],
+    ));
+    let lines: Vec<Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    for line in &lines {
+        for field in ["timestamp", "level", "target", "message"] {
+            assert!(line.get(field).is_some(), "no `{field}` in {line}");
+        }
+    }
+    let find = |message: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"] == message)
+            .unwrap_or_else(|| panic!("no `{message}` line in {stderr}"))
+    };
+    let bad = find("bad record");
+    assert_eq!(bad["level"], "WARN");
+    assert_eq!(bad["topic"], "pixels");
+    assert_eq!(bad["partition"], 0);
+    assert_eq!(bad["offset"], 1);
+    assert_eq!(bad["stage"], "decode");
+    assert!(
+        bad["reason"]
+            .as_str()
+            .unwrap()
+            .contains("expected 64 values"),
+        "{bad}"
+    );
+    let ready = find("pipeline ready");
+    assert!(
+        ready["sha256"].as_str().is_some_and(|s| s.len() == 64),
+        "{ready}"
+    );
+    let done = find("done");
+    assert_eq!(done["records_in"], 3);
+    assert_eq!(done["records_out"], 2);
+    assert_eq!(done["rejected"], 1);
+
+    // A fatal error is a JSON line too.
+    let out = streamtract(&[
+        "run",
+        "--log-format",
+        "json",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "pixels",
+        "--output",
+        "predictions",
+        "--model",
+        "models/no_such_model.onnx",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last: Value = serde_json::from_str(stderr.lines().last().unwrap()).unwrap();
+    assert_eq!(last["level"], "ERROR");
+    assert!(
+        last["error"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_model.onnx"),
+        "{last}"
+    );
+}

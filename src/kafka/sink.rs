@@ -126,6 +126,11 @@ impl Sink {
         })
     }
 
+    /// The output topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
     /// Number of partitions of the output topic.
     pub fn partitions(&self) -> i32 {
         self.queues.len() as i32

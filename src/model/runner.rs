@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 use tract_onnx::prelude::Tensor;
@@ -11,7 +12,10 @@ use tract_onnx::prelude::Tensor;
 use super::{Model, States};
 use crate::error::ModelError;
 
-type Reply = Result<Vec<Tensor>, ModelError>;
+type Outputs = Result<Vec<Tensor>, ModelError>;
+
+/// A batch's outputs and the time it spent in the model on its thread.
+type Reply = (Outputs, Duration);
 
 struct Job {
     inputs: Vec<Tensor>,
@@ -67,9 +71,10 @@ impl InferencePool {
                             Err(_) => None,
                         };
                         let Some(job) = job else { break };
+                        let started = Instant::now();
                         let result = model.run_with(&mut states, job.inputs);
                         // The caller may have given up on this batch; nothing to do then.
-                        let _ = job.reply.send(result);
+                        let _ = job.reply.send((result, started.elapsed()));
                     }
                 })
                 .map_err(|e| ModelError::Stopped(format!("cannot start inference thread: {e}")))?;
@@ -99,15 +104,27 @@ impl InferencePool {
 #[derive(Debug)]
 pub struct PendingBatch(oneshot::Receiver<Reply>);
 
+impl PendingBatch {
+    /// The outputs together with the time the batch spent in the model (on its inference
+    /// thread, queueing excluded).
+    pub async fn timed(self) -> (Outputs, Duration) {
+        self.0
+            .await
+            .unwrap_or_else(|_| (Err(thread_ended()), Duration::ZERO))
+    }
+}
+
 impl Future for PendingBatch {
-    type Output = Reply;
+    type Output = Outputs;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0).poll(cx).map(|r| match r {
-            Ok(reply) => reply,
-            Err(_) => Err(ModelError::Stopped(
-                "an inference thread ended during a batch".into(),
-            )),
+            Ok((outputs, _)) => outputs,
+            Err(_) => Err(thread_ended()),
         })
     }
+}
+
+fn thread_ended() -> ModelError {
+    ModelError::Stopped("an inference thread ended during a batch".into())
 }

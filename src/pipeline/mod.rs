@@ -26,12 +26,13 @@ use rskafka::client::Client;
 use run::{RunLoop, Stages, Stop};
 
 use crate::codec::{Decoder, Encoder, InputFormat, OutputFormat};
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 use crate::kafka::group::GroupConfig;
 use crate::kafka::ConsumerLag;
 use crate::kafka::{
     self, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, StartPosition, TopicSelection,
 };
+use crate::metrics::{Metrics, MetricsServer, Readiness};
 use crate::model::{InferencePool, Model};
 
 /// Header names written on every output record.
@@ -127,6 +128,12 @@ pub struct PipelineConfig {
     pub max_in_flight_bytes: usize,
     /// On shutdown or rebalance, how long to wait for in-flight records to be acknowledged.
     pub drain_timeout: Duration,
+    /// Where the pipeline counts what it does and reports readiness; clone it before
+    /// [`Pipeline::connect`] to read or serve it ([`crate::metrics::serve`]).
+    pub metrics: Metrics,
+    /// Serve `metrics` over HTTP on this address (`/metrics`, `/healthz`, `/readyz`) from the
+    /// start of [`Pipeline::connect`] until the run ends. Off by default.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl PipelineConfig {
@@ -164,6 +171,8 @@ impl PipelineConfig {
             max_uncommitted: 10_000,
             max_in_flight_bytes: 16 << 20,
             drain_timeout: Duration::from_secs(30),
+            metrics: Metrics::default(),
+            metrics_addr: None,
         }
     }
 
@@ -236,6 +245,8 @@ pub struct Pipeline {
     committer: Committer,
     source: Source,
     stages: Stages,
+    /// Kept alive for the run; stops serving when dropped.
+    metrics_server: Option<MetricsServer>,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -252,6 +263,21 @@ impl Pipeline {
     /// Every configuration problem (missing model, format that does not fit the model,
     /// unreachable broker, unknown topic or partition) is reported here, before any output.
     pub async fn connect(config: PipelineConfig) -> Result<Pipeline> {
+        // First, so that probes see `starting` while the rest connects and loads.
+        let metrics_server = match config.metrics_addr {
+            Some(addr) => {
+                let server = crate::metrics::serve(addr, config.metrics.clone())
+                    .await
+                    .map_err(|e| ConfigError::Invalid {
+                        field: "metrics_addr",
+                        expected: "an address this process can listen on".into(),
+                        found: format!("{addr} ({e})"),
+                    })?;
+                tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
+                Some(server)
+            }
+            None => None,
+        };
         let path = config.model.clone();
         let model = tokio::task::spawn_blocking(move || Model::load(path))
             .await
@@ -311,6 +337,9 @@ impl Pipeline {
             workers = pool.workers(),
             "pipeline ready"
         );
+        config.metrics.model(model.sha256(), model.path());
+        config.metrics.watch_lag(config.source.lag.clone());
+        config.metrics.set_readiness(Readiness::Ready);
         let stages = Stages {
             config: config.clone(),
             decoder,
@@ -329,6 +358,7 @@ impl Pipeline {
             committer,
             source,
             stages,
+            metrics_server,
         })
     }
 
@@ -363,6 +393,7 @@ impl Pipeline {
             mut committer,
             mut source,
             stages,
+            metrics_server: _metrics_server,
         } = self;
         let started = Instant::now();
         let mut run = RunLoop::new(stages);
@@ -413,6 +444,7 @@ impl Pipeline {
                 Some(Stop::SourceEnded) | Some(Stop::Fatal) => break,
             }
         }
+        config.metrics.set_readiness(Readiness::Stopping);
         drop(source);
         run.drain(config.drain_timeout).await;
         // The last commit matters most: retry it a few times (a rebalance may be in progress).
@@ -495,6 +527,7 @@ async fn commit(committer: &Committer, run: &mut RunLoop, lag: &ConsumerLag) {
     match committer.commit(&positions).await {
         Ok(()) => {
             run.tracker.confirm(&positions);
+            run.metrics().commit();
             for ((topic, partition), position) in &positions {
                 lag.set_committed(topic, *partition, *position);
             }
@@ -517,6 +550,8 @@ async fn rebalance(
     source: &mut Source,
 ) -> Result<()> {
     tracing::info!("rebalance: finishing the records in flight before giving up the partitions");
+    config.metrics.set_readiness(Readiness::Rebalancing);
+    config.metrics.rebalance();
     *source = Source::idle();
     run.drain(config.drain_timeout).await;
     commit(committer, run, &config.source.lag).await;
@@ -525,5 +560,6 @@ async fn rebalance(
     config.source.lag.clear();
     committer.rejoin().await?;
     *source = start_source(client, config, committer).await?;
+    config.metrics.set_readiness(Readiness::Ready);
     Ok(())
 }

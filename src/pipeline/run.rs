@@ -18,6 +18,7 @@ use super::{headers, ErrorPolicy, PipelineConfig, RunSummary};
 use crate::codec::{DecodeError, Decoder, Encoder, Row};
 use crate::error::{Error, ModelError, Result};
 use crate::kafka::{OutputRecord, Sink, Source, SourceCoordinates, SourceRecord};
+use crate::metrics::{Metrics, Stage};
 use crate::model::InferencePool;
 
 /// A batch back from the model: its records (kept whole, so that a record the model fails on
@@ -26,7 +27,7 @@ use crate::model::InferencePool;
 type BatchResult = (
     Vec<SourceRecord>,
     Vec<Tensor>,
-    std::result::Result<Vec<Tensor>, ModelError>,
+    (std::result::Result<Vec<Tensor>, ModelError>, Duration),
 );
 type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = BatchResult> + Send>>>;
 
@@ -159,6 +160,11 @@ impl RunLoop {
         }
     }
 
+    /// Where this run counts what it does.
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.config.metrics
+    }
+
     /// Drops records held back at the uncommitted bound (their partitions are being given up;
     /// they were never taken in, so the next owner reads them).
     pub(super) fn forget_held(&mut self) {
@@ -214,6 +220,10 @@ impl RunLoop {
     }
 
     async fn on_records(&mut self, records: Vec<SourceRecord>) {
+        count_by_partition(
+            records.iter().map(|r| (&*r.topic, r.partition)),
+            |t, p, n| self.config.metrics.record_in(t, p, n),
+        );
         for record in records {
             self.summary.records_in += 1;
             let tp: TopicPartition = (Arc::clone(&record.topic), record.partition);
@@ -248,8 +258,11 @@ impl RunLoop {
     /// Returns false when the run must stop.
     async fn reject(&mut self, record: SourceRecord, why: Rejection) -> bool {
         self.summary.rejected += 1;
+        self.config
+            .metrics
+            .rejected(why.stage(), self.dlq.is_some());
         tracing::warn!(topic = %record.topic, partition = record.partition,
-            offset = record.offset, stage = why.stage(), reason = %why,
+            offset = record.offset, stage = why.stage().as_str(), reason = %why,
             dlq = ?self.config.dlq, "bad record");
         if let Some(dlq) = &self.dlq {
             // Done once the dead letter is acknowledged (through the ack channel).
@@ -303,8 +316,9 @@ impl RunLoop {
         match self.pool.submit(tensors).await {
             Ok(pending) => {
                 self.summary.batches += 1;
-                self.inflight
-                    .push_back(Box::pin(async move { (records, inputs, pending.await) }));
+                self.inflight.push_back(Box::pin(async move {
+                    (records, inputs, pending.timed().await)
+                }));
             }
             Err(e) => {
                 self.fatal.get_or_insert(e.into());
@@ -312,7 +326,8 @@ impl RunLoop {
         }
     }
 
-    async fn on_batch_done(&mut self, (records, inputs, outputs): BatchResult) {
+    async fn on_batch_done(&mut self, (records, inputs, (outputs, took)): BatchResult) {
+        self.config.metrics.batch(records.len(), took);
         let result = match outputs {
             Ok(outputs) => self.write_outputs(records, &outputs).await,
             Err(e) if e.depends_on_input() => self.isolate(records, inputs, e).await,
@@ -363,7 +378,11 @@ impl RunLoop {
     async fn write_outputs(&self, records: Vec<SourceRecord>, outputs: &[Tensor]) -> Result<()> {
         let rows = split_outputs(outputs, records.len())?;
         let now = Utc::now();
+        let mut out_partitions = Vec::with_capacity(records.len());
         for (r, row) in records.into_iter().zip(rows) {
+            if let Ok(latency) = (now - r.timestamp).to_std() {
+                self.config.metrics.end_to_end(latency);
+            }
             let value = self.encoder.encode(&row);
             let h = if self.config.output_headers {
                 header_map([
@@ -396,8 +415,35 @@ impl RunLoop {
                 source: Some(source),
             };
             self.sink.send(partition, record).await?;
+            out_partitions.push(partition);
         }
+        let topic = self.sink.topic();
+        count_by_partition(out_partitions.into_iter().map(|p| (topic, p)), |t, p, n| {
+            self.config.metrics.record_out(t, p, n)
+        });
         Ok(())
+    }
+}
+
+/// Calls `count(topic, partition, n)` once per run of equal neighbours: records come in
+/// chunks of one partition, so this is a few metric updates per chunk, not one per record.
+fn count_by_partition<'a>(
+    items: impl Iterator<Item = (&'a str, i32)>,
+    mut count: impl FnMut(&str, i32, u64),
+) {
+    let mut run: Option<((&str, i32), u64)> = None;
+    for item in items {
+        match &mut run {
+            Some((current, n)) if *current == item => *n += 1,
+            _ => {
+                if let Some(((t, p), n)) = run.replace((item, 1)) {
+                    count(t, p, n);
+                }
+            }
+        }
+    }
+    if let Some(((t, p), n)) = run {
+        count(t, p, n);
     }
 }
 
@@ -431,12 +477,12 @@ enum Rejection {
 }
 
 impl Rejection {
-    /// The stage named in the `dlq.stage` header.
-    fn stage(&self) -> &'static str {
+    /// The stage named in the `dlq.stage` header and the metrics.
+    fn stage(&self) -> Stage {
         match self {
-            Rejection::Decode(DecodeError::TooLarge { .. }) => "size",
-            Rejection::Decode(_) => "decode",
-            Rejection::Model(_) => "model",
+            Rejection::Decode(DecodeError::TooLarge { .. }) => Stage::Size,
+            Rejection::Decode(_) => Stage::Decode,
+            Rejection::Model(_) => Stage::Model,
         }
     }
 }
@@ -480,7 +526,7 @@ fn dead_letter(record: SourceRecord, why: &Rejection) -> OutputRecord {
             headers::DLQ_SOURCE_OFFSET,
             record.offset.to_string().into_bytes(),
         ),
-        (headers::DLQ_STAGE, why.stage().as_bytes().to_vec()),
+        (headers::DLQ_STAGE, why.stage().as_str().as_bytes().to_vec()),
         (headers::DLQ_REASON, reason.into_bytes()),
     ]));
     let source = SourceCoordinates {

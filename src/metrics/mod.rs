@@ -1,0 +1,332 @@
+//! What a running pipeline reports to operators: Prometheus metrics and readiness.
+//!
+//! [`Metrics`] is a cheap-to-clone handle: the pipeline counts into it as it works, and
+//! [`serve`] exposes it over HTTP (`/metrics` in the Prometheus/OpenMetrics text format,
+//! `/healthz`, `/readyz`). Counting is always on (a few atomic adds per record); the listener
+//! only runs when asked for (`--metrics-addr`).
+//!
+//! ```
+//! use streamtract::metrics::{Metrics, Stage};
+//! let metrics = Metrics::default();
+//! metrics.record_in("events", 0, 3);
+//! metrics.rejected(Stage::Decode, true);
+//! let text = metrics.encode();
+//! assert!(text.contains(r#"streamtract_records_in_total{topic="events",partition="0"} 3"#));
+//! assert!(text.contains(r#"streamtract_dead_letters_total{stage="decode"} 1"#));
+//! ```
+
+mod server;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+pub use server::{serve, MetricsServer};
+
+use crate::kafka::ConsumerLag;
+
+/// A topic partition as metric labels.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartitionLabels {
+    topic: String,
+    partition: String,
+}
+
+/// The stage that rejected a record (also the `dlq.stage` header's value).
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub enum Stage {
+    /// Larger than `max_record_bytes`.
+    Size,
+    /// Not decodable, or not fitting the model's input signature.
+    Decode,
+    /// The model failed on it.
+    Model,
+}
+
+impl Stage {
+    /// The label and header value: `size`, `decode` or `model`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Size => "size",
+            Stage::Decode => "decode",
+            Stage::Model => "model",
+        }
+    }
+}
+
+impl EncodeLabelValue for Stage {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: Stage,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    sha256: String,
+    path: String,
+}
+
+/// Why the pipeline is not ready, or that it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Readiness {
+    /// Connecting to the brokers, joining the group, loading the model.
+    Starting,
+    /// Reading its partitions with a loaded model.
+    Ready,
+    /// Giving up its partitions for a consumer-group rebalance.
+    Rebalancing,
+    /// Finishing the records in flight before exiting.
+    Stopping,
+}
+
+impl Readiness {
+    fn as_str(self) -> &'static str {
+        match self {
+            Readiness::Starting => "starting",
+            Readiness::Ready => "ready",
+            Readiness::Rebalancing => "rebalancing",
+            Readiness::Stopping => "stopping",
+        }
+    }
+}
+
+struct Inner {
+    registry: Registry,
+    records_in: Family<PartitionLabels, Counter>,
+    records_out: Family<PartitionLabels, Counter>,
+    rejected: Family<StageLabels, Counter>,
+    dead_letters: Family<StageLabels, Counter>,
+    batch_rows: Histogram,
+    inference_seconds: Histogram,
+    end_to_end_seconds: Histogram,
+    lag: Family<PartitionLabels, Gauge>,
+    commits: Counter,
+    rebalances: Counter,
+    model: Family<ModelLabels, Gauge>,
+    readiness: Mutex<Readiness>,
+    lag_source: Mutex<Option<ConsumerLag>>,
+}
+
+/// The pipeline's counters, histograms and readiness; clones share them.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("readiness", &self.readiness())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("streamtract");
+        let records_in = Family::default();
+        registry.register(
+            "records_in",
+            "Records read, per source topic partition",
+            records_in.clone(),
+        );
+        let records_out = Family::default();
+        registry.register(
+            "records_out",
+            "Outputs handed to the producer, per output topic partition",
+            records_out.clone(),
+        );
+        let rejected = Family::default();
+        registry.register(
+            "rejected",
+            "Records rejected (dead-lettered, skipped or stopping the run), per stage",
+            rejected.clone(),
+        );
+        let dead_letters = Family::default();
+        registry.register(
+            "dead_letters",
+            "Rejected records written to the dead-letter topic, per stage",
+            dead_letters.clone(),
+        );
+        let batch_rows = Histogram::new(exponential_buckets(1.0, 2.0, 17));
+        registry.register("batch_rows", "Rows per inference batch", batch_rows.clone());
+        let inference_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
+        registry.register(
+            "inference_seconds",
+            "Time a batch spends in the model, on its inference thread",
+            inference_seconds.clone(),
+        );
+        let end_to_end_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 18));
+        registry.register(
+            "end_to_end_seconds",
+            "From a record's timestamp to its output being handed to the producer",
+            end_to_end_seconds.clone(),
+        );
+        let lag = Family::default();
+        registry.register(
+            "consumer_lag",
+            "High watermark minus committed position, per partition (commit modes only)",
+            lag.clone(),
+        );
+        let commits = Counter::default();
+        registry.register(
+            "commits",
+            "Offset commits accepted by the broker",
+            commits.clone(),
+        );
+        let rebalances = Counter::default();
+        registry.register(
+            "rebalances",
+            "Consumer-group rebalances this process went through",
+            rebalances.clone(),
+        );
+        let model = Family::default();
+        registry.register(
+            "model_info",
+            "The model being served (value 1), by SHA-256 and path",
+            model.clone(),
+        );
+        Metrics(Arc::new(Inner {
+            registry,
+            records_in,
+            records_out,
+            rejected,
+            dead_letters,
+            batch_rows,
+            inference_seconds,
+            end_to_end_seconds,
+            lag,
+            commits,
+            rebalances,
+            model,
+            readiness: Mutex::new(Readiness::Starting),
+            lag_source: Mutex::new(None),
+        }))
+    }
+}
+
+fn partition_labels(topic: &str, partition: i32) -> PartitionLabels {
+    PartitionLabels {
+        topic: topic.to_string(),
+        partition: partition.to_string(),
+    }
+}
+
+impl Metrics {
+    /// `n` records read from a source partition.
+    pub fn record_in(&self, topic: &str, partition: i32, n: u64) {
+        self.0
+            .records_in
+            .get_or_create(&partition_labels(topic, partition))
+            .inc_by(n);
+    }
+
+    /// `n` outputs handed to the producer for an output partition.
+    pub fn record_out(&self, topic: &str, partition: i32, n: u64) {
+        self.0
+            .records_out
+            .get_or_create(&partition_labels(topic, partition))
+            .inc_by(n);
+    }
+
+    /// A record was rejected at `stage`; `dead_lettered` when it went to the DLQ.
+    pub fn rejected(&self, stage: Stage, dead_lettered: bool) {
+        let labels = StageLabels { stage };
+        self.0.rejected.get_or_create(&labels).inc();
+        if dead_lettered {
+            self.0.dead_letters.get_or_create(&labels).inc();
+        }
+    }
+
+    /// A batch of `rows` rows came back from the model after `inference` on its thread.
+    pub fn batch(&self, rows: usize, inference: Duration) {
+        self.0.batch_rows.observe(rows as f64);
+        self.0.inference_seconds.observe(inference.as_secs_f64());
+    }
+
+    /// An output was handed to the producer `latency` after its record's timestamp.
+    pub fn end_to_end(&self, latency: Duration) {
+        self.0.end_to_end_seconds.observe(latency.as_secs_f64());
+    }
+
+    /// The broker accepted an offset commit.
+    pub fn commit(&self) {
+        self.0.commits.inc();
+    }
+
+    /// The process went through a consumer-group rebalance.
+    pub fn rebalance(&self) {
+        self.0.rebalances.inc();
+    }
+
+    /// The model now being served.
+    pub fn model(&self, sha256: &str, path: &std::path::Path) {
+        self.0.model.clear();
+        self.0
+            .model
+            .get_or_create(&ModelLabels {
+                sha256: sha256.to_string(),
+                path: path.display().to_string(),
+            })
+            .set(1);
+    }
+
+    /// Where consumer lag is read from when metrics are scraped.
+    pub fn watch_lag(&self, lag: ConsumerLag) {
+        if let Ok(mut source) = self.0.lag_source.lock() {
+            *source = Some(lag);
+        }
+    }
+
+    /// Sets the readiness reported by `/readyz`.
+    pub fn set_readiness(&self, readiness: Readiness) {
+        if let Ok(mut r) = self.0.readiness.lock() {
+            *r = readiness;
+        }
+    }
+
+    /// The readiness reported by `/readyz`.
+    pub fn readiness(&self) -> Readiness {
+        self.0
+            .readiness
+            .lock()
+            .map(|r| *r)
+            .unwrap_or(Readiness::Stopping)
+    }
+
+    /// Every metric in the OpenMetrics text format (what `/metrics` serves).
+    pub fn encode(&self) -> String {
+        self.refresh_lag();
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.0.registry);
+        text
+    }
+
+    fn refresh_lag(&self) {
+        let Ok(source) = self.0.lag_source.lock() else {
+            return;
+        };
+        let Some(lag) = source.as_ref() else { return };
+        self.0.lag.clear();
+        for ((topic, partition), l) in lag.snapshot() {
+            if let Some(n) = l.lag() {
+                self.0
+                    .lag
+                    .get_or_create(&partition_labels(&topic, partition))
+                    .set(n);
+            }
+        }
+    }
+}
