@@ -10,6 +10,9 @@
 //!     cargo bench --bench memory                      # 1,000,000 records
 //!     STREAMTRACT_BENCH_RECORDS=200000 cargo bench --bench memory
 //!
+//! `STREAMTRACT_BENCH_BIN` runs another build of the binary instead of the bench profile's,
+//! e.g. the static musl one users run (`scripts/build-static.sh` prints its path).
+//!
 //! Extra `streamtract run` flags (to see what each setting costs) go in
 //! `STREAMTRACT_BENCH_ARGS`, e.g. `STREAMTRACT_BENCH_ARGS="--workers 1"`.
 //!
@@ -72,7 +75,9 @@ async fn main() {
 
     let extra = std::env::var("STREAMTRACT_BENCH_ARGS").unwrap_or_default();
     let started = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
+    let binary = std::env::var("STREAMTRACT_BENCH_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_streamtract").to_string());
+    let mut child = Command::new(&binary)
         .args(["run", "--brokers", &broker.addr, "--input", "mem-in"])
         .args(["--output", "mem-out", "--model", "models/digits_cnn.onnx"])
         .args(["--until-end"])
