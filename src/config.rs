@@ -155,6 +155,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
 
+    /// How often to check the model file for a new version, in milliseconds; a new version is
+    /// loaded, checked and swapped in between batches (SIGHUP reloads at once). 0 turns the
+    /// check off. [default: 2000]
+    #[arg(long, value_name = "MS")]
+    pub model_check_interval_ms: Option<u64>,
+
     /// Seconds to keep trying to reach the brokers at start-up. [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub connect_timeout: Option<u64>,
@@ -254,6 +260,7 @@ impl RunArgs {
             commit_interval_ms,
             max_uncommitted,
             metrics_addr,
+            model_check_interval_ms,
             connect_timeout,
             request_timeout,
             client_id,
@@ -442,6 +449,9 @@ impl RunArgs {
                 return Err(invalid("max_uncommitted", "a number >= 1", "0"));
             }
             config.max_uncommitted = n;
+        }
+        if let Some(ms) = self.model_check_interval_ms {
+            config.model_check_interval = (ms > 0).then(|| Duration::from_millis(ms));
         }
         if let Some(addr) = self.metrics_addr {
             use std::net::ToSocketAddrs;

@@ -97,6 +97,7 @@ fn run(flags: RunArgs, format: LogFormat) -> ExitCode {
     };
     let result = runtime.block_on(async {
         let pipeline = Pipeline::connect(config).await?;
+        reload_on_sighup(pipeline.reload_handle());
         pipeline.run_until(shutdown_signal()).await
     });
     match result {
@@ -124,6 +125,29 @@ fn run(flags: RunArgs, format: LogFormat) -> ExitCode {
         }
         Err(e) => fail(&e, format),
     }
+}
+
+/// SIGHUP asks the pipeline to reload its model file.
+fn reload_on_sighup(handle: streamtract::pipeline::ReloadHandle) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hup) => {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: reloading the model");
+                        handle.request();
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; reload by changing the model file")
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    drop(handle);
 }
 
 /// Completes on SIGINT or SIGTERM.

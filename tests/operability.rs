@@ -204,3 +204,200 @@ fn metrics_count_what_the_pipeline_did_and_readyz_follows_its_state() {
     assert!(status.success(), "exit status {status}");
     assert_eq!(http_get(&format!("{base}/healthz")).0, 0);
 }
+
+fn tf_classes(model: &str) -> Vec<usize> {
+    std::fs::read_to_string(format!(
+        "{}/models/{model}.tf_classes.txt",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+    .lines()
+    .map(|l| l.trim().parse().unwrap())
+    .collect()
+}
+
+fn argmax(values: &serde_json::Value) -> usize {
+    let v: Vec<f64> = values
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
+    (0..v.len())
+        .max_by(|&a, &b| v[a].partial_cmp(&v[b]).unwrap())
+        .unwrap()
+}
+
+/// Replaces `path` the way deployment tools do: write a new file next to it, rename over it.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// Replaces the model file mid-run (MLP → CNN), then with a broken file, then sends SIGHUP:
+/// outputs before and after the swap carry the two models' SHA-256 and their predictions,
+/// the broken file is rejected (twice: once found by the file check, once on SIGHUP) and the
+/// CNN keeps serving; no record is lost or duplicated and per-partition order holds.
+#[test]
+fn replacing_the_model_file_mid_run_swaps_models_between_batches() {
+    let broker = Broker::start("reload");
+    broker.create_topic("pixels", 2);
+    broker.create_topic("predictions", 2);
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let dir = root.join(format!("target/tmp/reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model_path = dir.join("model.onnx");
+    let mlp = std::fs::read(root.join("models/digits_mlp.onnx")).unwrap();
+    let cnn = std::fs::read(root.join("models/digits_cnn.onnx")).unwrap();
+    replace_file(&model_path, &mlp);
+    let sha = |name: &str| {
+        streamtract::model::Model::load(root.join("models").join(name))
+            .unwrap()
+            .sha256()
+            .to_string()
+    };
+    let (mlp_sha, cnn_sha) = (sha("digits_mlp.onnx"), sha("digits_cnn.onnx"));
+
+    let mut child = Killed(
+        Command::new(env!("CARGO_BIN_EXE_streamtract"))
+            .args(["run", "--brokers", &broker.addr, "--input", "pixels"])
+            .args([
+                "--output",
+                "predictions",
+                "--model",
+                model_path.to_str().unwrap(),
+            ])
+            .args(["--model-check-interval-ms", "300", "--group", "reload"])
+            .current_dir(&root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let log = std::sync::Arc::clone(&log);
+        let stderr = child.0.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                log.lock().unwrap().push(line);
+            }
+        });
+    }
+    let lines_with = |text: &str| {
+        log.lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(text))
+            .count()
+    };
+    let pixels = std::fs::read_to_string(root.join("data/digits.csv")).unwrap();
+    let rows: Vec<&str> = pixels
+        .lines()
+        .map(|l| l.split_once(',').unwrap().1)
+        .collect();
+    let produce_phase = |phase: usize| {
+        let recs: Vec<Rec> = (0..500)
+            .map(|i| Rec::kv(&format!("p{phase}-{i}"), rows[phase * 500 + i]))
+            .collect();
+        broker.produce("pixels", &recs);
+    };
+    wait_for("pipeline ready", Duration::from_secs(60), || {
+        lines_with("pipeline ready") == 1
+    });
+
+    produce_phase(0);
+    let outs = broker.consume("predictions", 500, Duration::from_secs(60));
+    assert_eq!(outs.len(), 500, "phase 0 outputs");
+
+    // Phase 1 is produced while the swap happens: its records may go to either model.
+    replace_file(&model_path, &cnn);
+    produce_phase(1);
+    wait_for("the CNN to be swapped in", Duration::from_secs(30), || {
+        lines_with("model reloaded") == 1
+    });
+
+    replace_file(&model_path, b"this is not an ONNX model");
+    wait_for(
+        "the broken file to be rejected",
+        Duration::from_secs(30),
+        || lines_with("model reload failed") == 1,
+    );
+    Command::new("kill")
+        .args(["-HUP", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    wait_for(
+        "SIGHUP to retry and reject it",
+        Duration::from_secs(30),
+        || lines_with("model reload failed") == 2,
+    );
+    produce_phase(2);
+
+    let outs = broker.consume_with_extra_wait(
+        "predictions",
+        1500,
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    );
+    assert_eq!(outs.len(), 1500, "every record exactly once");
+    let (mlp_tf, cnn_tf) = (tf_classes("digits_mlp"), tf_classes("digits_cnn"));
+    let mut seen = std::collections::HashSet::new();
+    let mut last: BTreeMap<(i32, String), i64> = BTreeMap::new();
+    // Per source partition in offset order, the model only ever changes from MLP to CNN once.
+    let mut by_source: BTreeMap<(String, i64), bool> = BTreeMap::new();
+    let mut sorted = outs.clone();
+    sorted.sort_by_key(|o| (o.partition, o.offset));
+    for o in &sorted {
+        let key = o.key_str().unwrap();
+        assert!(seen.insert(key.clone()), "two outputs for {key}");
+        let (phase, i) = key[1..].split_once('-').unwrap();
+        let row: usize = phase.parse::<usize>().unwrap() * 500 + i.parse::<usize>().unwrap();
+        let class = argmax(&o.value_json()["probabilities"]);
+        let sha = o.header("model.sha256").unwrap();
+        let is_cnn = sha == cnn_sha;
+        assert!(is_cnn || sha == mlp_sha, "{key}: unknown model {sha}");
+        match phase {
+            "0" => assert!(!is_cnn, "{key}: produced before the swap"),
+            "2" => assert!(is_cnn, "{key}: produced after the swap"),
+            _ => {}
+        }
+        let want_class = if is_cnn { cnn_tf[row] } else { mlp_tf[row] };
+        assert_eq!(
+            class, want_class,
+            "{key}: output is not from the model it names"
+        );
+        let src_p = o.header("source.partition").unwrap();
+        let src_o: i64 = o.header("source.offset").unwrap().parse().unwrap();
+        if let Some(prev) = last.insert((o.partition, src_p.clone()), src_o) {
+            assert!(src_o > prev, "{key}: order not kept");
+        }
+        by_source.insert((src_p, src_o), is_cnn);
+    }
+    let mut previous: BTreeMap<String, bool> = BTreeMap::new();
+    for ((p, o), is_cnn) in by_source {
+        if let Some(was_cnn) = previous.insert(p.clone(), is_cnn) {
+            assert!(
+                !was_cnn || is_cnn,
+                "partition {p} offset {o}: back to the old model"
+            );
+        }
+    }
+    assert_eq!(
+        lines_with("model reloaded"),
+        1,
+        "the broken file never served"
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(child.0.wait().unwrap().success());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -74,6 +74,11 @@ struct StageLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ModelLabels {
     sha256: String,
     path: String,
@@ -115,6 +120,7 @@ struct Inner {
     lag: Family<PartitionLabels, Gauge>,
     commits: Counter,
     rebalances: Counter,
+    reloads: Family<OutcomeLabels, Counter>,
     model: Family<ModelLabels, Gauge>,
     readiness: Mutex<Readiness>,
     lag_source: Mutex<Option<ConsumerLag>>,
@@ -191,6 +197,12 @@ impl Default for Metrics {
             "Consumer-group rebalances this process went through",
             rebalances.clone(),
         );
+        let reloads = Family::default();
+        registry.register(
+            "model_reloads",
+            "Model reload attempts, by outcome: loaded, unchanged (same SHA-256) or failed",
+            reloads.clone(),
+        );
         let model = Family::default();
         registry.register(
             "model_info",
@@ -209,6 +221,7 @@ impl Default for Metrics {
             lag,
             commits,
             rebalances,
+            reloads,
             model,
             readiness: Mutex::new(Readiness::Starting),
             lag_source: Mutex::new(None),
@@ -268,6 +281,16 @@ impl Metrics {
     /// The process went through a consumer-group rebalance.
     pub fn rebalance(&self) {
         self.0.rebalances.inc();
+    }
+
+    /// A model reload ended with `outcome` (`loaded`, `unchanged` or `failed`).
+    pub fn model_reload(&self, outcome: &str) {
+        self.0
+            .reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
+            })
+            .inc();
     }
 
     /// The model now being served.

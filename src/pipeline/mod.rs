@@ -7,10 +7,13 @@
 mod batch;
 mod commit;
 mod offsets;
+mod reload;
 mod run;
+mod serving;
 
 pub use batch::{split_outputs, Batch};
 pub use offsets::{OffsetTracker, TopicPartition};
+pub use reload::ReloadHandle;
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -24,16 +27,17 @@ use tokio::sync::mpsc;
 use commit::Committer;
 use rskafka::client::Client;
 use run::{RunLoop, Stages, Stop};
+use serving::Serving;
 
-use crate::codec::{Decoder, Encoder, InputFormat, OutputFormat};
-use crate::error::{ConfigError, Error, Result};
+use crate::codec::{InputFormat, OutputFormat};
+use crate::error::{ConfigError, Result};
 use crate::kafka::group::GroupConfig;
 use crate::kafka::ConsumerLag;
 use crate::kafka::{
     self, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, StartPosition, TopicSelection,
 };
 use crate::metrics::{Metrics, MetricsServer, Readiness};
-use crate::model::{InferencePool, Model};
+use crate::model::Model;
 
 /// Header names written on every output record.
 pub mod headers {
@@ -134,6 +138,10 @@ pub struct PipelineConfig {
     /// Serve `metrics` over HTTP on this address (`/metrics`, `/healthz`, `/readyz`) from the
     /// start of [`Pipeline::connect`] until the run ends. Off by default.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// How often the model file is checked for a new version (changed modification time or
+    /// size, stable for one interval); a new version is loaded, checked and swapped in between
+    /// batches. `None`: only [`ReloadHandle::request`] reloads.
+    pub model_check_interval: Option<Duration>,
 }
 
 impl PipelineConfig {
@@ -173,6 +181,7 @@ impl PipelineConfig {
             drain_timeout: Duration::from_secs(30),
             metrics: Metrics::default(),
             metrics_addr: None,
+            model_check_interval: Some(Duration::from_secs(2)),
         }
     }
 
@@ -247,6 +256,7 @@ pub struct Pipeline {
     stages: Stages,
     /// Kept alive for the run; stops serving when dropped.
     metrics_server: Option<MetricsServer>,
+    reload: ReloadHandle,
 }
 
 impl std::fmt::Debug for Pipeline {
@@ -278,19 +288,9 @@ impl Pipeline {
             }
             None => None,
         };
-        let path = config.model.clone();
-        let model = tokio::task::spawn_blocking(move || Model::load(path))
-            .await
-            .map_err(|e| Error::Internal(format!("model loading task: {e}")))??;
-        let name = model.file_name();
-        let decoder = Decoder::new(config.input_format, model.signature(), &name)?;
-        let encoder = Encoder::new(config.output_format, model.signature(), config.top_k, &name)?;
-        let row_shapes = model
-            .signature()
-            .inputs
-            .iter()
-            .map(|i| i.row_shape().unwrap_or_default())
-            .collect();
+        // The model before Kafka: a model that cannot work fails before anything is consumed.
+        let serving = Serving::load(&config, &config.model).await?;
+        let model = serving.model.clone();
         let client = kafka::connect(&config.kafka).await?;
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let sink = Sink::start(
@@ -322,19 +322,12 @@ impl Pipeline {
         let committer =
             Committer::start(&config.kafka, config.group.as_ref(), &config.source.topics).await?;
         let source = start_source(&client, &config, &committer).await?;
-        let pool = InferencePool::new(&model, config.workers)?;
-        // Compile the full-size plan now, so the first batch does not pay for it.
-        let warm = model.clone();
-        let batch_size = config.batch_size;
-        tokio::task::spawn_blocking(move || warm.warm_up(batch_size))
-            .await
-            .map_err(|e| Error::Internal(format!("model warm-up task: {e}")))??;
         tracing::info!(
             model = %model.path().display(),
             sha256 = %model.sha256(),
             partitions = source.ranges().len(),
             bounded_total = ?source.bounded_total(),
-            workers = pool.workers(),
+            workers = serving.pool.workers(),
             "pipeline ready"
         );
         config.metrics.model(model.sha256(), model.path());
@@ -342,14 +335,10 @@ impl Pipeline {
         config.metrics.set_readiness(Readiness::Ready);
         let stages = Stages {
             config: config.clone(),
-            decoder,
-            encoder,
-            pool,
+            serving,
             sink,
             dlq,
             acks,
-            row_shapes,
-            sha: model.sha256().as_bytes().to_vec(),
         };
         Ok(Pipeline {
             config,
@@ -359,12 +348,19 @@ impl Pipeline {
             source,
             stages,
             metrics_server,
+            reload: ReloadHandle::default(),
         })
     }
 
-    /// The loaded model.
+    /// The model loaded at start-up (a reload swaps in another one while the pipeline runs).
     pub fn model(&self) -> &Model {
         &self.model
+    }
+
+    /// A handle to request a model reload while the pipeline runs (the CLI calls it on
+    /// SIGHUP); take it before [`run`](Self::run).
+    pub fn reload_handle(&self) -> ReloadHandle {
+        self.reload.clone()
     }
 
     /// Per-partition consumer lag (high watermark minus committed position), updated while
@@ -388,15 +384,17 @@ impl Pipeline {
     pub async fn run_until(self, shutdown: impl Future<Output = ()>) -> Result<RunSummary> {
         let Pipeline {
             config,
-            model: _,
+            model,
             client,
             mut committer,
             mut source,
             stages,
             metrics_server: _metrics_server,
+            reload,
         } = self;
         let started = Instant::now();
-        let mut run = RunLoop::new(stages);
+        let (reloads, watcher) = reload::watch(config.clone(), model.sha256().to_string(), reload);
+        let mut run = RunLoop::new(stages, Some(reloads));
         let mut shutdown = Box::pin(shutdown.fuse());
         let mut commit_due = tokio::time::interval(config.commit_interval);
         commit_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -446,6 +444,7 @@ impl Pipeline {
         }
         config.metrics.set_readiness(Readiness::Stopping);
         drop(source);
+        watcher.abort();
         run.drain(config.drain_timeout).await;
         // The last commit matters most: retry it a few times (a rebalance may be in progress).
         for _ in 0..5 {

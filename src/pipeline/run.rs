@@ -14,19 +14,22 @@ use tract_onnx::prelude::{Tensor, TractResult};
 
 use super::batch::{split_outputs, Batch};
 use super::offsets::{OffsetTracker, TopicPartition};
+use super::serving::Serving;
 use super::{headers, ErrorPolicy, PipelineConfig, RunSummary};
-use crate::codec::{DecodeError, Decoder, Encoder, Row};
+use crate::codec::{DecodeError, Decoder, Row};
 use crate::error::{Error, ModelError, Result};
 use crate::kafka::{OutputRecord, Sink, Source, SourceCoordinates, SourceRecord};
 use crate::metrics::{Metrics, Stage};
-use crate::model::InferencePool;
 
 /// A batch back from the model: its records (kept whole, so that a record the model fails on
 /// can still be dead-lettered unchanged), its input tensors (to re-run rows one by one after
 /// a failure) and the model's outputs.
+/// It also carries the model that ran it: after a reload, batches of the old model are still
+/// re-run and encoded by the old model, and their outputs name its SHA-256.
 type BatchResult = (
     Vec<SourceRecord>,
     Vec<Tensor>,
+    Arc<Serving>,
     (std::result::Result<Vec<Tensor>, ModelError>, Duration),
 );
 type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = BatchResult> + Send>>>;
@@ -47,13 +50,12 @@ pub(super) enum Stop {
 /// The stages between a [`Source`] and the sinks, with their in-flight state.
 pub(super) struct RunLoop {
     config: PipelineConfig,
-    decoder: Decoder,
-    encoder: Encoder,
-    pool: InferencePool,
+    /// The model new batches go to.
+    serving: Arc<Serving>,
+    /// New versions of the model, from the reload watcher.
+    reloads: Option<mpsc::Receiver<Serving>>,
     sink: Sink,
     dlq: Option<Sink>,
-    row_shapes: Vec<Vec<usize>>,
-    sha: Vec<u8>,
     batch: Batch<SourceRecord>,
     batch_deadline: tokio::time::Instant,
     inflight: InFlight,
@@ -69,27 +71,20 @@ pub(super) struct RunLoop {
 /// The pieces a [`RunLoop`] is built from.
 pub(super) struct Stages {
     pub config: PipelineConfig,
-    pub decoder: Decoder,
-    pub encoder: Encoder,
-    pub pool: InferencePool,
+    pub serving: Serving,
     pub sink: Sink,
     pub dlq: Option<Sink>,
     pub acks: mpsc::UnboundedReceiver<Vec<SourceCoordinates>>,
-    pub row_shapes: Vec<Vec<usize>>,
-    pub sha: Vec<u8>,
 }
 
 impl RunLoop {
-    pub(super) fn new(s: Stages) -> RunLoop {
+    pub(super) fn new(s: Stages, reloads: Option<mpsc::Receiver<Serving>>) -> RunLoop {
         RunLoop {
             config: s.config,
-            decoder: s.decoder,
-            encoder: s.encoder,
-            pool: s.pool,
+            serving: Arc::new(s.serving),
+            reloads,
             sink: s.sink,
             dlq: s.dlq,
-            row_shapes: s.row_shapes,
-            sha: s.sha,
             batch: Batch::default(),
             batch_deadline: tokio::time::Instant::now(),
             inflight: FuturesOrdered::new(),
@@ -111,8 +106,8 @@ impl RunLoop {
         rebalance: &mut (impl Future<Output = ()> + Unpin),
         commit_due: &mut tokio::time::Interval,
     ) -> Option<Stop> {
-        let max_inflight = self.pool.workers() * 2 + 1;
         loop {
+            let max_inflight = self.serving.pool.workers() * 2 + 1;
             if self.fatal.is_some() {
                 return Some(Stop::Fatal);
             }
@@ -144,6 +139,7 @@ impl RunLoop {
                 _ = &mut *rebalance => return Some(Stop::Rebalance),
                 Some(acked) = self.acks.recv() => self.on_acks(acked),
                 Some(result) = self.inflight.next(), if !self.inflight.is_empty() => self.on_batch_done(result).await,
+                Some(next) = next_model(&mut self.reloads) => self.swap_model(next).await,
                 chunk = source.next_chunk(), if can_read => match chunk {
                     None => return Some(Stop::SourceEnded),
                     Some(Err(e)) => { self.fatal.get_or_insert(e.into()); }
@@ -158,6 +154,18 @@ impl RunLoop {
                 _ = commit_due.tick() => return None,
             }
         }
+    }
+
+    /// Makes `next` the model for new batches. Rows already decoded for the current model go
+    /// to it first; batches in flight finish on it and are written in order as before.
+    async fn swap_model(&mut self, next: Serving) {
+        if !self.batch.is_empty() {
+            self.dispatch().await;
+        }
+        tracing::info!(model = %next.model.path().display(), sha256 = next.sha256(),
+            previous_sha256 = self.serving.sha256(), "model reloaded");
+        self.config.metrics.model(next.sha256(), next.model.path());
+        self.serving = Arc::new(next);
     }
 
     /// Where this run counts what it does.
@@ -228,7 +236,7 @@ impl RunLoop {
             self.summary.records_in += 1;
             let tp: TopicPartition = (Arc::clone(&record.topic), record.partition);
             self.tracker.read_sized(&tp, record.offset, record.size());
-            match decode(&self.decoder, &record, self.config.max_record_bytes) {
+            match decode(&self.serving.decoder, &record, self.config.max_record_bytes) {
                 Ok(row) => {
                     if self.batch.is_empty() {
                         self.batch_deadline = tokio::time::Instant::now() + self.config.linger;
@@ -303,7 +311,8 @@ impl RunLoop {
 
     async fn dispatch(&mut self) {
         let batch = std::mem::take(&mut self.batch);
-        let (tensors, records) = match batch.into_tensors(&self.row_shapes) {
+        let serving = Arc::clone(&self.serving);
+        let (tensors, records) = match batch.into_tensors(&serving.row_shapes) {
             Ok(t) => t,
             Err(e) => {
                 self.fatal.get_or_insert(e.into());
@@ -313,11 +322,12 @@ impl RunLoop {
         // A copy of the inputs, kept in case the batch fails and its rows must be re-run one
         // by one; small next to the inference itself.
         let inputs = tensors.clone();
-        match self.pool.submit(tensors).await {
+        match serving.pool.submit(tensors).await {
             Ok(pending) => {
                 self.summary.batches += 1;
                 self.inflight.push_back(Box::pin(async move {
-                    (records, inputs, pending.timed().await)
+                    let outputs = pending.timed().await;
+                    (records, inputs, serving, outputs)
                 }));
             }
             Err(e) => {
@@ -326,11 +336,11 @@ impl RunLoop {
         }
     }
 
-    async fn on_batch_done(&mut self, (records, inputs, (outputs, took)): BatchResult) {
+    async fn on_batch_done(&mut self, (records, inputs, serving, (outputs, took)): BatchResult) {
         self.config.metrics.batch(records.len(), took);
         let result = match outputs {
-            Ok(outputs) => self.write_outputs(records, &outputs).await,
-            Err(e) if e.depends_on_input() => self.isolate(records, inputs, e).await,
+            Ok(outputs) => self.write_outputs(&serving, records, &outputs).await,
+            Err(e) if e.depends_on_input() => self.isolate(&serving, records, inputs, e).await,
             Err(e) => Err(e.into()),
         };
         if let Err(e) = result {
@@ -342,6 +352,7 @@ impl RunLoop {
     /// records the model fails on are rejected and the others still get their outputs.
     async fn isolate(
         &mut self,
+        serving: &Serving,
         records: Vec<SourceRecord>,
         inputs: Vec<Tensor>,
         error: ModelError,
@@ -364,8 +375,8 @@ impl RunLoop {
                 .map(|t| t.slice(0, row, row + 1))
                 .collect::<TractResult<Vec<_>>>()
                 .map_err(|e| ModelError::Run(format!("{e:#}")))?;
-            match self.pool.submit(single).await?.await {
-                Ok(outputs) => self.write_outputs(vec![record], &outputs).await?,
+            match serving.pool.submit(single).await?.await {
+                Ok(outputs) => self.write_outputs(serving, vec![record], &outputs).await?,
                 Err(e) if e.depends_on_input() => {
                     self.reject(record, Rejection::Model(e)).await;
                 }
@@ -375,7 +386,13 @@ impl RunLoop {
         Ok(())
     }
 
-    async fn write_outputs(&self, records: Vec<SourceRecord>, outputs: &[Tensor]) -> Result<()> {
+    /// Sends the outputs `serving` computed for `records`.
+    async fn write_outputs(
+        &self,
+        serving: &Serving,
+        records: Vec<SourceRecord>,
+        outputs: &[Tensor],
+    ) -> Result<()> {
         let rows = split_outputs(outputs, records.len())?;
         let now = Utc::now();
         let mut out_partitions = Vec::with_capacity(records.len());
@@ -383,7 +400,7 @@ impl RunLoop {
             if let Ok(latency) = (now - r.timestamp).to_std() {
                 self.config.metrics.end_to_end(latency);
             }
-            let value = self.encoder.encode(&row);
+            let value = serving.encoder.encode(&row);
             let h = if self.config.output_headers {
                 header_map([
                     (headers::SOURCE_TOPIC, r.topic.as_bytes().to_vec()),
@@ -396,7 +413,7 @@ impl RunLoop {
                         headers::SOURCE_TIMESTAMP,
                         r.timestamp.timestamp_millis().to_string().into_bytes(),
                     ),
-                    (headers::MODEL_SHA256, self.sha.clone()),
+                    (headers::MODEL_SHA256, serving.sha.to_vec()),
                 ])
             } else {
                 BTreeMap::new()
@@ -444,6 +461,14 @@ fn count_by_partition<'a>(
     }
     if let Some(((t, p), n)) = run {
         count(t, p, n);
+    }
+}
+
+/// The next model from the reload watcher; pending forever when there is none.
+async fn next_model(reloads: &mut Option<mpsc::Receiver<Serving>>) -> Option<Serving> {
+    match reloads {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,64 @@
+//! The model being served, with everything that depends on its signature: the decoder that
+//! turns records into its input rows, the encoder of its outputs and the threads that run it.
+//! A reload builds a new one and the run loop swaps it in between batches.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::PipelineConfig;
+use crate::codec::{Decoder, Encoder};
+use crate::error::{Error, Result};
+use crate::model::{InferencePool, Model};
+
+/// A loaded, checked and warmed-up model ready to take batches.
+pub(crate) struct Serving {
+    pub model: Model,
+    pub decoder: Decoder,
+    pub encoder: Encoder,
+    /// Per input, the shape of one row (the input shape without the batch dimension).
+    pub row_shapes: Vec<Vec<usize>>,
+    pub pool: InferencePool,
+    /// Hex SHA-256 of the model file, as written in the `model.sha256` header.
+    pub sha: Arc<[u8]>,
+}
+
+impl Serving {
+    /// Loads the model at `path`, checks it against the configured input and output formats,
+    /// compiles the plan for full batches and starts its inference threads.
+    pub async fn load(config: &PipelineConfig, path: &Path) -> Result<Serving> {
+        let owned = path.to_path_buf();
+        let model = tokio::task::spawn_blocking(move || Model::load(owned))
+            .await
+            .map_err(|e| Error::Internal(format!("model loading task: {e}")))??;
+        let name = model.file_name();
+        let decoder = Decoder::new(config.input_format, model.signature(), &name)?;
+        let encoder = Encoder::new(config.output_format, model.signature(), config.top_k, &name)?;
+        let row_shapes = model
+            .signature()
+            .inputs
+            .iter()
+            .map(|i| i.row_shape().unwrap_or_default())
+            .collect();
+        // Compile the full-size plan now, so the first batch does not pay for it.
+        let warm = model.clone();
+        let batch_size = config.batch_size;
+        tokio::task::spawn_blocking(move || warm.warm_up(batch_size))
+            .await
+            .map_err(|e| Error::Internal(format!("model warm-up task: {e}")))??;
+        let pool = InferencePool::new(&model, config.workers)?;
+        let sha = Arc::from(model.sha256().as_bytes());
+        Ok(Serving {
+            model,
+            decoder,
+            encoder,
+            row_shapes,
+            pool,
+            sha,
+        })
+    }
+
+    /// The SHA-256 as text.
+    pub fn sha256(&self) -> &str {
+        self.model.sha256()
+    }
+}
