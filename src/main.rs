@@ -95,10 +95,21 @@ fn run(flags: RunArgs, format: LogFormat) -> ExitCode {
             )
         }
     };
+    let metrics = config.metrics.clone();
     let result = runtime.block_on(async {
         let pipeline = Pipeline::connect(config).await?;
         reload_on_sighup(pipeline.reload_handle());
-        pipeline.run_until(shutdown_signal()).await
+        let progress = pipeline
+            .bounded_total()
+            .filter(|_| on_a_terminal())
+            .map(|total| tokio::spawn(show_progress(metrics, total)));
+        let result = pipeline.run_until(shutdown_signal()).await;
+        if let Some(task) = progress {
+            task.abort();
+            // Clear the progress line so the summary starts on a clean line.
+            eprint!("\r\x1b[2K");
+        }
+        result
     });
     match result {
         Ok(summary) => {
@@ -124,6 +135,33 @@ fn run(flags: RunArgs, format: LogFormat) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e, format),
+    }
+}
+
+/// The progress display is for people watching: only when both stdout and stderr are
+/// terminals, never in logs collected from a pipe or a file.
+fn on_a_terminal() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Rewrites one stderr line twice a second: records finished of the bounded total, the rate
+/// over the run so far and the time left at that rate.
+async fn show_progress(metrics: streamtract::metrics::Metrics, total: u64) {
+    let started = std::time::Instant::now();
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    loop {
+        tick.tick().await;
+        let done = metrics.records_finished().min(total);
+        let secs = started.elapsed().as_secs_f64();
+        let rate = if secs > 0.0 { done as f64 / secs } else { 0.0 };
+        let eta = if rate > 0.0 {
+            format!("{:.0} s left", (total - done) as f64 / rate)
+        } else {
+            "time left unknown".to_string()
+        };
+        let percent = if total > 0 { 100 * done / total } else { 100 };
+        eprint!("\r\x1b[2K{done} / {total} records ({percent}%), {rate:.0} records/s, {eta}");
     }
 }
 

@@ -401,3 +401,42 @@ fn replacing_the_model_file_mid_run_swaps_models_between_batches() {
     assert!(child.0.wait().unwrap().success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// On a terminal, a bounded run shows records done of the total, the rate and the time left
+/// (run under `script`, which gives the process a pseudo-terminal). With stderr piped, as in
+/// every other test here, nothing of it appears (the JSON-log test checks every line).
+#[test]
+fn bounded_runs_show_progress_on_a_terminal() {
+    let broker = Broker::start("progress");
+    broker.create_topic("pixels", 1);
+    broker.create_topic("predictions", 1);
+    let pixels =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv")).unwrap();
+    let recs: Vec<Rec> = pixels
+        .lines()
+        .enumerate()
+        .map(|(i, l)| Rec::kv(&format!("k{i}"), l.split_once(',').unwrap().1))
+        .collect();
+    broker.produce("pixels", &recs);
+    let command = format!(
+        "{} run --brokers {} --input pixels --output predictions --model models/digits_mlp.onnx --until-end",
+        env!("CARGO_BIN_EXE_streamtract"),
+        broker.addr
+    );
+    let out = Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run `script` (util-linux / bsdutils) to get a pseudo-terminal");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    let total = recs.len();
+    assert!(
+        text.contains(&format!(" / {total} records (")) && text.contains("records/s"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("done: {total} records in")),
+        "{text}"
+    );
+}

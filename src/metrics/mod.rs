@@ -17,6 +17,7 @@
 
 mod server;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -124,6 +125,9 @@ struct Inner {
     model: Family<ModelLabels, Gauge>,
     readiness: Mutex<Readiness>,
     lag_source: Mutex<Option<ConsumerLag>>,
+    /// Totals over all partitions, for progress displays.
+    read: AtomicU64,
+    written: AtomicU64,
 }
 
 /// The pipeline's counters, histograms and readiness; clones share them.
@@ -225,6 +229,8 @@ impl Default for Metrics {
             model,
             readiness: Mutex::new(Readiness::Starting),
             lag_source: Mutex::new(None),
+            read: AtomicU64::new(0),
+            written: AtomicU64::new(0),
         }))
     }
 }
@@ -243,6 +249,7 @@ impl Metrics {
             .records_in
             .get_or_create(&partition_labels(topic, partition))
             .inc_by(n);
+        self.0.read.fetch_add(n, Ordering::Relaxed);
     }
 
     /// `n` outputs handed to the producer for an output partition.
@@ -251,12 +258,24 @@ impl Metrics {
             .records_out
             .get_or_create(&partition_labels(topic, partition))
             .inc_by(n);
+        self.0.written.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Records read so far, all partitions together.
+    pub fn records_read(&self) -> u64 {
+        self.0.read.load(Ordering::Relaxed)
+    }
+
+    /// Records finished so far (output handed to the producer, or rejected).
+    pub fn records_finished(&self) -> u64 {
+        self.0.written.load(Ordering::Relaxed)
     }
 
     /// A record was rejected at `stage`; `dead_lettered` when it went to the DLQ.
     pub fn rejected(&self, stage: Stage, dead_lettered: bool) {
         let labels = StageLabels { stage };
         self.0.rejected.get_or_create(&labels).inc();
+        self.0.written.fetch_add(1, Ordering::Relaxed);
         if dead_lettered {
             self.0.dead_letters.get_or_create(&labels).inc();
         }

@@ -369,6 +369,12 @@ impl Pipeline {
         self.config.source.lag.clone()
     }
 
+    /// Records between the start and end offsets of all partitions in bounded mode (what a
+    /// run will read unless it is stopped or rebalanced); `None` when following.
+    pub fn bounded_total(&self) -> Option<u64> {
+        self.source.bounded_total()
+    }
+
     /// The partitions being read and their offset ranges.
     pub fn source_ranges(&self) -> &[kafka::PartitionRange] {
         self.source.ranges()
