@@ -160,7 +160,7 @@ async fn show_progress(metrics: streamtract::metrics::Metrics, total: u64) {
         } else {
             "time left unknown".to_string()
         };
-        let percent = if total > 0 { 100 * done / total } else { 100 };
+        let percent = (100 * done).checked_div(total).unwrap_or(100);
         eprint!("\r\x1b[2K{done} / {total} records ({percent}%), {rate:.0} records/s, {eta}");
     }
 }
