@@ -155,6 +155,16 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub metrics_addr: Option<String>,
 
+    /// A second model fed the same batches (a candidate next to the model in service); its
+    /// outputs go to `shadow_output` and disagreements on the top class are counted. Its
+    /// inputs must have the same shapes as the model's. [default: none]
+    #[arg(long, value_name = "FILE", requires = "shadow_output")]
+    pub shadow_model: Option<PathBuf>,
+
+    /// Topic for the shadow model's outputs (must exist); needs `shadow_model`.
+    #[arg(long, value_name = "TOPIC", requires = "shadow_model")]
+    pub shadow_output: Option<String>,
+
     /// How often to check the model file for a new version, in milliseconds; a new version is
     /// loaded, checked and swapped in between batches (SIGHUP reloads at once). 0 turns the
     /// check off. [default: 2000]
@@ -260,6 +270,8 @@ impl RunArgs {
             commit_interval_ms,
             max_uncommitted,
             metrics_addr,
+            shadow_model,
+            shadow_output,
             model_check_interval_ms,
             connect_timeout,
             request_timeout,
@@ -449,6 +461,23 @@ impl RunArgs {
                 return Err(invalid("max_uncommitted", "a number >= 1", "0"));
             }
             config.max_uncommitted = n;
+        }
+        match (self.shadow_model, self.shadow_output) {
+            (Some(model), Some(output)) if !output.is_empty() => {
+                config.shadow = Some(crate::pipeline::ShadowConfig { model, output });
+            }
+            (None, None) => {}
+            (model, output) => {
+                return Err(invalid(
+                    "shadow_model",
+                    "shadow_model and shadow_output set together",
+                    &format!(
+                        "shadow_model = {:?}, shadow_output = {:?}",
+                        model.map(|m| m.display().to_string()),
+                        output
+                    ),
+                ))
+            }
         }
         if let Some(ms) = self.model_check_interval_ms {
             config.model_check_interval = (ms > 0).then(|| Duration::from_millis(ms));

@@ -119,6 +119,8 @@ fn run(flags: RunArgs, format: LogFormat) -> ExitCode {
                     records_out = summary.records_out,
                     rejected = summary.rejected,
                     dead_letters = summary.dead_letters,
+                    shadow_rows = summary.shadow_rows,
+                    shadow_disagreements = summary.shadow_disagreements,
                     seconds = summary.elapsed.as_secs_f64(),
                     "done"
                 );
@@ -131,6 +133,12 @@ fn run(flags: RunArgs, format: LogFormat) -> ExitCode {
                     summary.dead_letters,
                     summary.elapsed.as_secs_f64()
                 );
+                if summary.shadow_rows > 0 {
+                    eprintln!(
+                        "shadow model: {} rows scored, top class differs from the model's on {}",
+                        summary.shadow_rows, summary.shadow_disagreements
+                    );
+                }
             }
             ExitCode::SUCCESS
         }

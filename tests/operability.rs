@@ -440,3 +440,87 @@ fn bounded_runs_show_progress_on_a_terminal() {
         "{text}"
     );
 }
+
+/// A shadow model scores the same batches: its outputs (with its own SHA-256) go to their own
+/// topic and the run reports how often its top class differs from the main model's, which
+/// must equal how often TensorFlow's two models differ on the same rows.
+#[test]
+fn a_shadow_model_scores_the_same_records_and_disagreements_are_counted() {
+    let broker = Broker::start("shadow");
+    broker.create_topic("pixels", 2);
+    broker.create_topic("predictions", 2);
+    broker.create_topic("shadow-predictions", 1);
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let pixels = std::fs::read_to_string(root.join("data/digits.csv")).unwrap();
+    let recs: Vec<Rec> = pixels
+        .lines()
+        .enumerate()
+        .map(|(i, l)| Rec::kv(&format!("k{i}"), l.split_once(',').unwrap().1))
+        .collect();
+    broker.produce("pixels", &recs);
+    let out = Command::new(env!("CARGO_BIN_EXE_streamtract"))
+        .args(["run", "--brokers", &broker.addr, "--input", "pixels"])
+        .args([
+            "--output",
+            "predictions",
+            "--model",
+            "models/digits_mlp.onnx",
+        ])
+        .args(["--shadow-model", "models/digits_cnn.onnx"])
+        .args(["--shadow-output", "shadow-predictions", "--until-end"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let (mlp_tf, cnn_tf) = (tf_classes("digits_mlp"), tf_classes("digits_cnn"));
+    let differ = mlp_tf.iter().zip(&cnn_tf).filter(|(a, b)| a != b).count();
+    assert!(
+        differ > 0,
+        "the two models must differ somewhere for this test to mean something"
+    );
+    assert!(
+        stderr.contains(&format!(
+            "shadow model: {} rows scored, top class differs from the model's on {differ}",
+            recs.len()
+        )),
+        "{stderr}"
+    );
+    let cnn_sha = streamtract::model::Model::load(root.join("models/digits_cnn.onnx"))
+        .unwrap()
+        .sha256()
+        .to_string();
+    let shadow = broker.consume_with_extra_wait(
+        "shadow-predictions",
+        recs.len(),
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    );
+    assert_eq!(shadow.len(), recs.len());
+    for o in &shadow {
+        let key = o.key_str().unwrap();
+        let i: usize = key[1..].parse().unwrap();
+        assert_eq!(o.header("model.sha256"), Some(cnn_sha.clone()), "{key}");
+        assert_eq!(argmax(&o.value_json()["probabilities"]), cnn_tf[i], "{key}");
+    }
+    let main = broker.consume("predictions", recs.len(), Duration::from_secs(60));
+    assert_eq!(main.len(), recs.len());
+
+    // A shadow model whose inputs differ from the model's is refused before anything runs.
+    let out = Command::new(env!("CARGO_BIN_EXE_streamtract"))
+        .args(["run", "--brokers", &broker.addr, "--input", "pixels"])
+        .args([
+            "--output",
+            "predictions",
+            "--model",
+            "models/digits_mlp.onnx",
+        ])
+        .args(["--shadow-model", "models/breast_cancer.onnx"])
+        .args(["--shadow-output", "shadow-predictions", "--until-end"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("`shadow_model`"), "{stderr}");
+}

@@ -122,6 +122,9 @@ struct Inner {
     commits: Counter,
     rebalances: Counter,
     reloads: Family<OutcomeLabels, Counter>,
+    shadow_rows: Counter,
+    shadow_disagreements: Counter,
+    shadow_failures: Counter,
     model: Family<ModelLabels, Gauge>,
     readiness: Mutex<Readiness>,
     lag_source: Mutex<Option<ConsumerLag>>,
@@ -207,6 +210,24 @@ impl Default for Metrics {
             "Model reload attempts, by outcome: loaded, unchanged (same SHA-256) or failed",
             reloads.clone(),
         );
+        let shadow_rows = Counter::default();
+        registry.register(
+            "shadow_rows",
+            "Rows scored by the shadow model next to the main model",
+            shadow_rows.clone(),
+        );
+        let shadow_disagreements = Counter::default();
+        registry.register(
+            "shadow_disagreements",
+            "Shadow-scored rows whose top class differs from the main model's",
+            shadow_disagreements.clone(),
+        );
+        let shadow_failures = Counter::default();
+        registry.register(
+            "shadow_failures",
+            "Batches the shadow model failed on, or whose shadow outputs could not be written",
+            shadow_failures.clone(),
+        );
         let model = Family::default();
         registry.register(
             "model_info",
@@ -226,6 +247,9 @@ impl Default for Metrics {
             commits,
             rebalances,
             reloads,
+            shadow_rows,
+            shadow_disagreements,
+            shadow_failures,
             model,
             readiness: Mutex::new(Readiness::Starting),
             lag_source: Mutex::new(None),
@@ -300,6 +324,17 @@ impl Metrics {
     /// The process went through a consumer-group rebalance.
     pub fn rebalance(&self) {
         self.0.rebalances.inc();
+    }
+
+    /// The shadow model scored `rows` rows, `disagreements` of them with another top class.
+    pub fn shadow(&self, rows: u64, disagreements: u64) {
+        self.0.shadow_rows.inc_by(rows);
+        self.0.shadow_disagreements.inc_by(disagreements);
+    }
+
+    /// The shadow model failed on a batch, or its outputs could not be written.
+    pub fn shadow_failure(&self) {
+        self.0.shadow_failures.inc();
     }
 
     /// A model reload ended with `outcome` (`loaded`, `unchanged` or `failed`).

@@ -142,6 +142,19 @@ pub struct PipelineConfig {
     /// size, stable for one interval); a new version is loaded, checked and swapped in between
     /// batches. `None`: only [`ReloadHandle::request`] reloads.
     pub model_check_interval: Option<Duration>,
+    /// A second model fed the same batches, for comparing a candidate with the model in
+    /// service: its outputs go to their own topic and disagreements on the top class are
+    /// counted. Its outputs are best effort (not part of what is committed).
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// A shadow model and where its outputs go; see [`PipelineConfig::shadow`].
+#[derive(Debug, Clone)]
+pub struct ShadowConfig {
+    /// ONNX model file; its inputs must have the same shapes as the main model's.
+    pub model: PathBuf,
+    /// Topic for its outputs (must exist).
+    pub output: String,
 }
 
 impl PipelineConfig {
@@ -182,6 +195,7 @@ impl PipelineConfig {
             metrics: Metrics::default(),
             metrics_addr: None,
             model_check_interval: Some(Duration::from_secs(2)),
+            shadow: None,
         }
     }
 
@@ -242,6 +256,10 @@ pub struct RunSummary {
     pub dead_letters: u64,
     /// Inference batches run.
     pub batches: u64,
+    /// Rows the shadow model scored next to the main model (0 without a shadow model).
+    pub shadow_rows: u64,
+    /// Of those, rows where the two models' top classes (argmax of the first output) differ.
+    pub shadow_disagreements: u64,
     /// Wall time of the run.
     pub elapsed: Duration,
 }
@@ -291,6 +309,34 @@ impl Pipeline {
         // The model before Kafka: a model that cannot work fails before anything is consumed.
         let serving = Serving::load(&config, &config.model).await?;
         let model = serving.model.clone();
+        let shadow_serving = match &config.shadow {
+            Some(shadow) => {
+                let s = Serving::load(&config, &shadow.model).await?;
+                // The same decoded values feed both models: per input, the row sizes must
+                // match (shapes may differ: [64] and [8, 8, 1] take the same 64 values).
+                let sizes = |shapes: &[Vec<usize>]| -> Vec<usize> {
+                    shapes.iter().map(|r| r.iter().product()).collect()
+                };
+                if sizes(&s.row_shapes) != sizes(&serving.row_shapes) {
+                    return Err(ConfigError::Invalid {
+                        field: "shadow_model",
+                        expected: format!(
+                            "a model taking as many values per record as {} (per input: {:?})",
+                            model.file_name(),
+                            sizes(&serving.row_shapes)
+                        ),
+                        found: format!(
+                            "{} (per input: {:?})",
+                            shadow.model.display(),
+                            sizes(&s.row_shapes)
+                        ),
+                    }
+                    .into());
+                }
+                Some(s)
+            }
+            None => None,
+        };
         let client = kafka::connect(&config.kafka).await?;
         let (ack_tx, acks) = mpsc::unbounded_channel();
         let sink = Sink::start(
@@ -315,6 +361,21 @@ impl Pipeline {
             }
             None => None,
         };
+        let shadow = match (shadow_serving, &config.shadow) {
+            (Some(s), Some(shadow)) => {
+                let sink = Sink::start(
+                    Arc::clone(&client),
+                    &config.kafka,
+                    &SinkConfig::new(shadow.output.as_str()),
+                    None,
+                )
+                .await?;
+                tracing::info!(model = %shadow.model.display(), sha256 = s.sha256(),
+                    output = %shadow.output, "shadow model ready");
+                Some((s, sink))
+            }
+            _ => None,
+        };
         // Unknown input topics fail here, before joining a group.
         for sel in &config.source.topics {
             kafka::topic_partitions(&client, &config.kafka, &sel.topic, "input").await?;
@@ -338,6 +399,7 @@ impl Pipeline {
             serving,
             sink,
             dlq,
+            shadow,
             acks,
         };
         Ok(Pipeline {

@@ -30,8 +30,10 @@ type BatchResult = (
     Vec<SourceRecord>,
     Vec<Tensor>,
     Arc<Serving>,
-    (std::result::Result<Vec<Tensor>, ModelError>, Duration),
+    (Outputs, Duration),
+    Option<Outputs>,
 );
+type Outputs = std::result::Result<Vec<Tensor>, ModelError>;
 type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = BatchResult> + Send>>>;
 
 /// Why [`RunLoop::pump`] returned.
@@ -56,6 +58,8 @@ pub(super) struct RunLoop {
     reloads: Option<mpsc::Receiver<Serving>>,
     sink: Sink,
     dlq: Option<Sink>,
+    /// The shadow model and the sink of its outputs.
+    shadow: Option<(Arc<Serving>, Sink)>,
     batch: Batch<SourceRecord>,
     batch_deadline: tokio::time::Instant,
     inflight: InFlight,
@@ -74,6 +78,7 @@ pub(super) struct Stages {
     pub serving: Serving,
     pub sink: Sink,
     pub dlq: Option<Sink>,
+    pub shadow: Option<(Serving, Sink)>,
     pub acks: mpsc::UnboundedReceiver<Vec<SourceCoordinates>>,
 }
 
@@ -85,6 +90,7 @@ impl RunLoop {
             reloads,
             sink: s.sink,
             dlq: s.dlq,
+            shadow: s.shadow.map(|(serving, sink)| (Arc::new(serving), sink)),
             batch: Batch::default(),
             batch_deadline: tokio::time::Instant::now(),
             inflight: FuturesOrdered::new(),
@@ -207,6 +213,11 @@ impl RunLoop {
                 self.fatal.get_or_insert(e.into());
             }
         }
+        if let Some((_, shadow)) = self.shadow.take() {
+            if let Err(e) = shadow.close().await {
+                tracing::warn!(error = %e, "shadow outputs not all written");
+            }
+        }
         if let Some(dlq) = self.dlq.take() {
             match dlq.close().await {
                 Ok(n) => self.summary.dead_letters = n,
@@ -322,12 +333,28 @@ impl RunLoop {
         // A copy of the inputs, kept in case the batch fails and its rows must be re-run one
         // by one; small next to the inference itself.
         let inputs = tensors.clone();
+        // The shadow model gets the same batch on its own threads; a failure there only
+        // costs its outputs.
+        let shadow = match &self.shadow {
+            Some((shadow, _)) => match shadow_inputs(&tensors, &shadow.row_shapes) {
+                Ok(inputs) => shadow.pool.submit(inputs).await.ok(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot shape the batch for the shadow model");
+                    None
+                }
+            },
+            None => None,
+        };
         match serving.pool.submit(tensors).await {
             Ok(pending) => {
                 self.summary.batches += 1;
                 self.inflight.push_back(Box::pin(async move {
                     let outputs = pending.timed().await;
-                    (records, inputs, serving, outputs)
+                    let shadow = match shadow {
+                        Some(pending) => Some(pending.await),
+                        None => None,
+                    };
+                    (records, inputs, serving, outputs, shadow)
                 }));
             }
             Err(e) => {
@@ -336,8 +363,14 @@ impl RunLoop {
         }
     }
 
-    async fn on_batch_done(&mut self, (records, inputs, serving, (outputs, took)): BatchResult) {
+    async fn on_batch_done(
+        &mut self,
+        (records, inputs, serving, (outputs, took), shadow): BatchResult,
+    ) {
         self.config.metrics.batch(records.len(), took);
+        if let (Some(shadow), Ok(outputs)) = (shadow, &outputs) {
+            self.shadow_outputs(&records, outputs, shadow).await;
+        }
         let result = match outputs {
             Ok(outputs) => self.write_outputs(&serving, records, &outputs).await,
             Err(e) if e.depends_on_input() => self.isolate(&serving, records, inputs, e).await,
@@ -386,6 +419,59 @@ impl RunLoop {
         Ok(())
     }
 
+    /// Compares the shadow model's top classes with the main model's and writes its outputs
+    /// to the shadow topic. Best effort: failures are logged and counted, nothing stops.
+    async fn shadow_outputs(&mut self, records: &[SourceRecord], main: &[Tensor], shadow: Outputs) {
+        let Some((serving, sink)) = &self.shadow else {
+            return;
+        };
+        let outputs = match shadow {
+            Ok(outputs) => outputs,
+            Err(e) => {
+                self.config.metrics.shadow_failure();
+                tracing::warn!(error = %e, rows = records.len(), "the shadow model failed on a batch");
+                return;
+            }
+        };
+        let (Ok(main_rows), Ok(shadow_rows)) = (
+            split_outputs(main, records.len()),
+            split_outputs(&outputs, records.len()),
+        ) else {
+            self.config.metrics.shadow_failure();
+            return;
+        };
+        let disagreements = main_rows
+            .iter()
+            .zip(&shadow_rows)
+            .filter(|(m, s)| top_class(m[0]) != top_class(s[0]))
+            .count() as u64;
+        self.summary.shadow_rows += records.len() as u64;
+        self.summary.shadow_disagreements += disagreements;
+        self.config
+            .metrics
+            .shadow(records.len() as u64, disagreements);
+        for (r, row) in records.iter().zip(shadow_rows) {
+            let record = OutputRecord {
+                key: r.key.clone(),
+                value: serving.encoder.encode(&row),
+                headers: if self.config.output_headers {
+                    output_headers(r, &serving.sha)
+                } else {
+                    BTreeMap::new()
+                },
+                timestamp: Utc::now(),
+                source: None,
+            };
+            let partition = sink.partition_for(r.key.as_deref(), r.partition);
+            if let Err(e) = sink.send(partition, record).await {
+                self.config.metrics.shadow_failure();
+                tracing::warn!(error = %e, "cannot write shadow outputs; dropping the shadow model");
+                self.shadow = None;
+                return;
+            }
+        }
+    }
+
     /// Sends the outputs `serving` computed for `records`.
     async fn write_outputs(
         &self,
@@ -402,19 +488,7 @@ impl RunLoop {
             }
             let value = serving.encoder.encode(&row);
             let h = if self.config.output_headers {
-                header_map([
-                    (headers::SOURCE_TOPIC, r.topic.as_bytes().to_vec()),
-                    (
-                        headers::SOURCE_PARTITION,
-                        r.partition.to_string().into_bytes(),
-                    ),
-                    (headers::SOURCE_OFFSET, r.offset.to_string().into_bytes()),
-                    (
-                        headers::SOURCE_TIMESTAMP,
-                        r.timestamp.timestamp_millis().to_string().into_bytes(),
-                    ),
-                    (headers::MODEL_SHA256, serving.sha.to_vec()),
-                ])
+                output_headers(&r, &serving.sha)
             } else {
                 BTreeMap::new()
             };
@@ -462,6 +536,46 @@ fn count_by_partition<'a>(
     if let Some(((t, p), n)) = run {
         count(t, p, n);
     }
+}
+
+/// The headers naming an output's source record and the model that produced it.
+fn output_headers(r: &SourceRecord, sha: &[u8]) -> BTreeMap<String, Vec<u8>> {
+    header_map([
+        (headers::SOURCE_TOPIC, r.topic.as_bytes().to_vec()),
+        (
+            headers::SOURCE_PARTITION,
+            r.partition.to_string().into_bytes(),
+        ),
+        (headers::SOURCE_OFFSET, r.offset.to_string().into_bytes()),
+        (
+            headers::SOURCE_TIMESTAMP,
+            r.timestamp.timestamp_millis().to_string().into_bytes(),
+        ),
+        (headers::MODEL_SHA256, sha.to_vec()),
+    ])
+}
+
+/// The batch's input tensors reshaped to the shadow model's row shapes (same values).
+fn shadow_inputs(tensors: &[Tensor], row_shapes: &[Vec<usize>]) -> TractResult<Vec<Tensor>> {
+    tensors
+        .iter()
+        .zip(row_shapes)
+        .map(|(t, row)| {
+            let mut shape = vec![t.shape()[0]];
+            shape.extend_from_slice(row);
+            t.clone().into_shape(&shape)
+        })
+        .collect()
+}
+
+/// Index of the largest value (the first on ties; NaN never wins).
+fn top_class(values: &[f32]) -> Option<usize> {
+    values
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_nan())
+        .max_by(|(ia, a), (ib, b)| a.total_cmp(b).then(ib.cmp(ia)))
+        .map(|(i, _)| i)
 }
 
 /// The next model from the reload watcher; pending forever when there is none.
