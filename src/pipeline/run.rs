@@ -34,7 +34,9 @@ type BatchResult = (
     Option<Outputs>,
 );
 type Outputs = std::result::Result<Vec<Tensor>, ModelError>;
-type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = BatchResult> + Send>>>;
+/// `Sync` as well as `Send`: the run loop is borrowed across awaits, so for
+/// `tokio::spawn(pipeline.run())` to compile everything it holds must be `Sync`.
+type InFlight = FuturesOrdered<Pin<Box<dyn Future<Output = BatchResult> + Send + Sync>>>;
 
 /// Why [`RunLoop::pump`] returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
