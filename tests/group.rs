@@ -344,7 +344,7 @@ async fn commits_round_trip_for_members_and_standalone() {
     assert_eq!(store.committed(&[tp(4)]).await.unwrap()[&tp(4)], Some(10));
 
     // An independent client reads the same offsets.
-    let seen = kgroup_committed(&broker, &group, &topic);
+    let seen = broker.committed(&group, &topic, PARTITIONS);
     assert_eq!(
         seen,
         BTreeMap::from([
@@ -485,7 +485,7 @@ async fn shares_a_group_with_librdkafka_as_leader_and_as_follower() {
     let member = ours.stop().await;
     member.leave().await.unwrap();
 
-    let seen = kgroup_committed(&broker, &group, &topic);
+    let seen = broker.committed(&group, &topic, PARTITIONS);
     assert_eq!(
         seen,
         expected
@@ -688,27 +688,6 @@ fn check_range(
 
 fn kgroup_script() -> std::path::PathBuf {
     common::repo_root().join("scripts/kgroup.py")
-}
-
-/// Committed offsets of `topic` for `group`, read by librdkafka without joining.
-fn kgroup_committed(broker: &Broker, group: &str, topic: &str) -> BTreeMap<i32, Option<i64>> {
-    let out = Command::new(common::python())
-        .arg(kgroup_script())
-        .args(["committed", "--brokers", &broker.addr, "--group", group])
-        .args(["--topic", topic, "--partitions", &PARTITIONS.to_string()])
-        .output()
-        .expect("run kgroup.py committed");
-    assert!(
-        out.status.success(),
-        "kgroup.py committed failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).expect("kgroup.py committed output");
-    v.as_object()
-        .unwrap()
-        .iter()
-        .map(|(p, o)| (p.parse().unwrap(), o.as_i64()))
-        .collect()
 }
 
 /// A confluent-kafka group member (`kgroup.py member`), driven over stdin/stdout.

@@ -6,12 +6,10 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{Broker, Rec};
 use futures::StreamExt;
-use serde_json::Value;
 use streamtract::dataset::{
     DatasetError, KafkaGroupDataset, KafkaGroupDatasetBuilder, SourceRecord,
 };
@@ -38,38 +36,6 @@ fn produce_per_partition(broker: &Broker, topic: &str, partitions: i32, per_part
         .collect();
     let placed = broker.produce(topic, &recs);
     assert_eq!(placed.len(), recs.len());
-}
-
-/// The group's committed offsets of partitions 0..partitions of `topic`, read by confluent-kafka.
-fn committed(
-    broker: &Broker,
-    group: &str,
-    topic: &str,
-    partitions: i32,
-) -> BTreeMap<i32, Option<i64>> {
-    let out = Command::new(common::python())
-        .arg(common::repo_root().join("scripts/kgroup.py"))
-        .args([
-            "committed",
-            "--brokers",
-            &broker.addr,
-            "--group",
-            group,
-            "--topic",
-            topic,
-        ])
-        .args(["--partitions", &partitions.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "kgroup.py: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let json: Value = serde_json::from_slice(&out.stdout).unwrap();
-    (0..partitions)
-        .map(|p| (p, json[p.to_string()].as_i64()))
-        .collect()
 }
 
 fn key(r: &SourceRecord) -> String {
@@ -203,7 +169,7 @@ async fn acknowledged_records_are_committed_and_the_rest_delivered_again() {
 
     // confluent-kafka sees exactly the acknowledged prefixes.
     let expected: BTreeMap<i32, Option<i64>> = (0..PARTITIONS).map(|p| (p, Some(ACKED))).collect();
-    assert_eq!(committed(&broker, "g-ack", "events", PARTITIONS), expected);
+    assert_eq!(broker.committed("g-ack", "events", PARTITIONS), expected);
 
     // The next reader of the group gets exactly the records that were not acknowledged.
     let mut second = builder.open().await.unwrap();
@@ -223,7 +189,7 @@ async fn acknowledged_records_are_committed_and_the_rest_delivered_again() {
     );
     let expected: BTreeMap<i32, Option<i64>> =
         (0..PARTITIONS).map(|p| (p, Some(PER_PARTITION))).collect();
-    assert_eq!(committed(&broker, "g-ack", "events", PARTITIONS), expected);
+    assert_eq!(broker.committed("g-ack", "events", PARTITIONS), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -391,10 +357,7 @@ async fn two_readers_in_one_group_split_the_partitions() {
 
     let expected: BTreeMap<i32, Option<i64>> =
         (0..PARTITIONS).map(|p| (p, Some(PER_PARTITION))).collect();
-    assert_eq!(
-        committed(&broker, "g-split", "shared", PARTITIONS),
-        expected
-    );
+    assert_eq!(broker.committed("g-split", "shared", PARTITIONS), expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -438,7 +401,7 @@ async fn a_rebalance_hands_unacknowledged_records_to_the_next_owner() {
     };
     let expected: BTreeMap<i32, Option<i64>> = (0..PARTITIONS).map(|p| (p, Some(ACKED))).collect();
     assert_eq!(
-        committed(&broker, "g-move", "moving", PARTITIONS),
+        broker.committed("g-move", "moving", PARTITIONS),
         expected,
         "committed before rejoining"
     );
@@ -484,5 +447,5 @@ async fn a_rebalance_hands_unacknowledged_records_to_the_next_owner() {
     );
     let expected: BTreeMap<i32, Option<i64>> =
         (0..PARTITIONS).map(|p| (p, Some(PER_PARTITION))).collect();
-    assert_eq!(committed(&broker, "g-move", "moving", PARTITIONS), expected);
+    assert_eq!(broker.committed("g-move", "moving", PARTITIONS), expected);
 }

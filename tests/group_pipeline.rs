@@ -178,29 +178,6 @@ fn outputs_per_key(broker: &Broker, count: i64) -> HashMap<String, usize> {
     per_key
 }
 
-fn committed(broker: &Broker, group: &str) -> Value {
-    let out = Command::new(common::python())
-        .arg(root().join("scripts/kgroup.py"))
-        .args([
-            "committed",
-            "--brokers",
-            &broker.addr,
-            "--group",
-            group,
-            "--topic",
-            "events",
-        ])
-        .args(["--partitions", &PARTITIONS.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn setup(name: &str) -> Broker {
     let broker = Broker::start(name);
     broker.create_topic("events", PARTITIONS);
@@ -240,11 +217,11 @@ fn three_members_split_the_topic_and_write_each_key_once() {
         dups.first()
     );
     // Everything was committed: every partition's position is its end.
-    let positions = committed(&broker, "g3");
+    let positions = broker.committed("g3", "events", PARTITIONS);
     let info = broker.topic_info("events").unwrap();
     for p in 0..PARTITIONS {
         assert_eq!(
-            positions[p.to_string()].as_i64(),
+            positions[&p],
             Some(info.high_watermarks[p as usize]),
             "partition {p}"
         );
@@ -313,11 +290,11 @@ fn a_killed_member_loses_nothing_and_a_restart_reprocesses_nothing() {
         assert!(!lags.is_empty(), "{log}");
         assert!(lags.iter().all(|l| l.contains("lag=Some(0)")), "{lags:#?}");
     }
-    let positions = committed(&broker, "gk");
+    let positions = broker.committed("gk", "events", PARTITIONS);
     let info = broker.topic_info("events").unwrap();
     for p in 0..PARTITIONS {
         assert_eq!(
-            positions[p.to_string()].as_i64(),
+            positions[&p],
             Some(info.high_watermarks[p as usize]),
             "partition {p}"
         );
@@ -422,16 +399,16 @@ fn shares_a_group_with_a_librdkafka_member() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let info = broker.topic_info("events").unwrap();
     loop {
-        let positions = committed(&broker, "gi");
+        let positions = broker.committed("gi", "events", PARTITIONS);
         let done = mine
             .iter()
-            .all(|p| positions[p.to_string()].as_i64() == Some(info.high_watermarks[*p as usize]));
+            .all(|p| positions[p] == Some(info.high_watermarks[*p as usize]));
         if done {
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "our commits not visible to confluent-kafka: {positions}\n{}",
+            "our commits not visible to confluent-kafka: {positions:?}\n{}",
             ours.log()
         );
         std::thread::sleep(Duration::from_millis(300));

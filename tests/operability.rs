@@ -458,19 +458,22 @@ fn a_shadow_model_scores_the_same_records_and_disagreements_are_counted() {
         .map(|(i, l)| Rec::kv(&format!("k{i}"), l.split_once(',').unwrap().1))
         .collect();
     broker.produce("pixels", &recs);
-    let out = Command::new(env!("CARGO_BIN_EXE_streamtract"))
-        .args(["run", "--brokers", &broker.addr, "--input", "pixels"])
-        .args([
-            "--output",
-            "predictions",
-            "--model",
-            "models/digits_mlp.onnx",
-        ])
-        .args(["--shadow-model", "models/digits_cnn.onnx"])
-        .args(["--shadow-output", "shadow-predictions", "--until-end"])
-        .current_dir(&root)
-        .output()
-        .unwrap();
+    let run_with_shadow = |shadow_model: &str| {
+        Command::new(env!("CARGO_BIN_EXE_streamtract"))
+            .args(["run", "--brokers", &broker.addr, "--input", "pixels"])
+            .args(["--output", "predictions", "--until-end"])
+            .args([
+                "--model",
+                "models/digits_mlp.onnx",
+                "--shadow-model",
+                shadow_model,
+            ])
+            .args(["--shadow-output", "shadow-predictions"])
+            .current_dir(&root)
+            .output()
+            .unwrap()
+    };
+    let out = run_with_shadow("models/digits_cnn.onnx");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let (mlp_tf, cnn_tf) = (tf_classes("digits_mlp"), tf_classes("digits_cnn"));
@@ -507,19 +510,7 @@ fn a_shadow_model_scores_the_same_records_and_disagreements_are_counted() {
     assert_eq!(main.len(), recs.len());
 
     // A shadow model whose inputs differ from the model's is refused before anything runs.
-    let out = Command::new(env!("CARGO_BIN_EXE_streamtract"))
-        .args(["run", "--brokers", &broker.addr, "--input", "pixels"])
-        .args([
-            "--output",
-            "predictions",
-            "--model",
-            "models/digits_mlp.onnx",
-        ])
-        .args(["--shadow-model", "models/breast_cancer.onnx"])
-        .args(["--shadow-output", "shadow-predictions", "--until-end"])
-        .current_dir(&root)
-        .output()
-        .unwrap();
+    let out = run_with_shadow("models/breast_cancer.onnx");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("`shadow_model`"), "{stderr}");

@@ -637,31 +637,10 @@ fn malformed_records_go_to_the_dead_letter_topic_unchanged() {
         .contains("expected 64 values"));
 
     // Dead letters count as done: the group's offsets are committed past every bad record.
-    let out = Command::new(common::python())
-        .arg(root().join("scripts/kgroup.py"))
-        .args([
-            "committed",
-            "--brokers",
-            &broker.addr,
-            "--group",
-            "dlq-test",
-        ])
-        .args(["--topic", "pixels", "--partitions", "3"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let committed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let committed = broker.committed("dlq-test", "pixels", 3);
     let ends = broker.topic_info("pixels").unwrap().high_watermarks;
     for p in 0..3 {
-        assert_eq!(
-            committed[p.to_string()].as_i64(),
-            Some(ends[p]),
-            "partition {p}: {committed}"
-        );
+        assert_eq!(committed[&p], Some(ends[p as usize]), "partition {p}");
     }
 }
 
@@ -752,13 +731,9 @@ fn records_the_model_fails_on_go_to_the_dead_letter_topic() {
         );
     }
     let ends = broker.topic_info("pixels").unwrap().high_watermarks;
-    let committed = group_committed(&broker, "model-dlq", "pixels", 2);
+    let committed = broker.committed("model-dlq", "pixels", 2);
     for p in 0..2 {
-        assert_eq!(
-            committed[p.to_string()].as_i64(),
-            Some(ends[p]),
-            "{committed}"
-        );
+        assert_eq!(committed[&p], Some(ends[p as usize]), "{committed:?}");
     }
 
     // Without a dead-letter topic, `--on-error stop` fails on the first such record, after
@@ -777,31 +752,15 @@ fn records_the_model_fails_on_go_to_the_dead_letter_topic() {
         stderr.contains("error: stopping on a record the model failed on (on_error = stop)"),
         "{stderr}"
     );
-    let committed = group_committed(&broker, "model-stop", "pixels", 2);
+    let committed = broker.committed("model-stop", "pixels", 2);
     let first_bad: BTreeMap<i32, i64> = bad.iter().rev().map(|&i| coords[i]).collect();
     for (p, offset) in first_bad {
-        let c = committed[p.to_string()].as_i64().unwrap_or(0);
+        let c = committed[&p].unwrap_or(0);
         assert!(
             c <= offset,
             "partition {p}: committed {c} past the bad record at {offset}"
         );
     }
-}
-
-/// The group's committed offsets per partition, read by confluent-kafka.
-fn group_committed(broker: &Broker, group: &str, topic: &str, partitions: usize) -> Value {
-    let out = Command::new(common::python())
-        .arg(root().join("scripts/kgroup.py"))
-        .args(["committed", "--brokers", &broker.addr, "--group", group])
-        .args(["--topic", topic, "--partitions", &partitions.to_string()])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `--log-format json`: every stderr line is one JSON object with `timestamp`, `level`,

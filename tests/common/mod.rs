@@ -425,6 +425,32 @@ impl Broker {
         }
     }
 
+    /// The committed offsets of partitions `0..partitions` of `topic` for `group`, read by
+    /// confluent-kafka (`scripts/kgroup.py`) without joining the group; `None` where the group
+    /// committed nothing.
+    pub fn committed(
+        &self,
+        group: &str,
+        topic: &str,
+        partitions: i32,
+    ) -> std::collections::BTreeMap<i32, Option<i64>> {
+        let out = Command::new(python())
+            .arg(repo_root().join("scripts/kgroup.py"))
+            .args(["committed", "--brokers", &self.addr, "--group", group])
+            .args(["--topic", topic, "--partitions", &partitions.to_string()])
+            .output()
+            .expect("run scripts/kgroup.py committed");
+        assert!(
+            out.status.success(),
+            "kgroup.py committed failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let json: Value = serde_json::from_slice(&out.stdout).expect("kgroup.py committed output");
+        (0..partitions)
+            .map(|p| (p, json[p.to_string()].as_i64()))
+            .collect()
+    }
+
     /// Creates `topic` with `partitions` partitions (already existing with that count is fine)
     /// and waits until metadata shows it.
     pub fn create_topic(&self, topic: &str, partitions: i32) {
