@@ -113,18 +113,8 @@ fn run(flags: RunArgs, format: LogFormat) -> ExitCode {
     });
     match result {
         Ok(summary) => {
-            if format == LogFormat::Json {
-                tracing::info!(
-                    records_in = summary.records_in,
-                    records_out = summary.records_out,
-                    rejected = summary.rejected,
-                    dead_letters = summary.dead_letters,
-                    shadow_rows = summary.shadow_rows,
-                    shadow_disagreements = summary.shadow_disagreements,
-                    seconds = summary.elapsed.as_secs_f64(),
-                    "done"
-                );
-            } else {
+            // In JSON the pipeline's own `run finished` line carries the same figures.
+            if format == LogFormat::Text {
                 eprintln!(
                     "done: {} records in, {} outputs written, {} rejected ({} dead letters written), {:.2} s",
                     summary.records_in,

@@ -820,7 +820,7 @@ fn json_logs_are_one_object_per_line_with_event_fields() {
         ready["sha256"].as_str().is_some_and(|s| s.len() == 64),
         "{ready}"
     );
-    let done = find("done");
+    let done = find("run finished");
     assert_eq!(done["records_in"], 3);
     assert_eq!(done["records_out"], 2);
     assert_eq!(done["rejected"], 1);

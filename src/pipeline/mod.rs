@@ -536,6 +536,8 @@ impl Pipeline {
             rejected = summary.rejected,
             dead_letters = summary.dead_letters,
             batches = summary.batches,
+            shadow_rows = summary.shadow_rows,
+            shadow_disagreements = summary.shadow_disagreements,
             seconds = summary.elapsed.as_secs_f64(),
             "run finished"
         );
