@@ -2,7 +2,7 @@
 //!
 //!     cargo bench --bench inference
 //!
-//! Prints rows/s and time per batch. Inputs are real rows from `data/` so the numbers reflect
+//! Prints rows/s and time per batch, each model measured in a fresh process. Inputs are real rows from `data/` so the numbers reflect
 //! the data the models were trained on.
 
 use std::time::{Duration, Instant};
@@ -56,11 +56,31 @@ fn main() {
         ("breast_cancer", "breast_cancer.csv"),
         ("wine_two_inputs", "wine.csv"),
     ];
-    println!(
-        "{:<16} {:>6} {:>14} {:>14}",
-        "model", "batch", "µs/batch", "rows/s"
-    );
-    for (name, data_file) in models {
+    // Each model runs in a process of its own: a second tract plan built in the same process
+    // ran up to 40% slower than the first (same model, same inputs), which would make the
+    // order of the models part of the result.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let only = args
+        .windows(2)
+        .find(|w| w[0] == "--only")
+        .map(|w| w[1].clone());
+    let Some(only) = only else {
+        println!(
+            "{:<16} {:>6} {:>14} {:>14}",
+            "model", "batch", "µs/batch", "rows/s"
+        );
+        let me = std::env::current_exe().expect("bench executable");
+        for (name, _) in models {
+            let status = std::process::Command::new(&me)
+                .args(&args)
+                .args(["--only", name])
+                .status()
+                .expect("run the bench for one model");
+            assert!(status.success(), "{name}: {status}");
+        }
+        return;
+    };
+    for (name, data_file) in models.into_iter().filter(|(n, _)| *n == only) {
         let model = Model::load(format!("{}/models/{name}.onnx", env!("CARGO_MANIFEST_DIR")))
             .expect("model");
         let data = rows(data_file);

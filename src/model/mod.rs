@@ -15,6 +15,7 @@
 
 mod runner;
 mod signature;
+mod softmax;
 
 pub use runner::{InferencePool, PendingBatch};
 
@@ -55,6 +56,9 @@ pub struct Model {
     sha256: String,
     signature: Signature,
     compiled: Arc<Compiled>,
+    /// Per output: whether its final Softmax was cut from the plan and is applied after each
+    /// run (see `softmax.rs`).
+    softmax_outputs: Arc<Vec<bool>>,
 }
 
 impl std::fmt::Debug for Model {
@@ -89,29 +93,31 @@ impl Model {
             .model_for_read(&mut bytes.as_slice())
             .map_err(load_err)?;
         let batch_symbol = batch_symbol(&graph);
-        let (signature, compiled) = match graph.clone().into_typed() {
-            Ok(typed) => {
+        let (signature, compiled, softmax_outputs) = match graph.clone().into_typed() {
+            Ok(mut typed) => {
                 let signature = read_signature(&typed, None).map_err(load_err)?;
                 check_supported(&path, &signature)?;
+                let softmax = softmax::detach_output_softmax(&mut typed).map_err(load_err)?;
                 let plan = typed
                     .into_optimized()
                     .and_then(|m| m.into_runnable())
                     .map_err(load_err)?;
-                (signature, Compiled::Dynamic(plan))
+                (signature, Compiled::Dynamic(plan), softmax)
             }
             Err(symbolic_error) => {
                 // Read the signature from a batch-of-one compilation, then restore the batch
                 // dimension's name.
-                let typed = with_batch_size(&graph, 1)
+                let mut typed = with_batch_size(&graph, 1)
                     .and_then(|g| g.into_typed())
                     .map_err(|_| load_err(symbolic_error))?;
                 let signature = read_signature(&typed, Some(&batch_symbol)).map_err(load_err)?;
                 check_supported(&path, &signature)?;
+                let softmax = softmax::detach_output_softmax(&mut typed).map_err(load_err)?;
                 let compiled = Compiled::PerBatchSize {
                     graph: Arc::new(graph),
                     plans: Mutex::new(HashMap::new()),
                 };
-                (signature, compiled)
+                (signature, compiled, softmax)
             }
         };
         Ok(Model {
@@ -119,6 +125,7 @@ impl Model {
             sha256,
             signature,
             compiled: Arc::new(compiled),
+            softmax_outputs: Arc::new(softmax_outputs),
         })
     }
 
@@ -180,7 +187,15 @@ impl Model {
                     return Ok((Arc::clone(plan), size));
                 }
                 let plan = with_batch_size(graph, size)
-                    .and_then(|g| g.into_optimized())
+                    .and_then(|g| g.into_typed())
+                    .and_then(|mut typed| {
+                        let softmax = softmax::detach_output_softmax(&mut typed)?;
+                        anyhow::ensure!(
+                            softmax == *self.softmax_outputs,
+                            "the graph's final Softmax differs between batch sizes"
+                        );
+                        typed.into_optimized()
+                    })
                     .and_then(|m| m.into_runnable())
                     .map_err(|e| ModelError::Load {
                         path: self.path.clone(),
@@ -231,6 +246,7 @@ impl Model {
         };
         let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(guarded));
         IN_TRACT_RUN.with(|flag| flag.set(false));
+        clear_avx_upper_state();
         let outputs = match caught {
             Ok(result) => result.map_err(run_err)?,
             Err(panic) => {
@@ -240,10 +256,14 @@ impl Model {
         };
         outputs
             .into_iter()
-            .map(|v| {
+            .zip(self.softmax_outputs.iter())
+            .map(|(v, &softmax)| {
                 let mut t = v.into_tensor();
                 if t.datum_type() != f32::datum_type() {
                     t = t.cast_to::<f32>().map_err(run_err)?.into_owned();
+                }
+                if softmax {
+                    softmax::softmax_last_axis(&mut t).map_err(run_err)?;
                 }
                 if size != rows {
                     t = t.slice(0, 0, rows).map_err(run_err)?;
@@ -326,6 +346,27 @@ pub fn quiet_caught_panics() {
             default(info);
         }
     }));
+}
+
+/// tract's x86-64 kernels return with the upper halves of the AVX registers dirty. Until
+/// `vzeroupper`, every SSE instruction the thread runs pays a state-transition penalty: libm's
+/// `expf` in our softmax took 120 ns instead of 2 ns per value after a tract run (measured with
+/// `examples/profile.rs` and a scratch program on this machine's Xeon). Clearing the state
+/// after each run keeps the code that follows on the inference thread at full speed.
+fn clear_avx_upper_state() {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx")]
+        fn zero_upper() {
+            std::arch::x86_64::_mm256_zeroupper();
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: the CPU supports AVX (checked just above), which is all `zero_upper`
+            // needs; `vzeroupper` only clears the upper register halves, which hold no live
+            // value outside AVX code.
+            unsafe { zero_upper() }
+        }
+    }
 }
 
 /// The text of a caught panic (`panic!` payloads are `&str` or `String`).
