@@ -16,10 +16,9 @@ mod seed;
 mod evaluate;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::{Broker, Rec};
+use common::{digits, tf_classes, Broker, Rec};
 use futures::StreamExt;
 use streamtract::codec::InputFormat;
 use streamtract::dataset::{
@@ -31,31 +30,6 @@ use streamtract::KafkaError;
 use tokio::time::timeout;
 
 const MODEL: &str = "models/digits_mlp.onnx";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Rows of `data/digits.csv`: (label, CSV of the 64 features).
-fn digits() -> Vec<(usize, String)> {
-    std::fs::read_to_string(root().join("data/digits.csv"))
-        .unwrap()
-        .lines()
-        .map(|l| {
-            let (label, features) = l.split_once(',').unwrap();
-            (label.parse().unwrap(), features.to_string())
-        })
-        .collect()
-}
-
-/// TensorFlow's class for every row of `data/digits.csv`.
-fn tf_classes() -> Vec<usize> {
-    std::fs::read_to_string(root().join("models/digits_mlp.tf_classes.txt"))
-        .unwrap()
-        .lines()
-        .map(|l| l.trim().parse().unwrap())
-        .collect()
-}
 
 fn value(r: &SourceRecord) -> String {
     String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()
@@ -721,7 +695,7 @@ async fn seed_example_writes_predictions_in_order() {
 
     let got = broker.consume("predictions", N, Duration::from_secs(20));
     assert_eq!(got.len(), N);
-    let classes = tf_classes();
+    let classes = tf_classes("digits_mlp");
     let mut last_offset: BTreeMap<i32, i64> = BTreeMap::new();
     for c in &got {
         let key = c.key_str().unwrap();
@@ -762,7 +736,7 @@ fn evaluate_example_prints_accuracy() {
         .collect();
     recs.push(Rec::unkeyed("3,1,2"));
     broker.produce("labelled", &recs);
-    let classes = tf_classes();
+    let classes = tf_classes("digits_mlp");
     let right = rows
         .iter()
         .zip(&classes)

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Broker, Rec};
+use common::{argmax, digits, tf_classes, Broker, Rec};
 
 /// GET `url` with Python's urllib: (status, body). Status 0 when nothing answers.
 fn http_get(url: &str) -> (u16, String) {
@@ -77,18 +77,13 @@ fn metrics_count_what_the_pipeline_did_and_readyz_follows_its_state() {
     broker.create_topic("pixels", 2);
     broker.create_topic("predictions", 2);
     broker.create_topic("pixels-dlq", 1);
-    let pixels =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv")).unwrap();
-    let rows: Vec<&str> = pixels
-        .lines()
-        .map(|l| l.split_once(',').unwrap().1)
-        .collect();
+    let rows = digits();
     let recs: Vec<Rec> = (0..600)
         .map(|i| {
             if i % 100 == 7 {
                 Rec::kv(&format!("k{i}"), "not,a,digit")
             } else {
-                Rec::kv(&format!("k{i}"), rows[i % rows.len()])
+                Rec::kv(&format!("k{i}"), rows[i % rows.len()].1.as_str())
             }
         })
         .collect();
@@ -205,27 +200,13 @@ fn metrics_count_what_the_pipeline_did_and_readyz_follows_its_state() {
     assert_eq!(http_get(&format!("{base}/healthz")).0, 0);
 }
 
-fn tf_classes(model: &str) -> Vec<usize> {
-    std::fs::read_to_string(format!(
-        "{}/models/{model}.tf_classes.txt",
-        env!("CARGO_MANIFEST_DIR")
-    ))
-    .unwrap()
-    .lines()
-    .map(|l| l.trim().parse().unwrap())
-    .collect()
-}
-
-fn argmax(values: &serde_json::Value) -> usize {
-    let v: Vec<f64> = values
-        .as_array()
-        .unwrap()
+/// Every digits row as a record keyed `k<row>` with the 64 pixel values as CSV.
+fn digit_records() -> Vec<Rec> {
+    digits()
         .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect();
-    (0..v.len())
-        .max_by(|&a, &b| v[a].partial_cmp(&v[b]).unwrap())
-        .unwrap()
+        .enumerate()
+        .map(|(i, (_, pixels))| Rec::kv(&format!("k{i}"), pixels.as_str()))
+        .collect()
 }
 
 /// Replaces `path` the way deployment tools do: write a new file next to it, rename over it.
@@ -296,14 +277,10 @@ fn replacing_the_model_file_mid_run_swaps_models_between_batches() {
             .filter(|l| l.contains(text))
             .count()
     };
-    let pixels = std::fs::read_to_string(root.join("data/digits.csv")).unwrap();
-    let rows: Vec<&str> = pixels
-        .lines()
-        .map(|l| l.split_once(',').unwrap().1)
-        .collect();
+    let rows = digits();
     let produce_phase = |phase: usize| {
         let recs: Vec<Rec> = (0..500)
-            .map(|i| Rec::kv(&format!("p{phase}-{i}"), rows[phase * 500 + i]))
+            .map(|i| Rec::kv(&format!("p{phase}-{i}"), rows[phase * 500 + i].1.as_str()))
             .collect();
         broker.produce("pixels", &recs);
     };
@@ -358,7 +335,7 @@ fn replacing_the_model_file_mid_run_swaps_models_between_batches() {
         assert!(seen.insert(key.clone()), "two outputs for {key}");
         let (phase, i) = key[1..].split_once('-').unwrap();
         let row: usize = phase.parse::<usize>().unwrap() * 500 + i.parse::<usize>().unwrap();
-        let class = argmax(&o.value_json()["probabilities"]);
+        let class = argmax(o.value_json()["probabilities"].as_array().unwrap());
         let sha = o.header("model.sha256").unwrap();
         let is_cnn = sha == cnn_sha;
         assert!(is_cnn || sha == mlp_sha, "{key}: unknown model {sha}");
@@ -410,13 +387,7 @@ fn bounded_runs_show_progress_on_a_terminal() {
     let broker = Broker::start("progress");
     broker.create_topic("pixels", 1);
     broker.create_topic("predictions", 1);
-    let pixels =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/data/digits.csv")).unwrap();
-    let recs: Vec<Rec> = pixels
-        .lines()
-        .enumerate()
-        .map(|(i, l)| Rec::kv(&format!("k{i}"), l.split_once(',').unwrap().1))
-        .collect();
+    let recs = digit_records();
     broker.produce("pixels", &recs);
     let command = format!(
         "{} run --brokers {} --input pixels --output predictions --model models/digits_mlp.onnx --until-end",
@@ -451,12 +422,7 @@ fn a_shadow_model_scores_the_same_records_and_disagreements_are_counted() {
     broker.create_topic("predictions", 2);
     broker.create_topic("shadow-predictions", 1);
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let pixels = std::fs::read_to_string(root.join("data/digits.csv")).unwrap();
-    let recs: Vec<Rec> = pixels
-        .lines()
-        .enumerate()
-        .map(|(i, l)| Rec::kv(&format!("k{i}"), l.split_once(',').unwrap().1))
-        .collect();
+    let recs = digit_records();
     broker.produce("pixels", &recs);
     let run_with_shadow = |shadow_model: &str| {
         Command::new(env!("CARGO_BIN_EXE_streamtract"))
@@ -504,7 +470,11 @@ fn a_shadow_model_scores_the_same_records_and_disagreements_are_counted() {
         let key = o.key_str().unwrap();
         let i: usize = key[1..].parse().unwrap();
         assert_eq!(o.header("model.sha256"), Some(cnn_sha.clone()), "{key}");
-        assert_eq!(argmax(&o.value_json()["probabilities"]), cnn_tf[i], "{key}");
+        assert_eq!(
+            argmax(o.value_json()["probabilities"].as_array().unwrap()),
+            cnn_tf[i],
+            "{key}"
+        );
     }
     let main = broker.consume("predictions", recs.len(), Duration::from_secs(60));
     assert_eq!(main.len(), recs.len());

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Broker, Consumed, Rec};
+use common::{argmax, tf_classes, Broker, Consumed, Rec};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -27,18 +27,6 @@ fn dataset(name: &str) -> Vec<(usize, Vec<f32>)> {
             (label, fields.map(|f| f.parse().unwrap()).collect())
         })
         .collect()
-}
-
-fn tf_classes(model: &str) -> Vec<usize> {
-    std::fs::read_to_string(
-        root()
-            .join("models")
-            .join(format!("{model}.tf_classes.txt")),
-    )
-    .unwrap()
-    .lines()
-    .map(|l| l.trim().parse().unwrap())
-    .collect()
 }
 
 fn csv_line(values: &[f32]) -> String {
@@ -101,13 +89,6 @@ fn run_ok(args: &[&str]) -> String {
         out.status
     );
     stderr
-}
-
-fn argmax(values: &[Value]) -> usize {
-    let v: Vec<f64> = values.iter().map(|x| x.as_f64().unwrap()).collect();
-    (0..v.len())
-        .max_by(|&a, &b| v[a].partial_cmp(&v[b]).unwrap())
-        .unwrap()
 }
 
 /// Reads `count` outputs (and checks no extra ones appear), one per key.

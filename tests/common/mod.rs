@@ -34,6 +34,35 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// Rows of `data/digits.csv`: (label, CSV of the 64 pixel values).
+pub fn digits() -> Vec<(usize, String)> {
+    fs::read_to_string(repo_root().join("data/digits.csv"))
+        .expect("data/digits.csv")
+        .lines()
+        .map(|l| {
+            let (label, pixels) = l.split_once(',').expect("label,pixels");
+            (label.parse().expect("label"), pixels.to_string())
+        })
+        .collect()
+}
+
+/// TensorFlow's predicted class for every dataset row (`models/MODEL.tf_classes.txt`).
+pub fn tf_classes(model: &str) -> Vec<usize> {
+    fs::read_to_string(repo_root().join(format!("models/{model}.tf_classes.txt")))
+        .expect("tf_classes.txt")
+        .lines()
+        .map(|l| l.trim().parse().expect("class"))
+        .collect()
+}
+
+/// Index of the largest of a JSON array of numbers (an output's top class).
+pub fn argmax(values: &[Value]) -> usize {
+    let v: Vec<f64> = values.iter().map(|x| x.as_f64().unwrap()).collect();
+    (0..v.len())
+        .max_by(|&a, &b| v[a].partial_cmp(&v[b]).unwrap())
+        .unwrap()
+}
+
 /// `target/pyenv/bin/python`, the interpreter with confluent-kafka.
 pub fn python() -> PathBuf {
     repo_root().join("target/pyenv/bin/python")
