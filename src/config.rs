@@ -90,6 +90,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS")]
     pub linger_ms: Option<u64>,
 
+    /// Longest the broker may hold a fetch open waiting for new records, in milliseconds.
+    /// [default: 100]
+    #[arg(long, value_name = "MS")]
+    pub fetch_max_wait_ms: Option<u64>,
+
     /// Inference worker threads. [default: number of cores]
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -256,6 +261,7 @@ impl RunArgs {
             until_end,
             batch_size,
             linger_ms,
+            fetch_max_wait_ms,
             workers,
             max_record_bytes,
             max_in_flight_bytes,
@@ -369,6 +375,16 @@ impl RunArgs {
         }
         if let Some(ms) = self.linger_ms {
             config.linger = Duration::from_millis(ms);
+        }
+        if let Some(ms) = self.fetch_max_wait_ms {
+            if ms == 0 || ms > 30_000 {
+                return Err(invalid(
+                    "fetch_max_wait_ms",
+                    "a number of milliseconds from 1 to 30000",
+                    &ms.to_string(),
+                ));
+            }
+            config.source.fetch_max_wait = Duration::from_millis(ms);
         }
         if let Some(n) = self.workers {
             if n == 0 || n > 256 {

@@ -123,6 +123,15 @@ fn run(flags: RunArgs, format: LogFormat) -> ExitCode {
                     summary.dead_letters,
                     summary.elapsed.as_secs_f64()
                 );
+                if summary.latency.count > 0 {
+                    let ms = |d: std::time::Duration| d.as_secs_f64() * 1000.0;
+                    eprintln!(
+                        "end-to-end latency (record timestamp to acknowledged output): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                        ms(summary.latency.p50),
+                        ms(summary.latency.p99),
+                        ms(summary.latency.max)
+                    );
+                }
                 if summary.shadow_rows > 0 {
                     eprintln!(
                         "shadow model: {} rows scored, top class differs from the model's on {}",

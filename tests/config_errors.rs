@@ -82,6 +82,10 @@ fn invalid_configurations_fail_before_consuming() {
             "`max_in_flight_bytes`: expected a number >= 1, found `0`",
         ),
         (
+            base(addr, &["--fetch-max-wait-ms", "0"]),
+            "`fetch_max_wait_ms`: expected a number of milliseconds from 1 to 30000, found `0`",
+        ),
+        (
             base(addr, &["--format", "xml"]),
             "`format`: expected one of csv, json, raw, found `xml`",
         ),

@@ -805,6 +805,16 @@ fn json_logs_are_one_object_per_line_with_event_fields() {
     assert_eq!(done["records_in"], 3);
     assert_eq!(done["records_out"], 2);
     assert_eq!(done["rejected"], 1);
+    // End-to-end latency, record timestamp to acknowledged output: the records were produced
+    // before the run, so it is above zero, and the percentiles are ordered.
+    let ms = |field: &str| {
+        done[field]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{field}: {done}"))
+    };
+    assert!(ms("latency_p50_ms") > 0.0, "{done}");
+    assert!(ms("latency_p50_ms") <= ms("latency_p99_ms"), "{done}");
+    assert!(ms("latency_p99_ms") <= ms("latency_max_ms"), "{done}");
 
     // A fatal error is a JSON line too.
     let out = streamtract(&[

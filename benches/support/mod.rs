@@ -26,6 +26,18 @@ pub fn records(bench: usize, smoke: usize) -> usize {
     }
 }
 
+/// Records for a run at a steady rate: `STREAMTRACT_BENCH_PACED_RECORDS`, else `bench` under
+/// `cargo bench`, else `smoke`.
+pub fn paced_records(bench: usize, smoke: usize) -> usize {
+    match std::env::var("STREAMTRACT_BENCH_PACED_RECORDS") {
+        Ok(v) => v
+            .parse()
+            .expect("STREAMTRACT_BENCH_PACED_RECORDS must be a number"),
+        Err(_) if std::env::args().any(|a| a == "--bench") => bench,
+        Err(_) => smoke,
+    }
+}
+
 /// A tansu broker started by scripts/broker.sh in `target/NAME`, stopped on drop.
 pub struct LocalBroker {
     dir: PathBuf,
@@ -77,12 +89,17 @@ pub async fn create_topic(kafka: &KafkaConfig, name: &str, partitions: i32) {
 
 /// Produces `n` records keyed `k0..`, valued with the digits dataset's pixel rows as CSV in
 /// turn, partitioned by key like the Java client.
-pub async fn produce_digits(kafka: &KafkaConfig, topic: &str, n: usize) {
-    let rows: Vec<String> = std::fs::read_to_string(root().join("data/digits.csv"))
+/// The 1,797 digits as CSV rows of 64 pixel intensities (the label column dropped).
+pub fn digit_rows() -> Vec<String> {
+    std::fs::read_to_string(root().join("data/digits.csv"))
         .expect("digits.csv")
         .lines()
         .map(|l| l.split_once(',').expect("label,pixels").1.to_string())
-        .collect();
+        .collect()
+}
+
+pub async fn produce_digits(kafka: &KafkaConfig, topic: &str, n: usize) {
+    let rows = digit_rows();
     let client = kafka::connect(kafka).await.expect("connect");
     let sink = Sink::start(client, kafka, &SinkConfig::new(topic), None)
         .await

@@ -326,16 +326,18 @@ impl KafkaWriter {
             Some(p) => p,
             None => sink.partition_for(item.key.as_deref(), 0),
         };
+        let timestamp = item.timestamp.unwrap_or_else(Utc::now);
         let record = OutputRecord {
             key: item.key,
             value: item.value,
             headers: item.headers,
-            timestamp: item.timestamp.unwrap_or_else(Utc::now),
+            timestamp,
             // Acknowledgements come back with these coordinates; the offset is our count.
             source: Some(SourceCoordinates {
                 topic: Arc::clone(&self.topic),
                 partition,
                 offset: self.written as i64,
+                timestamp,
             }),
         };
         if let Err(e) = sink.send(partition, record).await {

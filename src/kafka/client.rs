@@ -75,7 +75,23 @@ pub fn parse_brokers(list: &str) -> Vec<String> {
 /// The error names the brokers tried and the last failure. With TLS or SASL on, a rejected
 /// certificate or password is reported at once (as [`KafkaError::Security`]), without retrying.
 pub async fn connect(config: &KafkaConfig) -> Result<Arc<Client>, KafkaError> {
-    if config.security.tls.is_none() {
+    connect_client(config, true).await
+}
+
+/// Another connection with the same settings, for work that must not wait behind other
+/// requests. Brokers answer the requests of one connection one at a time, in order, so a fetch
+/// the broker holds open (up to `fetch_max_wait`) delays everything queued behind it on that
+/// connection: each partition fetcher has a connection of its own, apart from the producer's.
+/// Skips the up-front security check ([`connect`] made it already).
+pub(crate) async fn connect_dedicated(config: &KafkaConfig) -> Result<Arc<Client>, KafkaError> {
+    connect_client(config, false).await
+}
+
+async fn connect_client(
+    config: &KafkaConfig,
+    check_security: bool,
+) -> Result<Arc<Client>, KafkaError> {
+    if check_security && config.security.tls.is_none() {
         if let Some(sasl) = &config.security.sasl {
             if sasl.mechanism == SaslMechanism::Plain {
                 tracing::warn!(user = %sasl.username, "SASL PLAIN without TLS sends the password in clear text");
@@ -91,7 +107,7 @@ pub async fn connect(config: &KafkaConfig) -> Result<Arc<Client>, KafkaError> {
     let deadline = tokio::time::Instant::now() + config.connect_timeout;
     let mut last_error = String::from("no answer");
     loop {
-        if config.security.is_enabled() {
+        if check_security && config.security.is_enabled() {
             // rskafka retries a TLS or SASL failure like a network error until its deadline and
             // then reports it in its own words. One connection of our own first tells a refused
             // certificate or password apart and names the problem.

@@ -29,6 +29,8 @@ pub struct SourceCoordinates {
     pub partition: i32,
     /// Input offset.
     pub offset: i64,
+    /// The input record's timestamp (end-to-end latency is measured from it).
+    pub timestamp: DateTime<Utc>,
 }
 
 /// A record to write.

@@ -147,7 +147,9 @@ pub struct SourceConfig {
     pub until_end: bool,
     /// Most bytes one fetch may return per partition.
     pub fetch_max_bytes: i32,
-    /// How long the broker may hold a fetch open waiting for new records.
+    /// How long the broker may hold a fetch open waiting for new records. Apache Kafka answers
+    /// as soon as a record arrives; some brokers (tansu) hold every fetch that does not fill
+    /// `fetch_max_bytes` for the whole wait, which then bounds latency from below.
     pub fetch_max_wait: Duration,
     /// Fetch responses buffered between the fetch tasks and the consumer.
     pub channel_capacity: usize,
@@ -225,7 +227,8 @@ impl Source {
                 }
             };
             for p in partitions {
-                let pc = client
+                let own = super::client::connect_dedicated(kafka).await?;
+                let pc = own
                     .partition_client(sel.topic.clone(), p, UnknownTopicHandling::Retry)
                     .await
                     .map_err(|e| KafkaError::request("connect to leader", &sel.topic, p, e))?;
@@ -366,6 +369,7 @@ async fn fetch_partition(
         if range.end.is_some_and(|end| offset >= end) {
             return;
         }
+        let asked = tokio::time::Instant::now();
         let fetched = pc
             .fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms)
             .await;
@@ -389,8 +393,11 @@ async fn fetch_partition(
             }
         };
         if records.is_empty() {
-            // Brokers that answer an empty fetch at once would make this loop spin.
-            tokio::time::sleep(config.fetch_max_wait.min(Duration::from_millis(50))).await;
+            // A broker that answers an empty fetch at once, without holding it open for the
+            // wait, would make this loop spin. One that held it open has already waited.
+            if asked.elapsed() < config.fetch_max_wait / 2 {
+                tokio::time::sleep(config.fetch_max_wait.min(Duration::from_millis(50))).await;
+            }
             continue;
         }
         let mut chunk = Vec::with_capacity(records.len());

@@ -183,7 +183,7 @@ impl Default for Metrics {
         let end_to_end_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 18));
         registry.register(
             "end_to_end_seconds",
-            "From a record's timestamp to its output being handed to the producer",
+            "From a record's timestamp to the broker's acknowledgement of its output or dead letter",
             end_to_end_seconds.clone(),
         );
         let lag = Family::default();
@@ -311,7 +311,8 @@ impl Metrics {
         self.0.inference_seconds.observe(inference.as_secs_f64());
     }
 
-    /// An output was handed to the producer `latency` after its record's timestamp.
+    /// The broker acknowledged a record's output (or dead letter) `latency` after the record's
+    /// timestamp.
     pub fn end_to_end(&self, latency: Duration) {
         self.0.end_to_end_seconds.observe(latency.as_secs_f64());
     }

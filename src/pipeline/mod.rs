@@ -6,12 +6,14 @@
 
 mod batch;
 mod commit;
+mod latency;
 mod offsets;
 mod reload;
 mod run;
 mod serving;
 
 pub use batch::{split_outputs, Batch};
+pub use latency::{Latency, LatencyRecorder};
 pub use offsets::{OffsetTracker, TopicPartition};
 pub use reload::ReloadHandle;
 
@@ -260,6 +262,9 @@ pub struct RunSummary {
     pub shadow_rows: u64,
     /// Of those, rows where the two models' top classes (argmax of the first output) differ.
     pub shadow_disagreements: u64,
+    /// From each record's timestamp to the broker's acknowledgement of its output or dead
+    /// letter. For records that waited in the topic before the run, that wait is included.
+    pub latency: Latency,
     /// Wall time of the run.
     pub elapsed: Duration,
 }
@@ -538,6 +543,9 @@ impl Pipeline {
             batches = summary.batches,
             shadow_rows = summary.shadow_rows,
             shadow_disagreements = summary.shadow_disagreements,
+            latency_p50_ms = millis(summary.latency.p50),
+            latency_p99_ms = millis(summary.latency.p99),
+            latency_max_ms = millis(summary.latency.max),
             seconds = summary.elapsed.as_secs_f64(),
             "run finished"
         );
@@ -631,4 +639,9 @@ async fn rebalance(
     *source = start_source(client, config, committer).await?;
     config.metrics.set_readiness(Readiness::Ready);
     Ok(())
+}
+
+/// A duration in milliseconds, for log fields.
+fn millis(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }

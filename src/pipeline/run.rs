@@ -13,6 +13,7 @@ use tokio::sync::mpsc;
 use tract_onnx::prelude::{Tensor, TractResult};
 
 use super::batch::{split_outputs, Batch};
+use super::latency::LatencyRecorder;
 use super::offsets::{OffsetTracker, TopicPartition};
 use super::serving::Serving;
 use super::{headers, ErrorPolicy, PipelineConfig, RunSummary};
@@ -68,6 +69,8 @@ pub(super) struct RunLoop {
     acks: mpsc::UnboundedReceiver<Vec<SourceCoordinates>>,
     pub(super) tracker: OffsetTracker,
     pub(super) summary: RunSummary,
+    /// From each record's timestamp to its output's (or dead letter's) acknowledgement.
+    latency: LatencyRecorder,
     fatal: Option<Error>,
     /// Records fetched but not taken in yet because the uncommitted bound was reached; they
     /// are not tracked, so if the run stops they are simply read again by the next owner.
@@ -99,6 +102,7 @@ impl RunLoop {
             acks: s.acks,
             tracker: OffsetTracker::default(),
             summary: RunSummary::default(),
+            latency: LatencyRecorder::new(),
             fatal: None,
             held: std::collections::VecDeque::new(),
         }
@@ -230,12 +234,19 @@ impl RunLoop {
         }
         match self.fatal {
             Some(e) => Err(e),
-            None => Ok(self.summary),
+            None => Ok(RunSummary {
+                latency: self.latency.summary(),
+                ..self.summary
+            }),
         }
     }
 
     fn on_acks(&mut self, acked: Vec<SourceCoordinates>) {
+        let now = Utc::now();
         for c in acked {
+            if let Some(latency) = self.latency.record(c.timestamp, now) {
+                self.config.metrics.end_to_end(latency);
+            }
             self.tracker.done(&(c.topic, c.partition), c.offset);
         }
     }
@@ -485,9 +496,6 @@ impl RunLoop {
         let now = Utc::now();
         let mut out_partitions = Vec::with_capacity(records.len());
         for (r, row) in records.into_iter().zip(rows) {
-            if let Ok(latency) = (now - r.timestamp).to_std() {
-                self.config.metrics.end_to_end(latency);
-            }
             let value = serving.encoder.encode(&row);
             let h = if self.config.output_headers {
                 output_headers(&r, &serving.sha)
@@ -499,6 +507,7 @@ impl RunLoop {
                 topic: r.topic,
                 partition: r.partition,
                 offset: r.offset,
+                timestamp: r.timestamp,
             };
             let record = OutputRecord {
                 key: r.key,
@@ -674,6 +683,7 @@ fn dead_letter(record: SourceRecord, why: &Rejection) -> OutputRecord {
         topic: record.topic,
         partition: record.partition,
         offset: record.offset,
+        timestamp: record.timestamp,
     };
     OutputRecord {
         key: record.key,
