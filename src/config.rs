@@ -104,7 +104,7 @@ pub struct RunArgs {
     pub max_record_bytes: Option<usize>,
 
     /// Reading pauses while records read but not yet done (output not yet acknowledged) hold
-    /// this many bytes; bounds memory when the output side is slow. [default: 16777216]
+    /// this many bytes; bounds memory when the output side is slow. [default: 4194304]
     #[arg(long, value_name = "BYTES")]
     pub max_in_flight_bytes: Option<usize>,
 

@@ -151,7 +151,10 @@ pub struct SourceConfig {
     /// as soon as a record arrives; some brokers (tansu) hold every fetch that does not fill
     /// `fetch_max_bytes` for the whole wait, which then bounds latency from below.
     pub fetch_max_wait: Duration,
-    /// Fetch responses buffered between the fetch tasks and the consumer.
+    /// Fetch responses buffered between the fetch tasks and the consumer (each fetch task
+    /// holds one more while it waits for room). Two keep the consumer fed: a fetch answered
+    /// from a backlog takes a few milliseconds, and each buffered response is up to
+    /// `fetch_max_bytes` of records, decoded.
     pub channel_capacity: usize,
     /// Committed positions (next offset to read) per `(topic, partition)`. A partition with
     /// one starts there; if it is outside the partition's range, `start` applies instead,
@@ -170,7 +173,7 @@ impl SourceConfig {
             until_end: false,
             fetch_max_bytes: 1 << 20,
             fetch_max_wait: Duration::from_millis(100),
-            channel_capacity: 8,
+            channel_capacity: 2,
             resume: BTreeMap::new(),
             lag: super::ConsumerLag::default(),
         }
