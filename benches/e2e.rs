@@ -439,12 +439,14 @@ async fn main() {
         );
     }
 
+    // linger 5 ms is the default, fetch wait 100 ms too; tansu holds every fetch that does not
+    // fill fetch_max_bytes for the whole wait, so the fetch wait is what sets latency there.
     let latency_runs = [
-        "pass-through+headers",
         "pass-through+headers/fetch=5",
         "digits_mlp/256/linger=5",
         "digits_mlp/256/linger=0/fetch=5",
         "digits_mlp/256/linger=5/fetch=5",
+        "digits_mlp/256/linger=5/fetch=2",
         "digits_mlp/256/linger=50/fetch=5",
         "digits_cnn/256/linger=5/fetch=5",
     ];
