@@ -36,7 +36,7 @@ use streamtract::kafka::{
     TopicSelection,
 };
 use streamtract::pipeline::{Latency, LatencyRecorder, Pipeline, PipelineConfig};
-use support::{create_topic, digit_rows, produce_digits, root, LocalBroker};
+use support::{create_topic, produce_digits, produce_digits_at, root, LocalBroker};
 use tokio::sync::mpsc;
 
 const PARTITIONS: i32 = 3;
@@ -333,7 +333,7 @@ async fn run_child(
     if let Some(rate) = rate {
         // The child's fetchers start right after READY; give them a moment to reach the broker.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        produce_paced(&kafka, input, records, rate).await;
+        produce_digits_at(&kafka, input, records, Some(rate)).await;
     }
     let line = tokio::task::spawn_blocking(move || {
         std::iter::from_fn(next_line).find(|l| l.starts_with("RESULT "))
@@ -352,31 +352,6 @@ async fn run_child(
         result.records
     );
     result
-}
-
-/// Produces `n` digit records at `rate` per second, each stamped when it is sent.
-async fn produce_paced(kafka: &KafkaConfig, topic: &str, n: usize, rate: f64) {
-    let rows = digit_rows();
-    let client = kafka::connect(kafka).await.expect("connect");
-    let sink = Sink::start(client, kafka, &SinkConfig::new(topic), None)
-        .await
-        .expect("sink");
-    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for i in 0..n {
-        tick.tick().await;
-        let key = format!("k{i}").into_bytes();
-        let partition = sink.partition_for(Some(&key), 0);
-        let record = OutputRecord {
-            key: Some(key),
-            value: rows[i % rows.len()].clone().into_bytes(),
-            headers: Default::default(),
-            timestamp: Utc::now(),
-            source: None,
-        };
-        sink.send(partition, record).await.expect("send");
-    }
-    assert_eq!(sink.close().await.expect("close") as usize, n);
 }
 
 fn mib(kib: u64) -> f64 {

@@ -7,6 +7,11 @@
 
 use std::time::{Duration, Instant};
 
+// Measures the allocator the binary would use with the same features.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use streamtract::model::Model;
 use tract_onnx::prelude::Tensor;
 

@@ -9,6 +9,11 @@ use streamtract::model::Model;
 use streamtract::pipeline::Pipeline;
 use streamtract::Error;
 
+// Opt-in (`--features mimalloc`): a C allocator in place of musl's or glibc's malloc.
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Real-time inference on Kafka streams with TensorFlow models exported to ONNX.
 #[derive(Debug, Parser)]
 #[command(name = "streamtract", version, about)]

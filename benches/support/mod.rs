@@ -17,22 +17,19 @@ pub fn root() -> PathBuf {
 /// Records to use: `STREAMTRACT_BENCH_RECORDS`, else `bench` under `cargo bench`, else `smoke`
 /// (under `cargo test --all-targets` each bench runs a small version that checks its counts).
 pub fn records(bench: usize, smoke: usize) -> usize {
-    match std::env::var("STREAMTRACT_BENCH_RECORDS") {
-        Ok(v) => v
-            .parse()
-            .expect("STREAMTRACT_BENCH_RECORDS must be a number"),
-        Err(_) if std::env::args().any(|a| a == "--bench") => bench,
-        Err(_) => smoke,
-    }
+    count_from_env("STREAMTRACT_BENCH_RECORDS", bench, smoke)
 }
 
-/// Records for a run at a steady rate: `STREAMTRACT_BENCH_PACED_RECORDS`, else `bench` under
-/// `cargo bench`, else `smoke`.
+/// Records for a run at a steady rate: `STREAMTRACT_BENCH_PACED_RECORDS`, else as [`records`].
 pub fn paced_records(bench: usize, smoke: usize) -> usize {
-    match std::env::var("STREAMTRACT_BENCH_PACED_RECORDS") {
+    count_from_env("STREAMTRACT_BENCH_PACED_RECORDS", bench, smoke)
+}
+
+fn count_from_env(var: &str, bench: usize, smoke: usize) -> usize {
+    match std::env::var(var) {
         Ok(v) => v
             .parse()
-            .expect("STREAMTRACT_BENCH_PACED_RECORDS must be a number"),
+            .unwrap_or_else(|_| panic!("{var} must be a number")),
         Err(_) if std::env::args().any(|a| a == "--bench") => bench,
         Err(_) => smoke,
     }
@@ -98,13 +95,27 @@ pub fn digit_rows() -> Vec<String> {
         .collect()
 }
 
+/// Produces `n` digit records (keys `k0`, `k1`, …) as fast as the broker takes them.
 pub async fn produce_digits(kafka: &KafkaConfig, topic: &str, n: usize) {
+    produce_digits_at(kafka, topic, n, None).await
+}
+
+/// Produces `n` digit records, at `rate` per second if given; each is stamped when it is sent.
+pub async fn produce_digits_at(kafka: &KafkaConfig, topic: &str, n: usize, rate: Option<f64>) {
     let rows = digit_rows();
     let client = kafka::connect(kafka).await.expect("connect");
     let sink = Sink::start(client, kafka, &SinkConfig::new(topic), None)
         .await
         .expect("sink");
+    let mut tick = rate.map(|r| {
+        let mut t = tokio::time::interval(std::time::Duration::from_secs_f64(1.0 / r));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
     for i in 0..n {
+        if let Some(t) = &mut tick {
+            t.tick().await;
+        }
         let key = format!("k{i}").into_bytes();
         let partition = sink.partition_for(Some(&key), 0);
         let record = OutputRecord {
