@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Builds the static x86_64-unknown-linux-musl release binary, checks that it is statically
 # linked and that the stripped size stays under the bound, and prints its size.
-#   scripts/build-static.sh            -> target/x86_64-unknown-linux-musl/release/streamtract
+#   scripts/build-static.sh                        -> target/x86_64-unknown-linux-musl/release/streamtract
+#   scripts/build-static.sh --features mimalloc    (extra arguments go to cargo build)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-MAX_BYTES=$((30 * 1024 * 1024))
+# 23,975,848 bytes measured (README "Static binary"); the issue's 15 MB target is not met.
+MAX_BYTES=25000000
 # tract's assembly kernels are built by the C compiler of the target: musl's.
 export CC_x86_64_unknown_linux_musl=musl-gcc
-cargo build --release --target x86_64-unknown-linux-musl
+cargo build --release --target x86_64-unknown-linux-musl "$@"
 BIN="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-musl/release/streamtract"
 # Static means: no program interpreter and no shared-library dependencies (readelf, binutils).
 program_headers="$(readelf -l "$BIN")"
