@@ -35,7 +35,7 @@ use streamtract::kafka::{
     self, KafkaConfig, OutputRecord, Sink, SinkConfig, Source, SourceConfig, SourceRecord,
     TopicSelection,
 };
-use streamtract::pipeline::{Latency, LatencyRecorder, Pipeline, PipelineConfig};
+use streamtract::pipeline::{headers, Latency, LatencyRecorder, Pipeline, PipelineConfig};
 use support::{create_topic, produce_digits, produce_digits_at, root, LocalBroker};
 use tokio::sync::mpsc;
 
@@ -116,6 +116,9 @@ impl RunResult {
             .split(' ')
             .map(|v| v.parse().ok())
             .collect::<Option<_>>()?;
+        if f.len() != 7 {
+            return None;
+        }
         let us = Duration::from_micros;
         Some(RunResult {
             records: f[0],
@@ -213,24 +216,27 @@ async fn pass_through(
 }
 
 fn pass_through_output(r: SourceRecord, with_headers: bool) -> OutputRecord {
-    let mut headers = r.headers;
+    let mut h = r.headers;
     if with_headers {
-        headers.insert("source.topic".into(), r.topic.as_bytes().to_vec());
-        headers.insert(
-            "source.partition".into(),
+        h.insert(headers::SOURCE_TOPIC.into(), r.topic.as_bytes().to_vec());
+        h.insert(
+            headers::SOURCE_PARTITION.into(),
             r.partition.to_string().into_bytes(),
         );
-        headers.insert("source.offset".into(), r.offset.to_string().into_bytes());
-        headers.insert(
-            "source.timestamp".into(),
+        h.insert(
+            headers::SOURCE_OFFSET.into(),
+            r.offset.to_string().into_bytes(),
+        );
+        h.insert(
+            headers::SOURCE_TIMESTAMP.into(),
             r.timestamp.timestamp_millis().to_string().into_bytes(),
         );
-        headers.insert("model.sha256".into(), [b'0'; 64].to_vec());
+        h.insert(headers::MODEL_SHA256.into(), [b'0'; 64].to_vec());
     }
     OutputRecord {
         key: r.key,
         value: r.value.unwrap_or_default(),
-        headers,
+        headers: h,
         timestamp: Utc::now(),
         source: Some(kafka::SourceCoordinates {
             topic: r.topic,
