@@ -141,9 +141,10 @@ def make_producer(args, partitioner):
     return Producer(conf)
 
 
-def produce_all(producer, topic, items):
+def produce_all(producer, topic, items, interval=None):
     """items: list of dicts with key/value/headers/partition/timestamp (bytes, not base64).
-    Returns [(partition, offset)] in input order; dies on any delivery error."""
+    Returns [(partition, offset)] in input order; dies on any delivery error. With `interval`
+    (seconds), each record is sent alone and its delivery awaited, then the interval slept."""
     results = [None] * len(items)
     errors = []
 
@@ -171,6 +172,9 @@ def produce_all(producer, topic, items):
             except BufferError:
                 producer.poll(0.1)
         producer.poll(0)
+        if interval is not None:
+            producer.flush(60)
+            time.sleep(interval)
 
     remaining = producer.flush(60)
     if remaining:
@@ -211,7 +215,8 @@ def cmd_produce(args):
             }
         )
     producer = make_producer(args, args.partitioner)
-    for partition, offset in produce_all(producer, args.topic, items):
+    interval = args.interval_ms / 1000.0 if args.interval_ms is not None else None
+    for partition, offset in produce_all(producer, args.topic, items, interval):
         print(json.dumps({"partition": partition, "offset": offset}))
 
 
@@ -338,6 +343,12 @@ def main():
         default="murmur2_random",
         help="librdkafka partitioner for records without a partition (default murmur2_random, "
         "the Java client's keyed partitioning)",
+    )
+    p.add_argument(
+        "--interval-ms",
+        type=float,
+        default=None,
+        help="send records one at a time: await each one's delivery, then sleep this long",
     )
 
     p = add("consume", cmd_consume, "read a topic from the beginning of every partition")

@@ -4,6 +4,7 @@
 mod client;
 pub mod group;
 mod lag;
+mod pacing;
 mod partitioner;
 pub mod security;
 mod sink;

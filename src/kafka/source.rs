@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::client::{topic_partitions, KafkaConfig};
+use super::pacing::FetchPacing;
 use crate::error::{ConfigError, KafkaError};
 
 /// Where to start reading a partition.
@@ -148,8 +149,10 @@ pub struct SourceConfig {
     /// Most bytes one fetch may return per partition.
     pub fetch_max_bytes: i32,
     /// How long the broker may hold a fetch open waiting for new records. Apache Kafka answers
-    /// as soon as a record arrives; some brokers (tansu) hold every fetch that does not fill
-    /// `fetch_max_bytes` for the whole wait, which then bounds latency from below.
+    /// as soon as a record arrives. Some brokers (tansu) read the partition when the fetch
+    /// arrives and hold the answer for the whole wait; on those the source polls instead, as
+    /// often as every `fetch_max_wait / 20` while records flow and at most every
+    /// `fetch_max_wait` when the partition is idle (see `kafka/pacing.rs`).
     pub fetch_max_wait: Duration,
     /// Fetch responses buffered between the fetch tasks and the consumer (each fetch task
     /// holds one more while it waits for room). Two keep the consumer fed: a fetch answered
@@ -366,13 +369,14 @@ async fn fetch_partition(
     tx: mpsc::Sender<Result<Vec<SourceRecord>, KafkaError>>,
 ) {
     let topic: Arc<str> = Arc::from(range.topic.as_str());
-    let max_wait_ms = config.fetch_max_wait.as_millis().min(i32::MAX as u128) as i32;
+    let mut pacing = FetchPacing::new(config.fetch_max_wait);
     let mut offset = range.start;
     loop {
         if range.end.is_some_and(|end| offset >= end) {
             return;
         }
         let asked = tokio::time::Instant::now();
+        let max_wait_ms = pacing.broker_wait().as_millis().min(i32::MAX as u128) as i32;
         let fetched = pc
             .fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms)
             .await;
@@ -395,12 +399,17 @@ async fn fetch_partition(
                 return;
             }
         };
+        let was_polling = pacing.is_polling();
+        let pause = pacing.after_fetch(asked, tokio::time::Instant::now(), !records.is_empty());
+        if pacing.is_polling() && !was_polling {
+            tracing::debug!(topic = %range.topic, partition = range.partition,
+                max_wait_ms = config.fetch_max_wait.as_millis() as u64,
+                "the broker held fetches that had records for the whole wait; polling instead");
+        }
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
         if records.is_empty() {
-            // A broker that answers an empty fetch at once, without holding it open for the
-            // wait, would make this loop spin. One that held it open has already waited.
-            if asked.elapsed() < config.fetch_max_wait / 2 {
-                tokio::time::sleep(config.fetch_max_wait.min(Duration::from_millis(50))).await;
-            }
             continue;
         }
         let mut chunk = Vec::with_capacity(records.len());

@@ -775,6 +775,17 @@ impl KClient {
     /// Produces `recs` in order (acks=all; one request in flight). Returns (partition, offset) per
     /// record, in input order. Panics on any delivery error.
     pub fn produce(&self, topic: &str, recs: &[Rec]) -> Vec<(i32, i64)> {
+        self.produce_with(topic, recs, &[])
+    }
+
+    /// Produces `recs` one at a time: each is sent alone and its delivery awaited, then
+    /// `interval` slept. Returns (partition, offset) per record, in input order.
+    pub fn produce_paced(&self, topic: &str, recs: &[Rec], interval: Duration) -> Vec<(i32, i64)> {
+        let ms = format!("{}", interval.as_secs_f64() * 1000.0);
+        self.produce_with(topic, recs, &["--interval-ms", &ms])
+    }
+
+    fn produce_with(&self, topic: &str, recs: &[Rec], extra: &[&str]) -> Vec<(i32, i64)> {
         let mut input = String::new();
         for r in recs {
             let mut obj = json!({
@@ -790,7 +801,7 @@ impl KClient {
         }
         let out = self.run_ok(
             "produce",
-            &["--topic", topic],
+            &[&["--topic", topic], extra].concat(),
             &input,
             Duration::from_secs(120),
         );
