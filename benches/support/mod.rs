@@ -97,11 +97,19 @@ pub fn digit_rows() -> Vec<String> {
 
 /// Produces `n` digit records (keys `k0`, `k1`, …) as fast as the broker takes them.
 pub async fn produce_digits(kafka: &KafkaConfig, topic: &str, n: usize) {
-    produce_digits_at(kafka, topic, n, None).await
+    produce_digits_at(kafka, topic, n, None, 0).await
 }
 
-/// Produces `n` digit records, at `rate` per second if given; each is stamped when it is sent.
-pub async fn produce_digits_at(kafka: &KafkaConfig, topic: &str, n: usize, rate: Option<f64>) {
+/// Produces `n` digit records, at `rate` per second if given; each is stamped when it is sent,
+/// except the first `warm_up`, which are stamped a day ahead: the pipeline's latency recorder
+/// ignores records from the future (clock skew), so they warm the run up without being measured.
+pub async fn produce_digits_at(
+    kafka: &KafkaConfig,
+    topic: &str,
+    n: usize,
+    rate: Option<f64>,
+    warm_up: usize,
+) {
     let rows = digit_rows();
     let client = kafka::connect(kafka).await.expect("connect");
     let sink = Sink::start(client, kafka, &SinkConfig::new(topic), None)
@@ -122,7 +130,11 @@ pub async fn produce_digits_at(kafka: &KafkaConfig, topic: &str, n: usize, rate:
             key: Some(key),
             value: rows[i % rows.len()].clone().into_bytes(),
             headers: BTreeMap::new(),
-            timestamp: Utc::now(),
+            timestamp: if i < warm_up {
+                Utc::now() + chrono::TimeDelta::days(1)
+            } else {
+                Utc::now()
+            },
             source: None,
         };
         sink.send(partition, record).await.expect("send");
