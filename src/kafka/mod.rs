@@ -12,6 +12,7 @@ mod source;
 
 pub use client::{connect, parse_brokers, topic_partitions, KafkaConfig};
 pub use lag::{ConsumerLag, PartitionLag};
+pub use pacing::FetchEvidence;
 pub use partitioner::{murmur2, partition_for_key};
 pub use security::{Password, SaslConfig, SaslMechanism, SecurityConfig, SecurityError, TlsConfig};
 pub use sink::{OutputRecord, Sink, SinkConfig, SourceCoordinates};

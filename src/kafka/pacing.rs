@@ -15,7 +15,13 @@
 //! after [`FAST_FOR`] without records the interval doubles up to `max_wait`, so an idle
 //! partition costs no more requests than before. On a broker that answers early nothing
 //! changes.
+//!
+//! What the fetches show is [`FetchEvidence`], shared by all partition fetchers of a source
+//! and by the sources started again from the same config (after a rebalance): the broker is
+//! learnt once, from whichever partitions have records first.
 
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,13 +36,47 @@ pub(crate) const FAST_FOR: Duration = Duration::from_secs(1);
 /// The shortest interval between polls that find nothing.
 const MIN_POLL: Duration = Duration::from_millis(1);
 
+/// What the fetchers sharing it have seen of the broker: whether it holds fetches that have
+/// records for the whole wait. Clones share it.
+#[derive(Debug, Clone, Default)]
+pub struct FetchEvidence(Arc<Evidence>);
+
+#[derive(Debug, Default)]
+struct Evidence {
+    /// Fetches with records in a row, across fetchers, that the broker held for the whole wait.
+    held_in_a_row: AtomicU32,
+    holds_fetches: AtomicBool,
+}
+
+impl FetchEvidence {
+    /// Whether the broker was seen to hold fetches (the fetchers poll it).
+    pub fn broker_holds_fetches(&self) -> bool {
+        self.0.holds_fetches.load(Ordering::Relaxed)
+    }
+
+    fn held(&self, max_wait: Duration) {
+        if self.0.held_in_a_row.fetch_add(1, Ordering::Relaxed) + 1 >= HELD_TO_SWITCH
+            && !self.0.holds_fetches.swap(true, Ordering::Relaxed)
+        {
+            tracing::info!(
+                max_wait_ms = max_wait.as_millis() as u64,
+                "the broker holds fetches that have records for the whole wait; polling it instead"
+            );
+        }
+    }
+
+    fn answered_early(&self) {
+        self.0.held_in_a_row.store(0, Ordering::Relaxed);
+    }
+}
+
 /// The waiting strategy of one partition fetcher.
 ///
 /// ```text
-/// let mut pacing = FetchPacing::new(max_wait);
+/// let mut pacing = FetchPacing::new(max_wait, evidence.clone());
 /// loop {
 ///     let asked = Instant::now();
-///     let records = fetch(offset, pacing.broker_wait()).await;
+///     let records = fetch(offset, pacing.next_wait()).await;
 ///     let pause = pacing.after_fetch(asked, Instant::now(), !records.is_empty());
 ///     sleep(pause).await;
 /// }
@@ -44,9 +84,9 @@ const MIN_POLL: Duration = Duration::from_millis(1);
 #[derive(Debug, Clone)]
 pub(crate) struct FetchPacing {
     max_wait: Duration,
-    /// Non-empty fetches in a row that the broker held for the whole wait.
-    held_in_a_row: u32,
-    polling: bool,
+    evidence: FetchEvidence,
+    /// Whether the fetch in flight was sent as a poll (no wait).
+    polled: bool,
     /// When the last records arrived (polling only).
     last_records: Option<Instant>,
     /// The next pause after an empty poll.
@@ -54,12 +94,12 @@ pub(crate) struct FetchPacing {
 }
 
 impl FetchPacing {
-    /// Long polls of `max_wait` until the broker shows that it holds fetches.
-    pub(crate) fn new(max_wait: Duration) -> FetchPacing {
+    /// Long polls of `max_wait` until `evidence` shows that the broker holds fetches.
+    pub(crate) fn new(max_wait: Duration, evidence: FetchEvidence) -> FetchPacing {
         FetchPacing {
             max_wait,
-            held_in_a_row: 0,
-            polling: false,
+            evidence,
+            polled: false,
             last_records: None,
             poll_interval: Self::fastest_poll(max_wait),
         }
@@ -69,14 +109,15 @@ impl FetchPacing {
         (max_wait / 20).max(MIN_POLL).min(max_wait)
     }
 
-    /// Whether the fetcher has switched to polling.
+    /// Whether the fetchers poll the broker.
     pub(crate) fn is_polling(&self) -> bool {
-        self.polling
+        self.evidence.broker_holds_fetches()
     }
 
     /// The `max_wait` to send with the next fetch.
-    pub(crate) fn broker_wait(&self) -> Duration {
-        if self.polling {
+    pub(crate) fn next_wait(&mut self) -> Duration {
+        self.polled = self.is_polling();
+        if self.polled {
             Duration::ZERO
         } else {
             self.max_wait
@@ -92,21 +133,24 @@ impl FetchPacing {
         had_records: bool,
     ) -> Duration {
         let took = answered.saturating_duration_since(asked);
-        if self.polling {
+        if self.polled {
             return self.after_poll(answered, had_records);
         }
         if had_records {
             // Kafka answers as soon as there is a record, so a fetch with records answered
             // only after the whole wait was held with its records.
             if took >= self.max_wait {
-                self.held_in_a_row += 1;
+                self.evidence.held(self.max_wait);
             } else {
-                self.held_in_a_row = 0;
+                self.evidence.answered_early();
             }
-            if self.held_in_a_row >= HELD_TO_SWITCH {
-                self.polling = true;
-                self.last_records = Some(answered);
-            }
+        }
+        if self.is_polling() {
+            // Switched (by this fetch or another fetcher's): poll at the fast interval first.
+            self.last_records = Some(answered);
+            return Duration::ZERO;
+        }
+        if had_records {
             return Duration::ZERO;
         }
         // An empty answer long before the wait ended would make the fetch loop spin on a
@@ -148,8 +192,13 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn pacing(max_wait: Duration) -> FetchPacing {
+        FetchPacing::new(max_wait, FetchEvidence::default())
+    }
+
     /// Feeds one fetch that took `took` and returns the pause.
     fn fetch(p: &mut FetchPacing, now: &mut Instant, took: Duration, records: bool) -> Duration {
+        p.next_wait();
         let asked = *now;
         *now += took;
         let pause = p.after_fetch(asked, *now, records);
@@ -159,7 +208,7 @@ mod tests {
 
     #[test]
     fn a_broker_that_answers_early_keeps_long_polls() {
-        let mut p = FetchPacing::new(WAIT);
+        let mut p = pacing(WAIT);
         let mut now = Instant::now();
         for _ in 0..10 {
             assert_eq!(fetch(&mut p, &mut now, ms(2), true), Duration::ZERO);
@@ -167,21 +216,21 @@ mod tests {
             assert_eq!(fetch(&mut p, &mut now, WAIT, false), Duration::ZERO);
         }
         assert!(!p.is_polling());
-        assert_eq!(p.broker_wait(), WAIT);
+        assert_eq!(p.next_wait(), WAIT);
     }
 
     #[test]
     fn an_empty_answer_before_the_wait_pauses_instead_of_spinning() {
-        let mut p = FetchPacing::new(WAIT);
+        let mut p = pacing(WAIT);
         let mut now = Instant::now();
         assert_eq!(fetch(&mut p, &mut now, ms(1), false), ms(50));
-        let mut short = FetchPacing::new(ms(5));
+        let mut short = pacing(ms(5));
         assert_eq!(fetch(&mut short, &mut now, ms(1), false), ms(5));
     }
 
     #[test]
     fn three_held_fetches_with_records_switch_to_polling() {
-        let mut p = FetchPacing::new(WAIT);
+        let mut p = pacing(WAIT);
         let mut now = Instant::now();
         fetch(&mut p, &mut now, ms(101), true);
         fetch(&mut p, &mut now, ms(101), true);
@@ -192,12 +241,12 @@ mod tests {
         assert!(!p.is_polling());
         fetch(&mut p, &mut now, ms(100), true);
         assert!(p.is_polling());
-        assert_eq!(p.broker_wait(), Duration::ZERO);
+        assert_eq!(p.next_wait(), Duration::ZERO);
     }
 
     #[test]
     fn polling_is_fast_while_records_flow_and_slows_down_to_the_wait_when_idle() {
-        let mut p = FetchPacing::new(WAIT);
+        let mut p = pacing(WAIT);
         let mut now = Instant::now();
         for _ in 0..HELD_TO_SWITCH {
             fetch(&mut p, &mut now, WAIT, true);
@@ -220,6 +269,36 @@ mod tests {
         // A record brings the fast interval back.
         assert_eq!(fetch(&mut p, &mut now, ms(1), true), Duration::ZERO);
         assert_eq!(fetch(&mut p, &mut now, ms(1), false), ms(5));
+    }
+
+    #[test]
+    fn fetchers_sharing_evidence_learn_the_broker_together_and_keep_it() {
+        let evidence = FetchEvidence::default();
+        let mut fetchers: Vec<FetchPacing> = (0..3)
+            .map(|_| FetchPacing::new(WAIT, evidence.clone()))
+            .collect();
+        let mut late = FetchPacing::new(WAIT, evidence.clone());
+        let mut now = Instant::now();
+        // This one's long poll is in flight while the others find out.
+        assert_eq!(late.next_wait(), WAIT);
+        let late_asked = now;
+        // One held fetch with records on each partition: three in a row between them.
+        for p in &mut fetchers[..2] {
+            fetch(p, &mut now, ms(101), true);
+        }
+        assert!(!evidence.broker_holds_fetches());
+        fetch(&mut fetchers[2], &mut now, ms(101), true);
+        assert!(evidence.broker_holds_fetches());
+        for p in &mut fetchers {
+            assert_eq!(p.next_wait(), Duration::ZERO);
+        }
+        // The fetcher whose long poll was in flight polls from its answer on, fast at first.
+        now += ms(50);
+        assert_eq!(late.after_fetch(late_asked, now, false), Duration::ZERO);
+        assert_eq!(fetch(&mut late, &mut now, ms(1), false), ms(5));
+        // A source started again from the same config (a rebalance) starts out polling.
+        let mut restarted = FetchPacing::new(WAIT, evidence.clone());
+        assert_eq!(restarted.next_wait(), Duration::ZERO);
     }
 
     #[test]

@@ -165,6 +165,9 @@ pub struct SourceConfig {
     pub resume: BTreeMap<(String, i32), i64>,
     /// Where fetch responses' high watermarks are recorded (shared by clones).
     pub lag: super::ConsumerLag,
+    /// Whether the broker holds fetches, as the fetchers found out (shared by clones, so a
+    /// source started again after a rebalance knows it from the start).
+    pub fetch_evidence: super::FetchEvidence,
 }
 
 impl SourceConfig {
@@ -179,6 +182,7 @@ impl SourceConfig {
             channel_capacity: 2,
             resume: BTreeMap::new(),
             lag: super::ConsumerLag::default(),
+            fetch_evidence: super::FetchEvidence::default(),
         }
     }
 }
@@ -369,14 +373,14 @@ async fn fetch_partition(
     tx: mpsc::Sender<Result<Vec<SourceRecord>, KafkaError>>,
 ) {
     let topic: Arc<str> = Arc::from(range.topic.as_str());
-    let mut pacing = FetchPacing::new(config.fetch_max_wait);
+    let mut pacing = FetchPacing::new(config.fetch_max_wait, config.fetch_evidence.clone());
     let mut offset = range.start;
     loop {
         if range.end.is_some_and(|end| offset >= end) {
             return;
         }
         let asked = tokio::time::Instant::now();
-        let max_wait_ms = pacing.broker_wait().as_millis().min(i32::MAX as u128) as i32;
+        let max_wait_ms = pacing.next_wait().as_millis().min(i32::MAX as u128) as i32;
         let fetched = pc
             .fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms)
             .await;
@@ -399,13 +403,7 @@ async fn fetch_partition(
                 return;
             }
         };
-        let was_polling = pacing.is_polling();
         let pause = pacing.after_fetch(asked, tokio::time::Instant::now(), !records.is_empty());
-        if pacing.is_polling() && !was_polling {
-            tracing::debug!(topic = %range.topic, partition = range.partition,
-                max_wait_ms = config.fetch_max_wait.as_millis() as u64,
-                "the broker held fetches that had records for the whole wait; polling instead");
-        }
         if !pause.is_zero() {
             tokio::time::sleep(pause).await;
         }
