@@ -95,6 +95,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS")]
     pub fetch_max_wait_ms: Option<u64>,
 
+    /// Most bytes one fetch asks for per partition; a larger record is still read (the fetch
+    /// grows for it). Fetch buffers are most of the memory a run holds. [default: 262144]
+    #[arg(long, value_name = "BYTES")]
+    pub fetch_max_bytes: Option<u32>,
+
     /// Inference worker threads. [default: number of cores]
     #[arg(long, value_name = "N")]
     pub workers: Option<usize>,
@@ -262,6 +267,7 @@ impl RunArgs {
             batch_size,
             linger_ms,
             fetch_max_wait_ms,
+            fetch_max_bytes,
             workers,
             max_record_bytes,
             max_in_flight_bytes,
@@ -385,6 +391,20 @@ impl RunArgs {
                 ));
             }
             config.source.fetch_max_wait = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.fetch_max_bytes {
+            match i32::try_from(n) {
+                Ok(bytes) if (1024..=64 << 20).contains(&bytes) => {
+                    config.source.fetch_max_bytes = bytes
+                }
+                _ => {
+                    return Err(invalid(
+                        "fetch_max_bytes",
+                        "a number of bytes from 1024 to 67108864",
+                        &n.to_string(),
+                    ))
+                }
+            }
         }
         if let Some(n) = self.workers {
             if n == 0 || n > 256 {

@@ -86,6 +86,10 @@ fn invalid_configurations_fail_before_consuming() {
             "`fetch_max_wait_ms`: expected a number of milliseconds from 1 to 30000, found `0`",
         ),
         (
+            base(addr, &["--fetch-max-bytes", "100"]),
+            "`fetch_max_bytes`: expected a number of bytes from 1024 to 67108864, found `100`",
+        ),
+        (
             base(addr, &["--format", "xml"]),
             "`format`: expected one of csv, json, raw, found `xml`",
         ),

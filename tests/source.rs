@@ -82,3 +82,47 @@ async fn records_arrive_well_within_the_fetch_wait_on_a_broker_that_holds_fetche
         wait / 8
     );
 }
+
+/// A record larger than `fetch_max_bytes` still comes through (the broker returns the first
+/// record batch whole, as Kafka does since KIP-74), in order with the small records around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_larger_than_the_fetch_size_is_read_in_order() {
+    let broker = Broker::start("source_record_larger_than_fetch");
+    broker.create_topic("big", 1);
+    let big = vec![b'7'; 700 * 1024];
+    broker.produce(
+        "big",
+        &[
+            Rec::kv("a", "small-0"),
+            Rec::kv("b", big.clone()),
+            Rec::kv("c", "small-2"),
+        ],
+    );
+    let kafka = KafkaConfig::new([broker.addr.clone()]);
+    let client = kafka::connect(&kafka).await.expect("connect");
+    let mut config = SourceConfig::new(vec![TopicSelection {
+        topic: "big".into(),
+        partitions: None,
+    }]);
+    config.fetch_max_bytes = 256 * 1024;
+    config.until_end = true;
+    let mut source = Source::start(Arc::clone(&client), &kafka, &config)
+        .await
+        .expect("source");
+    let mut values = Vec::new();
+    while let Some(chunk) = tokio::time::timeout(Duration::from_secs(20), source.next_chunk())
+        .await
+        .expect("records within 20 s")
+    {
+        values.extend(
+            chunk
+                .expect("fetch")
+                .into_iter()
+                .map(|r| r.value.unwrap_or_default()),
+        );
+    }
+    assert_eq!(values.len(), 3, "all three records read");
+    assert_eq!(values[0], b"small-0");
+    assert_eq!(values[1], big, "the large record whole");
+    assert_eq!(values[2], b"small-2");
+}

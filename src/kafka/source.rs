@@ -146,7 +146,8 @@ pub struct SourceConfig {
     /// Stop each partition at the end offset read at start-up (bounded mode) instead of
     /// following it forever.
     pub until_end: bool,
-    /// Most bytes one fetch may return per partition.
+    /// Most bytes one fetch may return per partition. A record larger than this is still read:
+    /// the fetch is retried with twice the size, up to 64 MiB, while none comes.
     pub fetch_max_bytes: i32,
     /// How long the broker may hold a fetch open waiting for new records. Apache Kafka answers
     /// as soon as a record arrives. Some brokers (tansu) read the partition when the fetch
@@ -177,7 +178,7 @@ impl SourceConfig {
             topics,
             start: StartPosition::Earliest,
             until_end: false,
-            fetch_max_bytes: 1 << 20,
+            fetch_max_bytes: 256 << 10,
             fetch_max_wait: Duration::from_millis(100),
             channel_capacity: 2,
             resume: BTreeMap::new(),
@@ -366,6 +367,9 @@ async fn resolve_range(
     })
 }
 
+/// The most bytes a fetch asks for when the next record does not fit in `fetch_max_bytes`.
+const LARGEST_FETCH: i32 = 64 << 20;
+
 async fn fetch_partition(
     pc: PartitionClient,
     range: PartitionRange,
@@ -375,20 +379,40 @@ async fn fetch_partition(
     let topic: Arc<str> = Arc::from(range.topic.as_str());
     let mut pacing = FetchPacing::new(config.fetch_max_wait, config.fetch_evidence.clone());
     let mut offset = range.start;
+    // Grows while the next record is larger than a fetch (see below).
+    let mut max_bytes = config.fetch_max_bytes;
+    let mut warned_stuck = false;
     loop {
         if range.end.is_some_and(|end| offset >= end) {
             return;
         }
         let asked = tokio::time::Instant::now();
         let max_wait_ms = pacing.next_wait().as_millis().min(i32::MAX as u128) as i32;
-        let fetched = pc
-            .fetch_records(offset, 1..config.fetch_max_bytes, max_wait_ms)
-            .await;
+        let fetched = pc.fetch_records(offset, 1..max_bytes, max_wait_ms).await;
         let records = match fetched {
             Ok((records, high_watermark)) => {
                 config
                     .lag
                     .set_high_watermark(&range.topic, range.partition, high_watermark);
+                if records.is_empty() && high_watermark > offset {
+                    // There are records past `offset` but none came. Kafka sends a first batch
+                    // larger than the fetch size whole (KIP-74); tansu sends nothing. Ask for
+                    // more, up to LARGEST_FETCH, so a large record is read (and, if too large
+                    // for the pipeline, rejected as a bad record) instead of stalling here.
+                    if max_bytes < LARGEST_FETCH {
+                        max_bytes = max_bytes.saturating_mul(2).min(LARGEST_FETCH);
+                        continue;
+                    }
+                    if !warned_stuck {
+                        warned_stuck = true;
+                        tracing::warn!(topic = %range.topic, partition = range.partition, offset,
+                            high_watermark, fetch_bytes = max_bytes,
+                            "the broker sends no records from this offset though it has some; \
+                             a record there may be larger than the largest fetch");
+                    }
+                } else if !records.is_empty() {
+                    max_bytes = config.fetch_max_bytes;
+                }
                 records
             }
             Err(e) => {
