@@ -6,7 +6,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-# 22,939,640 bytes measured (README "Static binary"); the issue's 15 MB target is not met.
+# 22,951,960 bytes measured (README "Static binary"); the issue's 15 MB target is not met.
 MAX_BYTES=24000000
 # tract's assembly kernels are built by the C compiler of the target: musl's.
 export CC_x86_64_unknown_linux_musl=musl-gcc
