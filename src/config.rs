@@ -393,14 +393,15 @@ impl RunArgs {
             config.source.fetch_max_wait = Duration::from_millis(ms);
         }
         if let Some(n) = self.fetch_max_bytes {
+            let largest = crate::kafka::LARGEST_FETCH;
             match i32::try_from(n) {
-                Ok(bytes) if (1024..=64 << 20).contains(&bytes) => {
+                Ok(bytes) if (1024..=largest).contains(&bytes) => {
                     config.source.fetch_max_bytes = bytes
                 }
                 _ => {
                     return Err(invalid(
                         "fetch_max_bytes",
-                        "a number of bytes from 1024 to 67108864",
+                        &format!("a number of bytes from 1024 to {largest}"),
                         &n.to_string(),
                     ))
                 }

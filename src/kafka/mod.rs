@@ -18,4 +18,5 @@ pub use security::{Password, SaslConfig, SaslMechanism, SecurityConfig, Security
 pub use sink::{OutputRecord, Sink, SinkConfig, SourceCoordinates};
 pub use source::{
     PartitionRange, Source, SourceConfig, SourceRecord, StartPosition, TopicSelection,
+    LARGEST_FETCH,
 };

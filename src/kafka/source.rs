@@ -367,8 +367,9 @@ async fn resolve_range(
     })
 }
 
-/// The most bytes a fetch asks for when the next record does not fit in `fetch_max_bytes`.
-const LARGEST_FETCH: i32 = 64 << 20;
+/// The most bytes a fetch asks for: the ceiling of `fetch_max_bytes`, and how far a fetch grows
+/// when the next record does not fit in `fetch_max_bytes`.
+pub const LARGEST_FETCH: i32 = 64 << 20;
 
 async fn fetch_partition(
     pc: PartitionClient,
@@ -412,6 +413,7 @@ async fn fetch_partition(
                     }
                 } else if !records.is_empty() {
                     max_bytes = config.fetch_max_bytes;
+                    warned_stuck = false;
                 }
                 records
             }
