@@ -7,10 +7,9 @@
 
 use std::time::{Duration, Instant};
 
-// Measures the allocator the binary would use with the same features.
-#[cfg(feature = "mimalloc")]
+// Measures the allocator the binary would use with the same target and features.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: streamtract::allocator::Chosen = streamtract::allocator::CHOSEN;
 
 use streamtract::model::Model;
 use tract_onnx::prelude::Tensor;
@@ -70,6 +69,7 @@ fn main() {
         .find(|w| w[0] == "--only")
         .map(|w| w[1].clone());
     let Some(only) = only else {
+        println!("allocator: {}", streamtract::allocator::NAME);
         println!(
             "{:<16} {:>6} {:>14} {:>14}",
             "model", "batch", "µs/batch", "rows/s"

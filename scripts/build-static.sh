@@ -6,7 +6,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-# 22,951,960 bytes measured (README "Static binary"); the issue's 15 MB target is not met.
+# 23,141,336 bytes measured with dlmalloc (README "Static binary"); the issue's 15 MB target is not met.
 MAX_BYTES=24000000
 # tract's assembly kernels are built by the C compiler of the target: musl's.
 export CC_x86_64_unknown_linux_musl=musl-gcc
@@ -23,7 +23,13 @@ if grep -q "(NEEDED)" <<<"$dynamic_section"; then
 fi
 size=$(stat -c %s "$BIN")
 echo "static binary: $BIN, $size bytes ($(( size / 1024 / 1024 )) MiB), no interpreter, no NEEDED libraries"
-"$BIN" --version
+version="$("$BIN" --version)"
+echo "$version"
+# Without features the static binary must allocate with dlmalloc (src/allocator.rs): musl's
+# malloc made tract about 2x slower.
+if [ $# -eq 0 ] && ! grep -q "allocator: dlmalloc" <<<"$version"; then
+    echo "FAIL: the default static binary should allocate with dlmalloc: $version"; exit 1
+fi
 if [ "$size" -gt "$MAX_BYTES" ]; then
     echo "FAIL: $size bytes exceeds the bound of $MAX_BYTES"; exit 1
 fi

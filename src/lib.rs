@@ -15,6 +15,7 @@
 //! | [`pipeline`] | the stages composed: batching, ordering, error policy ([`pipeline::Pipeline`]) |
 //! | [`config`] | the `run` command's settings, from flags and a TOML file |
 //! | [`metrics`] | Prometheus metrics and readiness of a running pipeline, served over HTTP |
+//! | [`allocator`] | which global allocator our own binary installs, and why |
 //! | [`dataset`] | the tensorflow-io Kafka API: [`dataset::KafkaDataset`], batches for a model, [`dataset::OutputSequence`] |
 //!
 //! ```no_run
@@ -29,6 +30,7 @@
 
 #![warn(missing_docs)]
 
+pub mod allocator;
 pub mod codec;
 pub mod config;
 pub mod dataset;

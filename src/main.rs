@@ -9,14 +9,14 @@ use streamtract::model::Model;
 use streamtract::pipeline::Pipeline;
 use streamtract::Error;
 
-// Opt-in (`--features mimalloc`): a C allocator in place of musl's or glibc's malloc.
-#[cfg(feature = "mimalloc")]
+// dlmalloc in the static (musl) binary, the C library's malloc elsewhere, mimalloc on request:
+// see `streamtract::allocator`.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: streamtract::allocator::Chosen = streamtract::allocator::CHOSEN;
 
 /// Real-time inference on Kafka streams with TensorFlow models exported to ONNX.
 #[derive(Debug, Parser)]
-#[command(name = "streamtract", version, about)]
+#[command(name = "streamtract", version = version_line(), about)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -48,6 +48,19 @@ enum Command {
         /// ONNX model file.
         model: std::path::PathBuf,
     },
+}
+
+/// `--version`: the crate version and the allocator this binary was built with, since the
+/// allocator changes inference speed (README, "Allocator").
+fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!(
+            "{} (allocator: {})",
+            env!("CARGO_PKG_VERSION"),
+            streamtract::allocator::NAME
+        )
+    })
 }
 
 fn main() -> ExitCode {

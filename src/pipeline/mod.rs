@@ -1,7 +1,7 @@
 //! The stages composed: source → decode → batch → infer → encode → sink.
 //!
 //! [`Pipeline`] is what `streamtract run` executes. Rows from many partitions may share a
-//! batch; batches run on the [`InferencePool`] in parallel and their results are written in the
+//! batch; batches run on the [`InferencePool`](crate::model::InferencePool) in parallel and their results are written in the
 //! order the batches were formed, so outputs keep the order of their input partition.
 
 mod batch;
