@@ -6,8 +6,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-# 23,141,336 bytes measured with dlmalloc (README "Static binary"); the issue's 15 MB target is not met.
-MAX_BYTES=24000000
+# 18,832,344 bytes measured (README "Static binary"); the issue's 15 MB target is not met.
+MAX_BYTES=19500000
 # tract's assembly kernels are built by the C compiler of the target: musl's.
 export CC_x86_64_unknown_linux_musl=musl-gcc
 cargo build --release --target x86_64-unknown-linux-musl "$@"
