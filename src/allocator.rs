@@ -3,9 +3,18 @@
 //! A library does not pick the global allocator for its users, so this module only names the
 //! one our own executables use; they install it with
 //!
-//! ```ignore
+//! ```
 //! #[global_allocator]
 //! static ALLOCATOR: streamtract::allocator::Chosen = streamtract::allocator::CHOSEN;
+//!
+//! fn main() {
+//!     // A block the size of a small tensor, freed and allocated again.
+//!     let first = vec![1.0f32; 1 << 18];
+//!     drop(first);
+//!     let second = vec![2.0f32; 1 << 18];
+//!     assert_eq!(second.iter().sum::<f32>(), (2 << 18) as f32);
+//!     println!("allocator: {}", streamtract::allocator::NAME);
+//! }
 //! ```
 //!
 //! Why it matters: tract allocates every intermediate tensor of every run and frees it at the
