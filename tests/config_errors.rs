@@ -190,3 +190,21 @@ fn inspect_prints_the_signature() {
     assert!(stdout.contains("pixels: float32[N, 8, 8, 1]"), "{stdout}");
     assert!(stdout.contains("probabilities: float32[N, 10]"), "{stdout}");
 }
+
+#[test]
+fn version_names_the_allocator() {
+    let out = Command::new(env!("CARGO_BIN_EXE_streamtract"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert_eq!(
+        stdout.trim(),
+        format!(
+            "streamtract {} (allocator: {})",
+            env!("CARGO_PKG_VERSION"),
+            streamtract::allocator::NAME
+        )
+    );
+}
