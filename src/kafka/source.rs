@@ -147,7 +147,7 @@ pub struct SourceConfig {
     /// following it forever.
     pub until_end: bool,
     /// Most bytes one fetch may return per partition. A record larger than this is still read:
-    /// the fetch is retried with twice the size, up to 64 MiB, while none comes.
+    /// the fetch is retried with twice the size, up to [`LARGEST_FETCH`], while none comes.
     pub fetch_max_bytes: i32,
     /// How long the broker may hold a fetch open waiting for new records. Apache Kafka answers
     /// as soon as a record arrives. Some brokers (tansu) read the partition when the fetch
