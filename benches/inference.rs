@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 // Measures the allocator the binary would use with the same target and features.
 #[global_allocator]
 static ALLOCATOR: streamtract::allocator::Chosen = streamtract::allocator::CHOSEN;
+// And the memory copies it would link (`streamtract::memcopy`).
+streamtract::export_memcopy!();
 
 use streamtract::model::Model;
 use tract_onnx::prelude::Tensor;
@@ -69,7 +71,11 @@ fn main() {
         .find(|w| w[0] == "--only")
         .map(|w| w[1].clone());
     let Some(only) = only else {
-        println!("allocator: {}", streamtract::allocator::NAME);
+        println!(
+            "allocator: {}, memcpy: {}",
+            streamtract::allocator::NAME,
+            streamtract::memcopy::NAME
+        );
         println!(
             "{:<16} {:>6} {:>14} {:>14}",
             "model", "batch", "µs/batch", "rows/s"

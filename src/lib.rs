@@ -16,6 +16,7 @@
 //! | [`config`] | the `run` command's settings, from flags and a TOML file |
 //! | [`metrics`] | Prometheus metrics and readiness of a running pipeline, served over HTTP |
 //! | [`allocator`] | which global allocator our own binary installs, and why |
+//! | [`memcopy`] | the `memcpy`/`memmove` our static binary links instead of musl's, and why |
 //! | [`dataset`] | the tensorflow-io Kafka API: [`dataset::KafkaDataset`], batches for a model, [`dataset::OutputSequence`] |
 //!
 //! ```no_run
@@ -36,6 +37,7 @@ pub mod config;
 pub mod dataset;
 mod error;
 pub mod kafka;
+pub mod memcopy;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

@@ -14,6 +14,10 @@ use streamtract::Error;
 #[global_allocator]
 static ALLOCATOR: streamtract::allocator::Chosen = streamtract::allocator::CHOSEN;
 
+// In the static (musl) binary, memcpy and memmove that copy small blocks without musl's
+// `rep movsq`: see `streamtract::memcopy`.
+streamtract::export_memcopy!();
+
 /// Real-time inference on Kafka streams with TensorFlow models exported to ONNX.
 #[derive(Debug, Parser)]
 #[command(name = "streamtract", version = version_line(), about)]
@@ -50,15 +54,16 @@ enum Command {
     },
 }
 
-/// `--version`: the crate version and the allocator this binary was built with, since the
-/// allocator changes inference speed (README, "Allocator").
+/// `--version`: the crate version, the allocator and the memory copies this binary was built
+/// with, since both change inference speed (README, "Allocator" and "Static binary").
 fn version_line() -> &'static str {
     static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     LINE.get_or_init(|| {
         format!(
-            "{} (allocator: {})",
+            "{} (allocator: {}, memcpy: {})",
             env!("CARGO_PKG_VERSION"),
-            streamtract::allocator::NAME
+            streamtract::allocator::NAME,
+            streamtract::memcopy::NAME
         )
     })
 }

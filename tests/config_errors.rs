@@ -192,7 +192,7 @@ fn inspect_prints_the_signature() {
 }
 
 #[test]
-fn version_names_the_allocator() {
+fn version_names_the_allocator_and_the_memory_copies() {
     let out = Command::new(env!("CARGO_BIN_EXE_streamtract"))
         .arg("--version")
         .output()
@@ -202,9 +202,10 @@ fn version_names_the_allocator() {
     assert_eq!(
         stdout.trim(),
         format!(
-            "streamtract {} (allocator: {})",
+            "streamtract {} (allocator: {}, memcpy: {})",
             env!("CARGO_PKG_VERSION"),
-            streamtract::allocator::NAME
+            streamtract::allocator::NAME,
+            streamtract::memcopy::NAME
         )
     );
 }

@@ -1,0 +1,177 @@
+//! Memory copies (`memcpy`, `memmove`) for the static binary.
+//!
+//! The static musl binary copies memory with musl's `memcpy`, which moves every size with
+//! `rep movsq` after a byte loop to align the destination. That is fine for kilobytes and slow
+//! for the 16–64-byte copies tract makes when it lays a convolution's input out as patches
+//! (`Im2col`, one image row at a time): under `perf`, 31% of the static binary's CNN time was
+//! in musl's `memcpy`, and the glibc build ran the CNN about 2× faster. This module provides a
+//! `memcpy` and a `memmove` for x86_64 that copy up to 64 bytes with a few register moves and
+//! no loop, and hand larger blocks to `rep movsq` as musl does (README, "Static binary", has
+//! the figures).
+//!
+//! Like the allocator (see [`crate::allocator`]), a library does not choose these for the
+//! program it is linked into: the routines are always compiled on x86_64 under names of their
+//! own, and only an executable that invokes [`export_memcopy!`](crate::export_memcopy) makes
+//! them the program's `memcpy` and `memmove`. The `streamtract` binary and the inference bench
+//! do, on musl; elsewhere the C library's routines are already fast and nothing changes.
+//!
+//! ```
+//! // In an executable built for x86_64-unknown-linux-musl; on any other target the macro
+//! // expands to nothing.
+//! streamtract::export_memcopy!();
+//!
+//! fn main() {
+//!     let row = [1.0f32; 8];
+//!     let mut patch = vec![0.0f32; 8];
+//!     patch.copy_from_slice(&row); // 32 bytes: a call to `memcpy`
+//!     assert_eq!(patch, row);
+//!     println!("memcpy: {}", streamtract::memcopy::NAME);
+//! }
+//! ```
+//!
+//! The routines are written in assembly (`src/memcopy_x86_64.s`, assembled by rustc, no C
+//! compiler): a `memcpy` written in Rust can be recognised by the optimiser as a copy loop and
+//! compiled into a call to `memcpy`, itself.
+
+#[cfg(target_arch = "x86_64")]
+core::arch::global_asm!(include_str!("memcopy_x86_64.s"));
+
+/// Whether this build's [`export_memcopy!`](crate::export_memcopy) replaces the C library's
+/// routines: on x86_64 musl, unless the `libc-memcpy` feature asks for musl's own.
+const EXPORTED: bool = cfg!(all(
+    target_arch = "x86_64",
+    target_env = "musl",
+    not(feature = "libc-memcpy")
+));
+
+/// What [`export_memcopy!`](crate::export_memcopy) installs in this build, printed by
+/// `streamtract --version`: `"streamtract"` on x86_64 musl, `"C library"` elsewhere.
+pub const NAME: &str = if EXPORTED { "streamtract" } else { "C library" };
+
+/// Makes this crate's copy routines the program's `memcpy` and `memmove` on x86_64 musl
+/// builds; elsewhere, or with the `libc-memcpy` feature, it expands to nothing. Invoke it
+/// once, at the top level of an executable crate (see the [module docs](crate::memcopy)).
+///
+/// Both symbols are defined together on purpose: musl's `memmove` jumps into musl's `memcpy`
+/// object, so defining only `memcpy` would pull musl's second definition into the link.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_env = "musl",
+    not(feature = "libc-memcpy")
+))]
+#[macro_export]
+macro_rules! export_memcopy {
+    () => {
+        ::core::arch::global_asm!(
+            ".globl memcpy",
+            ".type memcpy,@function",
+            "memcpy:",
+            "jmp streamtract_memcpy",
+            ".globl memmove",
+            ".type memmove,@function",
+            "memmove:",
+            "jmp streamtract_memmove",
+        );
+    };
+}
+
+/// Makes this crate's copy routines the program's `memcpy` and `memmove` on x86_64 musl
+/// builds; elsewhere, or with the `libc-memcpy` feature, it expands to nothing. Invoke it
+/// once, at the top level of an executable crate (see the [module docs](crate::memcopy)).
+#[cfg(not(all(
+    target_arch = "x86_64",
+    target_env = "musl",
+    not(feature = "libc-memcpy")
+)))]
+#[macro_export]
+macro_rules! export_memcopy {
+    () => {};
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    extern "C" {
+        fn streamtract_memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8;
+        fn streamtract_memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8;
+    }
+
+    /// Sizes around every boundary of the routines (4, 8, 16, 32, 64, the 32-byte loop, 512
+    /// for `rep movsq`) and a few large ones.
+    fn sizes() -> Vec<usize> {
+        let mut sizes: Vec<usize> = (0..=600).collect();
+        for edge in [4096usize, 8192] {
+            sizes.extend(edge - 40..edge + 40);
+        }
+        sizes.extend([10_000, 65_537, 1 << 20]);
+        sizes
+    }
+
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+    }
+
+    #[test]
+    fn memcpy_copies_every_size_and_alignment_and_nothing_else() {
+        for n in sizes() {
+            for (src_off, dst_off) in [(0, 0), (1, 0), (0, 3), (5, 11), (8, 1)] {
+                let src = pattern(n + 16);
+                let mut dst = vec![0xAAu8; n + 32];
+                // SAFETY: both ranges lie inside their own, distinct buffers.
+                let returned = unsafe {
+                    streamtract_memcpy(dst.as_mut_ptr().add(dst_off), src.as_ptr().add(src_off), n)
+                };
+                assert_eq!(returned, dst.as_mut_ptr().wrapping_add(dst_off), "n = {n}");
+                assert_eq!(
+                    &dst[dst_off..dst_off + n],
+                    &src[src_off..src_off + n],
+                    "n = {n}"
+                );
+                assert!(
+                    dst[..dst_off].iter().all(|&b| b == 0xAA),
+                    "wrote before, n = {n}"
+                );
+                assert!(
+                    dst[dst_off + n..].iter().all(|&b| b == 0xAA),
+                    "wrote after, n = {n}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn memmove_copies_overlapping_ranges_in_both_directions() {
+        for n in sizes().into_iter().filter(|&n| n <= 70_000) {
+            for shift in [
+                0usize, 1, 3, 8, 15, 16, 17, 31, 32, 63, 64, 65, 100, 4095, 4096,
+            ] {
+                // Destination after the source (copied back to front) and before it.
+                for dst_after in [true, false] {
+                    let mut buf = pattern(n + shift + 32);
+                    let expected_source = buf[..].to_vec();
+                    let (src_off, dst_off) = if dst_after {
+                        (8, 8 + shift)
+                    } else {
+                        (8 + shift, 8)
+                    };
+                    let ptr = buf.as_mut_ptr();
+                    // SAFETY: both ranges lie inside `buf` (length n + shift + 32).
+                    let returned =
+                        unsafe { streamtract_memmove(ptr.add(dst_off), ptr.add(src_off), n) };
+                    assert_eq!(returned, ptr.wrapping_add(dst_off));
+                    let what = format!("n = {n}, shift = {shift}, dst_after = {dst_after}");
+                    assert_eq!(
+                        &buf[dst_off..dst_off + n],
+                        &expected_source[src_off..src_off + n],
+                        "{what}"
+                    );
+                    let untouched = |i: usize| i < dst_off || i >= dst_off + n;
+                    for (i, (&now, &before)) in buf.iter().zip(&expected_source).enumerate() {
+                        if untouched(i) {
+                            assert_eq!(now, before, "byte {i} outside the destination, {what}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
