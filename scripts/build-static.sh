@@ -3,15 +3,29 @@
 # linked and that the stripped size stays under the bound, and prints its size.
 #   scripts/build-static.sh                        -> target/x86_64-unknown-linux-musl/release/streamtract
 #   scripts/build-static.sh --features mimalloc    (extra arguments go to cargo build)
+#   scripts/build-static.sh --profile small        -> target/x86_64-unknown-linux-musl/small/streamtract
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-# 18,832,344 bytes measured (README "Static binary"); the issue's 15 MB target is not met.
-MAX_BYTES=19500000
+profile=release
+cargo_args=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --profile) profile="$2"; shift 2 ;;
+        *) cargo_args+=("$1"); shift ;;
+    esac
+done
+# Bounds on the stripped size (README "Static binary"): 18,836,440 bytes measured for the
+# release profile, which keeps the math at full speed; the small profile is built for
+# storage and must stay within 15 MB.
+case "$profile" in
+    small) MAX_BYTES=15000000 ;;
+    *) MAX_BYTES=19500000 ;;
+esac
 # tract's assembly kernels are built by the C compiler of the target: musl's.
 export CC_x86_64_unknown_linux_musl=musl-gcc
-cargo build --release --target x86_64-unknown-linux-musl "$@"
-BIN="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-musl/release/streamtract"
+cargo build --profile "$profile" --target x86_64-unknown-linux-musl ${cargo_args[@]+"${cargo_args[@]}"}
+BIN="${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-musl/$profile/streamtract"
 # Static means: no program interpreter and no shared-library dependencies (readelf, binutils).
 program_headers="$(readelf -l "$BIN")"
 dynamic_section="$(readelf -d "$BIN")"
@@ -27,11 +41,11 @@ version="$("$BIN" --version)"
 echo "$version"
 # Without features the static binary must allocate with dlmalloc (src/allocator.rs): musl's
 # malloc made tract about 2x slower.
-if [ $# -eq 0 ] && ! grep -q "allocator: dlmalloc" <<<"$version"; then
+if [ ${#cargo_args[@]} -eq 0 ] && ! grep -q "allocator: dlmalloc" <<<"$version"; then
     echo "FAIL: the default static binary should allocate with dlmalloc: $version"; exit 1
 fi
 # ... and copy memory with our memcpy (src/memcopy.rs): musl's made the CNN 2x slower.
-if [ $# -eq 0 ] && ! grep -q "memcpy: streamtract" <<<"$version"; then
+if [ ${#cargo_args[@]} -eq 0 ] && ! grep -q "memcpy: streamtract" <<<"$version"; then
     echo "FAIL: the default static binary should link streamtract's memcpy: $version"; exit 1
 fi
 if [ "$size" -gt "$MAX_BYTES" ]; then
