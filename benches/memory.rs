@@ -16,6 +16,10 @@
 //! Extra `streamtract run` flags (to see what each setting costs) go in
 //! `STREAMTRACT_BENCH_ARGS`, e.g. `STREAMTRACT_BENCH_ARGS="--workers 1"`.
 //!
+//! `STREAMTRACT_BENCH_PAD_BYTES=N` measures larger records with the same model work: each
+//! record is then a JSON object, `{"pixels":[…64 numbers…],"pad":"…N bytes…"}` (the decoder
+//! ignores the extra field), read with `--format json`.
+//!
 //! Under `cargo test --all-targets` it runs a small smoke version and checks the counts.
 
 mod support;
@@ -24,7 +28,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use streamtract::kafka::{self, Source, SourceConfig, TopicSelection};
-use support::{create_topic, produce_digits, root, LocalBroker};
+use support::{create_topic, digit_rows, produce_rows_at, root, LocalBroker};
 
 const PARTITIONS: i32 = 3;
 /// Records per second the output reader takes at most.
@@ -44,10 +48,23 @@ async fn main() {
     let kafka = broker.kafka();
     create_topic(&kafka, "mem-in", PARTITIONS).await;
     create_topic(&kafka, "mem-out", PARTITIONS).await;
+    let pad: Option<usize> = std::env::var("STREAMTRACT_BENCH_PAD_BYTES").ok().map(|v| {
+        v.parse()
+            .expect("STREAMTRACT_BENCH_PAD_BYTES: a number of bytes")
+    });
+    let rows: Vec<String> = match pad {
+        None => digit_rows(),
+        Some(pad) => digit_rows()
+            .iter()
+            .map(|csv| format!(r#"{{"pixels":[{csv}],"pad":"{}"}}"#, "x".repeat(pad)))
+            .collect(),
+    };
+    let bytes_per_record = rows.iter().map(String::len).sum::<usize>() / rows.len();
     let t = Instant::now();
-    produce_digits(&kafka, "mem-in", n).await;
+    produce_rows_at(&kafka, "mem-in", &rows, n, None, 0).await;
     println!(
-        "produced {n} CSV digit records in {:.1} s",
+        "produced {n} digit records ({}, {bytes_per_record} bytes on average) in {:.1} s",
+        if pad.is_some() { "JSON" } else { "CSV" },
         t.elapsed().as_secs_f64()
     );
 
@@ -81,6 +98,7 @@ async fn main() {
         .args(["run", "--brokers", &broker.addr, "--input", "mem-in"])
         .args(["--output", "mem-out", "--model", "models/digits_cnn.onnx"])
         .args(["--until-end"])
+        .args(pad.map(|_| ["--format", "json"]).into_iter().flatten())
         .args(extra.split_whitespace())
         .current_dir(root())
         .stderr(Stdio::piped())
@@ -114,9 +132,11 @@ async fn main() {
             / 1024.0
     };
     println!(
-        "\nstreamtract run {extra}, digits CNN, {n} records, {:.1} s, {:.0} records/s",
+        "\nstreamtract run {extra}, digits CNN, {n} records of {bytes_per_record} bytes, {:.1} s, \
+         {:.0} records/s, {:.1} MB/s in",
         elapsed.as_secs_f64(),
-        n as f64 / elapsed.as_secs_f64()
+        n as f64 / elapsed.as_secs_f64(),
+        (n * bytes_per_record) as f64 / elapsed.as_secs_f64() / 1e6
     );
     println!("{:>14} {:>16}", "run time", "peak RSS (MiB)");
     for fraction in [0.1, 0.5, 1.0] {

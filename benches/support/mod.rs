@@ -110,7 +110,18 @@ pub async fn produce_digits_at(
     rate: Option<f64>,
     warm_up: usize,
 ) {
-    let rows = digit_rows();
+    produce_rows_at(kafka, topic, &digit_rows(), n, rate, warm_up).await
+}
+
+/// [`produce_digits_at`] with record values of the caller's choosing, used in turn.
+pub async fn produce_rows_at(
+    kafka: &KafkaConfig,
+    topic: &str,
+    rows: &[String],
+    n: usize,
+    rate: Option<f64>,
+    warm_up: usize,
+) {
     let client = kafka::connect(kafka).await.expect("connect");
     let sink = Sink::start(client, kafka, &SinkConfig::new(topic), None)
         .await
