@@ -379,9 +379,8 @@ pub const LARGEST_FETCH: i32 = 64 << 20;
 /// so a fetch that comes back empty while the partition has records past the offset is asked
 /// again at twice the size, at once and without a wait (the records are there), up to
 /// [`LARGEST_FETCH`]. A grown size stays while fetches fill at least a quarter of it: a
-/// producer that writes large batches (1 MiB is common) writes them all that way, and
-/// shrinking after every batch cost three round trips per batch (records of 16 KB were read
-/// at a third of the rate of 1 MiB fetches).
+/// topic of large records has them one after another, and shrinking after each one cost a
+/// climb of fetches per record (60 records of 600 KiB took 4.1 s to read instead of 2.1 s).
 #[derive(Debug)]
 struct FetchSize {
     configured: i32,
