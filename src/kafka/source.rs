@@ -522,13 +522,19 @@ mod tests {
         assert!(!size.retrying);
         let mut seen = vec![size.current];
         while size.grow() {
-            assert!(size.retrying, "the fetch after a growth is a retry, with no wait");
+            assert!(
+                size.retrying,
+                "the fetch after a growth is a retry, with no wait"
+            );
             seen.push(size.current);
         }
         assert_eq!(seen.first(), Some(&(256 << 10)));
         assert_eq!(seen.last(), Some(&LARGEST_FETCH));
         assert!(seen.windows(2).all(|w| w[1] == w[0] * 2), "{seen:?}");
-        assert!(!size.retrying, "no retry once the largest fetch brought nothing");
+        assert!(
+            !size.retrying,
+            "no retry once the largest fetch brought nothing"
+        );
         assert_eq!(size.current, LARGEST_FETCH);
     }
 
