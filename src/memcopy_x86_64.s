@@ -17,6 +17,18 @@
 
     .text
 
+    # Copies 32 bytes from the address `from` to `to` through four registers, loads first.
+    .macro COPY_32 from, to
+    mov rcx, [\from]
+    mov r8, [\from + 8]
+    mov r9, [\from + 16]
+    mov r10, [\from + 24]
+    mov [\to], rcx
+    mov [\to + 8], r8
+    mov [\to + 16], r9
+    mov [\to + 24], r10
+    .endm
+
     .p2align 4
     .globl streamtract_memcpy
     .type streamtract_memcpy,@function
@@ -27,22 +39,8 @@ streamtract_memcpy:
 .Lst_disjoint_over_32:
     cmp rdx, 64
     ja .Lst_disjoint_over_64
-    mov rcx, [rsi]
-    mov r8, [rsi + 8]
-    mov r9, [rsi + 16]
-    mov r10, [rsi + 24]
-    mov [rdi], rcx
-    mov [rdi + 8], r8
-    mov [rdi + 16], r9
-    mov [rdi + 24], r10
-    mov rcx, [rsi + rdx - 32]
-    mov r8, [rsi + rdx - 24]
-    mov r9, [rsi + rdx - 16]
-    mov r10, [rsi + rdx - 8]
-    mov [rdi + rdx - 32], rcx
-    mov [rdi + rdx - 24], r8
-    mov [rdi + rdx - 16], r9
-    mov [rdi + rdx - 8], r10
+    COPY_32 rsi, rdi
+    COPY_32 rsi+rdx-32, rdi+rdx-32
     ret
 .Lst_disjoint_over_64:
     cmp rdx, 512
@@ -50,26 +48,12 @@ streamtract_memcpy:
     lea r11, [rsi + rdx - 32]
     lea rdx, [rdi + rdx - 32]
 .Lst_forward_loop:
-    mov rcx, [rsi]
-    mov r8, [rsi + 8]
-    mov r9, [rsi + 16]
-    mov r10, [rsi + 24]
-    mov [rdi], rcx
-    mov [rdi + 8], r8
-    mov [rdi + 16], r9
-    mov [rdi + 24], r10
+    COPY_32 rsi, rdi
     add rsi, 32
     add rdi, 32
     cmp rsi, r11
     jb .Lst_forward_loop
-    mov rcx, [r11]
-    mov r8, [r11 + 8]
-    mov r9, [r11 + 16]
-    mov r10, [r11 + 24]
-    mov [rdx], rcx
-    mov [rdx + 8], r8
-    mov [rdx + 16], r9
-    mov [rdx + 24], r10
+    COPY_32 r11, rdx
     ret
 
 .Lst_up_to_32:
