@@ -409,9 +409,13 @@ impl FetchSize {
         self.retrying
     }
 
-    /// A fetch brought records of about `bytes`: a grown size halves once a fetch uses less
-    /// than a quarter of it.
-    fn fetched(&mut self, bytes: usize) {
+    /// A fetch brought `records`: a grown size halves once a fetch uses less than a quarter of
+    /// it. At the configured size (the usual case) the records are not even counted.
+    fn fetched(&mut self, records: &[SourceRecord]) {
+        if self.current == self.configured {
+            return;
+        }
+        let bytes: usize = records.iter().map(SourceRecord::size).sum();
         while self.current > self.configured && bytes < (self.current / 4) as usize {
             self.current = (self.current / 2).max(self.configured);
         }
@@ -505,7 +509,7 @@ async fn fetch_partition(
                 headers: r.record.headers,
             });
         }
-        size.fetched(chunk.iter().map(SourceRecord::size).sum());
+        size.fetched(&chunk);
         if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
             return; // the consumer went away
         }
@@ -514,7 +518,23 @@ async fn fetch_partition(
 
 #[cfg(test)]
 mod tests {
-    use super::{FetchSize, LARGEST_FETCH};
+    use super::{FetchSize, SourceRecord, LARGEST_FETCH};
+
+    /// What one fetch brought: a record of `bytes` bytes of value (none for 0).
+    fn fetch_of(bytes: usize) -> Vec<SourceRecord> {
+        if bytes == 0 {
+            return Vec::new();
+        }
+        vec![SourceRecord {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            timestamp: chrono::Utc::now(),
+            key: None,
+            value: Some(vec![0; bytes]),
+            headers: Default::default(),
+        }]
+    }
 
     #[test]
     fn a_fetch_size_grows_to_the_largest_fetch_and_no_further() {
@@ -545,13 +565,13 @@ mod tests {
         assert!(size.grow() && size.grow()); // a 700 KiB batch needs 1 MiB
         assert_eq!(size.current, 1 << 20);
         // Batches of that kind keep coming: the size stays, so each costs one fetch.
-        size.fetched(700 << 10);
-        size.fetched(300 << 10);
+        size.fetched(&fetch_of(700 << 10));
+        size.fetched(&fetch_of(300 << 10));
         assert_eq!(size.current, 1 << 20);
         // Small records again (or the end of the partition): back down, not below the setting.
-        size.fetched(100 << 10);
+        size.fetched(&fetch_of(100 << 10));
         assert_eq!(size.current, configured);
-        size.fetched(0);
+        size.fetched(&fetch_of(0));
         assert_eq!(size.current, configured);
     }
 }
