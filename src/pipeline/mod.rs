@@ -1,8 +1,9 @@
 //! The stages composed: source → decode → batch → infer → encode → sink.
 //!
 //! [`Pipeline`] is what `streamtract run` executes. Rows from many partitions may share a
-//! batch; batches run on the [`InferencePool`](crate::model::InferencePool) in parallel and their results are written in the
-//! order the batches were formed, so outputs keep the order of their input partition.
+//! batch; batches run on the [`InferencePool`](crate::model::InferencePool) in parallel and
+//! their results are written in the order the batches were formed, so outputs keep the order
+//! of their input partition.
 
 mod batch;
 mod commit;
