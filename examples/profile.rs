@@ -2,12 +2,13 @@
 //! way the pipeline compiles it for that size, and prints the time per graph node, slowest
 //! first.
 //!
-//!     cargo run --profile bench --example profile -- models/digits_cnn.onnx 256
+//!     cargo run --profile bench --example profile -- models/digits_cnn.onnx 256 [RUNS] [--plain]
 //!
 //! Inputs are zeros of the model's input shapes (the time of these ops does not depend on the
-//! values). This is tract as it is, without what `streamtract::model` adds (the final Softmax
-//! computed outside the plan); run one model per process, since a second plan built in the
-//! same process ran up to 40% slower in our measurements.
+//! values). The plan is compiled as `streamtract::model` compiles it for one batch size, with
+//! small-image convolutions laid side by side (`--plain` leaves them to tract alone), but keeps
+//! the final Softmax that the pipeline computes outside the plan. Run one model per process,
+//! since a second plan built in the same process ran up to 40% slower in our measurements.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -17,7 +18,9 @@ use tract_onnx::tract_core::plan::SimpleState;
 use tract_onnx::tract_hir::infer::Factoid;
 
 fn main() -> TractResult<()> {
-    let mut args = std::env::args().skip(1);
+    // `--plain`: tract's own compilation, without streamtract's side-by-side convolutions.
+    let plain = std::env::args().any(|a| a == "--plain");
+    let mut args = std::env::args().skip(1).filter(|a| a != "--plain");
     let path = args
         .next()
         .unwrap_or_else(|| "models/digits_cnn.onnx".into());
@@ -39,7 +42,12 @@ fn main() -> TractResult<()> {
         graph.set_input_fact(ix, InferenceFact::dt_shape(f32::datum_type(), &dims))?;
         inputs.push(Tensor::zero::<f32>(&dims)?.into_tvalue());
     }
-    let plan = graph.into_optimized()?.into_runnable()?;
+    let mut typed = graph.into_typed()?.into_decluttered()?;
+    if !plain {
+        let rewritten = streamtract::model::lay_images_side_by_side(&mut typed)?;
+        println!("convolutions laid side by side: {rewritten}");
+    }
+    let plan = typed.into_optimized()?.into_runnable()?;
     let mut state: SimpleState<_, _> = plan.spawn()?;
     state.run(inputs.clone())?;
 

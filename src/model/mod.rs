@@ -14,10 +14,12 @@
 //! ```
 
 mod runner;
+mod side_by_side;
 mod signature;
 mod softmax;
 
 pub use runner::{InferencePool, PendingBatch};
+pub use side_by_side::lay_images_side_by_side;
 
 pub use signature::{Dim, ElementType, Signature, TensorSpec};
 
@@ -194,6 +196,10 @@ impl Model {
                             softmax == *self.softmax_outputs,
                             "the graph's final Softmax differs between batch sizes"
                         );
+                        let mut typed = typed.into_decluttered()?;
+                        if side_by_side::enabled() {
+                            lay_images_side_by_side(&mut typed)?;
+                        }
                         typed.into_optimized()
                     })
                     .and_then(|m| m.into_runnable())
