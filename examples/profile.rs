@@ -6,7 +6,7 @@
 //!
 //! Inputs are zeros of the model's input shapes (the time of these ops does not depend on the
 //! values). The plan is compiled as `streamtract::model` compiles it for one batch size, with
-//! small-image convolutions laid side by side (`--plain` leaves them to tract alone), but keeps
+//! streamtract's graph rewrites (`--plain` leaves the graph to tract alone), but keeps
 //! the final Softmax that the pipeline computes outside the plan. Run one model per process,
 //! since a second plan built in the same process ran up to 40% slower in our measurements.
 
@@ -44,8 +44,8 @@ fn main() -> TractResult<()> {
     }
     let mut typed = graph.into_typed()?.into_decluttered()?;
     if !plain {
-        let rewritten = streamtract::model::lay_images_side_by_side(&mut typed)?;
-        println!("convolutions laid side by side: {rewritten}");
+        let rewritten = streamtract::model::rewrite_for_batch(&mut typed)?;
+        println!("nodes rewritten by streamtract: {rewritten}");
     }
     let plan = typed.into_optimized()?.into_runnable()?;
     let mut state: SimpleState<_, _> = plan.spawn()?;

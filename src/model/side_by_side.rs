@@ -29,17 +29,6 @@ use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-/// Set to `off` (or `0`, `false`) to compile convolutions the way tract does by itself: for
-/// measuring, and as a way out should the rewrite ever misbehave on a model.
-pub(crate) const SWITCH_ENV: &str = "STREAMTRACT_SIDE_BY_SIDE";
-
-/// Whether [`Model`](super::Model) lays images side by side (see [`SWITCH_ENV`]).
-pub(crate) fn enabled() -> bool {
-    std::env::var(SWITCH_ENV)
-        .map(|v| !matches!(v.trim(), "off" | "0" | "false"))
-        .unwrap_or(true)
-}
-
 /// tract's direct convolution takes rows at least this wide (its `MIN_DIRECT_SPATIAL_W`).
 const DIRECT_MIN_WIDTH: usize = 128;
 
