@@ -370,6 +370,24 @@ pub fn rewrite_for_batch(model: &mut TypedModel) -> TractResult<usize> {
     Ok(lay_images_side_by_side(model)? + replace_tiled_max_pools(model)?)
 }
 
+/// The nodes of `model` whose op is an `O` that `select` turns into a rewrite plan `P`, in
+/// evaluation order (shared by the rewrites above).
+fn nodes_to_rewrite<O: TypedOp, P>(
+    model: &TypedModel,
+    select: impl Fn(&O, &TypedFact) -> Option<P>,
+) -> TractResult<Vec<(usize, P)>> {
+    Ok(model
+        .eval_order()?
+        .into_iter()
+        .filter_map(|id| {
+            let node = model.node(id);
+            let op = node.op_as::<O>()?;
+            let input = model.outlet_fact(*node.inputs.first()?).ok()?;
+            select(op, input).map(|plan| (id, plan))
+        })
+        .collect())
+}
+
 /// Set to `off` (or `0`, `false`) to compile models the way tract does by itself, without
 /// [`lay_images_side_by_side`] and [`replace_tiled_max_pools`]: for measuring, and as a way
 /// out should a rewrite ever misbehave on a model.

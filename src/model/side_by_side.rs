@@ -66,21 +66,11 @@ pub fn lay_images_side_by_side(model: &mut TypedModel) -> TractResult<usize> {
     if tract_linalg::routines::conv_w4_f32().is_none() {
         return Ok(0);
     }
-    let candidates: Vec<(usize, Frame)> = model
-        .eval_order()?
-        .into_iter()
-        .filter_map(|id| {
-            let node = model.node(id);
-            let conv = node.op_as::<Conv>()?;
-            let input = model.outlet_fact(*node.inputs.first()?).ok()?;
-            Frame::for_conv(conv, input).map(|frame| (id, frame))
-        })
-        .collect();
-    for (id, frame) in &candidates {
+    let candidates = super::nodes_to_rewrite(model, |conv: &Conv, input| {
+        Frame::for_conv(conv, input).map(|frame| (conv.clone(), frame))
+    })?;
+    for (id, (conv, frame)) in &candidates {
         let node = model.node(*id);
-        let Some(conv) = node.op_as::<Conv>() else {
-            continue;
-        };
         let mut wide_conv = conv.clone();
         wide_conv.pool_spec.padding = PaddingSpec::Valid;
         let name = node.name.clone();

@@ -20,16 +20,7 @@ use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 /// shape by [`TiledMaxPool`]; returns how many. Pools with padding, overlapping or strided
 /// windows, dilation or an index output stay tract's.
 pub fn replace_tiled_max_pools(model: &mut TypedModel) -> TractResult<usize> {
-    let candidates: Vec<(usize, TiledMaxPool)> = model
-        .eval_order()?
-        .into_iter()
-        .filter_map(|id| {
-            let node = model.node(id);
-            let pool = node.op_as::<MaxPool>()?;
-            let input = model.outlet_fact(*node.inputs.first()?).ok()?;
-            TiledMaxPool::for_pool(pool, input).map(|op| (id, op))
-        })
-        .collect();
+    let candidates = super::nodes_to_rewrite(model, TiledMaxPool::for_pool)?;
     for (id, op) in &candidates {
         let node = model.node(*id);
         let name = node.name.clone();
