@@ -33,8 +33,9 @@ use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 const DIRECT_MIN_WIDTH: usize = 128;
 
 /// The wide image gets zero columns at its end up to an output row of a multiple of this many
-/// points: tract's direct kernel runs the last points of a row that is not one a point at a
-/// time (on the digits CNN, an output row of 638 points took 1.5× as long as one of 640).
+/// points: on the digits CNN, tract's direct convolution took 18% longer over output rows of
+/// 638 points than of 640 (773 against 655 µs for 64 images, glibc build); its kernel works
+/// on whole vectors of points, and we did not look further into how it ends a row.
 const TAIL_ALIGN: usize = 16;
 
 /// tract's direct convolution takes at most this many taps per output channel (input channels
