@@ -13,12 +13,14 @@
 //! # Ok::<(), streamtract::Error>(())
 //! ```
 
+mod rewrite;
 mod runner;
 mod side_by_side;
 mod signature;
 mod softmax;
 mod tiled_max_pool;
 
+pub use rewrite::{rewrite_for_batch, REWRITES_ENV};
 pub use runner::{InferencePool, PendingBatch};
 pub use side_by_side::lay_images_side_by_side;
 pub use tiled_max_pool::{replace_tiled_max_pools, TiledMaxPool};
@@ -199,7 +201,7 @@ impl Model {
                             "the graph's final Softmax differs between batch sizes"
                         );
                         let mut typed = typed.into_decluttered()?;
-                        if rewrites_enabled() {
+                        if rewrite::enabled() {
                             rewrite_for_batch(&mut typed)?;
                         }
                         typed.into_optimized()
@@ -360,44 +362,6 @@ impl Runner {
     pub fn run(&mut self, inputs: Vec<Tensor>) -> Result<Vec<Tensor>, ModelError> {
         self.model.run_with(&mut self.states, inputs)
     }
-}
-
-/// streamtract's rewrites of a graph typed for one batch size, which tract then compiles
-/// faster than the graph as exported: [`lay_images_side_by_side`] and
-/// [`replace_tiled_max_pools`]. Returns how many nodes were rewritten. Call it between
-/// `into_decluttered()` and `into_optimized()` when compiling a plan of your own.
-pub fn rewrite_for_batch(model: &mut TypedModel) -> TractResult<usize> {
-    Ok(lay_images_side_by_side(model)? + replace_tiled_max_pools(model)?)
-}
-
-/// The nodes of `model` whose op is an `O` that `select` turns into a rewrite plan `P`, in
-/// evaluation order (shared by the rewrites above).
-fn nodes_to_rewrite<O: TypedOp, P>(
-    model: &TypedModel,
-    select: impl Fn(&O, &TypedFact) -> Option<P>,
-) -> TractResult<Vec<(usize, P)>> {
-    Ok(model
-        .eval_order()?
-        .into_iter()
-        .filter_map(|id| {
-            let node = model.node(id);
-            let op = node.op_as::<O>()?;
-            let input = model.outlet_fact(*node.inputs.first()?).ok()?;
-            select(op, input).map(|plan| (id, plan))
-        })
-        .collect())
-}
-
-/// Set to `off` (or `0`, `false`) to compile models the way tract does by itself, without
-/// [`lay_images_side_by_side`] and [`replace_tiled_max_pools`]: for measuring, and as a way
-/// out should a rewrite ever misbehave on a model.
-pub const REWRITES_ENV: &str = "STREAMTRACT_REWRITES";
-
-/// Whether plans compiled per batch size get streamtract's graph rewrites ([`REWRITES_ENV`]).
-fn rewrites_enabled() -> bool {
-    std::env::var(REWRITES_ENV)
-        .map(|v| !matches!(v.trim(), "off" | "0" | "false"))
-        .unwrap_or(true)
 }
 
 /// Largest batch a model compiled per batch size runs in one go (see [`Model::run_with`]).

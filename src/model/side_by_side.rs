@@ -29,6 +29,8 @@ use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
+use super::rewrite::{eval_f32, rewrite_nodes};
+
 /// tract's direct convolution takes rows at least this wide (its `MIN_DIRECT_SPATIAL_W`).
 const DIRECT_MIN_WIDTH: usize = 128;
 
@@ -67,36 +69,23 @@ pub fn lay_images_side_by_side(model: &mut TypedModel) -> TractResult<usize> {
     if tract_linalg::routines::conv_w4_f32().is_none() {
         return Ok(0);
     }
-    let candidates = super::nodes_to_rewrite(model, |conv: &Conv, input| {
-        Frame::for_conv(conv, input).map(|frame| (conv.clone(), frame))
-    })?;
-    for (id, (conv, frame)) in &candidates {
-        let node = model.node(*id);
-        let mut wide_conv = conv.clone();
-        wide_conv.pool_spec.padding = PaddingSpec::Valid;
-        let name = node.name.clone();
-        let mut patch = TypedModelPatch::new("side-by-side convolution");
-        let taps = patch.taps(model, &node.inputs)?;
-        let mut inputs = taps.clone();
-        inputs[0] = patch.wire_node(
-            format!("{name}.side_by_side"),
-            SideBySide {
-                frame: frame.clone(),
-            },
-            &taps[..1],
-        )?[0];
-        let wide = patch.wire_node(format!("{name}.wide"), wide_conv, &inputs)?[0];
-        let images = patch.wire_node(
-            format!("{name}.back_to_images"),
-            BackToImages {
-                frame: frame.clone(),
-            },
-            &[wide],
-        )?[0];
-        patch.shunt_outside(model, OutletId::new(*id, 0), images)?;
-        patch.apply(model)?;
-    }
-    Ok(candidates.len())
+    let select = |conv: &Conv, input: &TypedFact| {
+        let frame = Frame::for_conv(conv, input)?;
+        // The frames are the padding.
+        let mut unpadded = conv.clone();
+        unpadded.pool_spec.padding = PaddingSpec::Valid;
+        Some((unpadded, frame))
+    };
+    rewrite_nodes(model, select, |patch, name, taps, (unpadded, frame)| {
+        let side_by_side = SideBySide {
+            frame: frame.clone(),
+        };
+        let mut inputs = taps.to_vec();
+        inputs[0] = patch.wire_node(format!("{name}.side_by_side"), side_by_side, &taps[..1])?[0];
+        let wide = patch.wire_node(format!("{name}.wide"), unpadded, &inputs)?[0];
+        let back = BackToImages { frame };
+        Ok(patch.wire_node(format!("{name}.back_to_images"), back, &[wide])?[0])
+    })
 }
 
 /// Where the images of a batch go in the wide image: `images` of `height × width` pixels,
@@ -206,15 +195,10 @@ impl EvalOp for SideBySide {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let f = &self.frame;
-        let input = inputs[0].try_as_plain_ram()?;
-        let input = input.as_slice::<f32>()?;
-        ensure!(input.len() == f.images * f.channels * f.height * f.width);
         let (fh, fw) = (f.framed_height(), f.framed_width());
         let row = f.wide_width();
-        let mut wide = Tensor::zero::<f32>(&[1, f.channels, fh, row])?;
-        {
-            let mut view = wide.try_as_plain_ram_mut()?;
-            let out = view.as_slice_mut::<f32>()?;
+        eval_f32(&inputs, &[1, f.channels, fh, row], move |input, out| {
+            ensure!(input.len() == f.images * f.channels * f.height * f.width);
             for (n, image) in input
                 .chunks_exact(f.channels * f.height * f.width)
                 .enumerate()
@@ -226,8 +210,8 @@ impl EvalOp for SideBySide {
                     }
                 }
             }
-        }
-        Ok(tvec!(wide.into_tvalue()))
+            Ok(())
+        })
     }
 }
 
@@ -263,16 +247,11 @@ impl EvalOp for BackToImages {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let f = &self.frame;
-        let wide = inputs[0].try_as_plain_ram()?;
-        let wide = wide.as_slice::<f32>()?;
-        let row = wide.len() / (f.out_channels * f.out_height).max(1);
-        ensure!(row * f.out_channels * f.out_height == wide.len());
-        ensure!((f.images - 1) * f.framed_width() + f.out_width <= row);
-        let mut images =
-            Tensor::zero::<f32>(&[f.images, f.out_channels, f.out_height, f.out_width])?;
-        {
-            let mut view = images.try_as_plain_ram_mut()?;
-            let out = view.as_slice_mut::<f32>()?;
+        let shape = [f.images, f.out_channels, f.out_height, f.out_width];
+        eval_f32(&inputs, &shape, move |wide, out| {
+            let row = wide.len() / (f.out_channels * f.out_height).max(1);
+            ensure!(row * f.out_channels * f.out_height == wide.len());
+            ensure!((f.images - 1) * f.framed_width() + f.out_width <= row);
             let per_image = f.out_channels * f.out_height * f.out_width;
             for (n, image) in out.chunks_exact_mut(per_image).enumerate() {
                 for (i, points) in image.chunks_exact_mut(f.out_width).enumerate() {
@@ -282,8 +261,8 @@ impl EvalOp for BackToImages {
                     points.copy_from_slice(&wide[at..at + f.out_width]);
                 }
             }
-        }
-        Ok(tvec!(images.into_tvalue()))
+            Ok(())
+        })
     }
 }
 

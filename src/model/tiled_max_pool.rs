@@ -16,21 +16,15 @@ use tract_onnx::tract_core::ops::cnn::MaxPool;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
+use super::rewrite::{eval_f32, rewrite_nodes};
+
 /// Replaces every max pooling of `model` over whole tiles of a float NCHW input of concrete
 /// shape by [`TiledMaxPool`]; returns how many. Pools with padding, overlapping or strided
 /// windows, dilation or an index output stay tract's.
 pub fn replace_tiled_max_pools(model: &mut TypedModel) -> TractResult<usize> {
-    let candidates = super::nodes_to_rewrite(model, TiledMaxPool::for_pool)?;
-    for (id, op) in &candidates {
-        let node = model.node(*id);
-        let name = node.name.clone();
-        let mut patch = TypedModelPatch::new("tiled max pool");
-        let taps = patch.taps(model, &node.inputs)?;
-        let pooled = patch.wire_node(format!("{name}.tiled"), op.clone(), &taps[..1])?[0];
-        patch.shunt_outside(model, OutletId::new(*id, 0), pooled)?;
-        patch.apply(model)?;
-    }
-    Ok(candidates.len())
+    rewrite_nodes(model, TiledMaxPool::for_pool, |patch, name, taps, op| {
+        Ok(patch.wire_node(format!("{name}.tiled"), op, &taps[..1])?[0])
+    })
 }
 
 /// Max pooling of `[N, C, H, W]` over `tile_height × tile_width` tiles: `[N, C, H / tile
@@ -101,13 +95,8 @@ impl EvalOp for TiledMaxPool {
         let [_, _, h, w] = self.shape;
         let out_shape = self.output_shape();
         let (th, tw, ow) = (self.tile_height, self.tile_width, out_shape[3]);
-        let input = inputs[0].try_as_plain_ram()?;
-        let input = input.as_slice::<f32>()?;
-        ensure!(input.len() == self.shape.iter().product::<usize>());
-        let mut output = Tensor::zero::<f32>(&out_shape)?;
-        {
-            let mut view = output.try_as_plain_ram_mut()?;
-            let out = view.as_slice_mut::<f32>()?;
+        eval_f32(&inputs, &out_shape, move |input, out| {
+            ensure!(input.len() == self.shape.iter().product::<usize>());
             let out_rows_per_plane = out_shape[2];
             // Each plane's rows past its last whole tile are skipped by taking the plane's
             // first `out_rows × tile height` rows.
@@ -131,8 +120,8 @@ impl EvalOp for TiledMaxPool {
                     }
                 }
             }
-        }
-        Ok(tvec!(output.into_tvalue()))
+            Ok(())
+        })
     }
 }
 
