@@ -43,7 +43,7 @@ const PARTITIONS: i32 = 3;
 
 /// One run, as named on the command line of a child and in the tables:
 /// `pass-through[+headers][/fetch=MS][/warm]` or
-/// `MODEL/BATCH[/linger=MS][/fetch=MS][/no-headers][/warm]`.
+/// `MODEL/BATCH[/linger=MS][/fetch=MS][/no-headers][/wait][/warm]`.
 #[derive(Debug, Clone)]
 struct RunSpec {
     /// None for the pass-through.
@@ -53,6 +53,9 @@ struct RunSpec {
     /// The source's `fetch_max_wait`.
     fetch_wait_ms: u64,
     headers: bool,
+    /// `/wait`: a partial batch always waits out the linger, even when the input is caught up
+    /// (`flush_when_caught_up = false`).
+    wait: bool,
     /// In a latency run: one second of records first, not measured (`/warm`), so that the
     /// figures are the steady state, after the source settled on how to fetch.
     warm: bool,
@@ -66,6 +69,7 @@ impl RunSpec {
             linger_ms: 5,
             fetch_wait_ms: 100,
             headers: true,
+            wait: false,
             warm: false,
         };
         let mut parts = name.split('/');
@@ -86,6 +90,7 @@ impl RunSpec {
                 Some(("fetch", ms)) => spec.fetch_wait_ms = ms.parse().expect("fetch=MS"),
                 None if part == "no-headers" => spec.headers = false,
                 None if part == "warm" => spec.warm = true,
+                None if part == "wait" => spec.wait = true,
                 _ => panic!("unknown run option {part}"),
             }
         }
@@ -274,6 +279,7 @@ async fn with_model(
     .batch_size(spec.batch)
     .linger(Duration::from_millis(spec.linger_ms));
     config.output_headers = spec.headers;
+    config.flush_when_caught_up = !spec.wait;
     config.source.fetch_max_wait = Duration::from_millis(spec.fetch_wait_ms);
     config.kafka = kafka.clone();
     let metrics = config.metrics.clone();
@@ -435,13 +441,16 @@ async fn main() {
     // linger 5 ms is the default, fetch wait 100 ms too. tansu holds every fetch for the whole
     // wait, so the source polls it instead (src/kafka/pacing.rs), every wait / 20 while records
     // flow; it takes three held fetches to notice, which the first run (cold) includes and
-    // the warm runs leave out (they read one second of unmeasured records first).
+    // the warm runs leave out (they read one second of unmeasured records first). A partial
+    // batch runs as soon as the input is caught up; `/wait` runs wait out the linger instead.
     let latency_runs = [
         "pass-through+headers/warm",
         "digits_mlp/256/linger=5",
         "digits_mlp/256/linger=5/warm",
+        "digits_mlp/256/linger=5/wait/warm",
         "digits_mlp/256/linger=0/warm",
         "digits_mlp/256/linger=50/warm",
+        "digits_mlp/256/linger=50/wait/warm",
         "digits_cnn/256/linger=5/warm",
         "digits_mlp/256/linger=5/fetch=20/warm",
     ];
@@ -458,12 +467,12 @@ async fn main() {
         results.push((*spec, r));
     }
     println!(
-        "\nlatency: {paced} records produced at {rate} records/s, follow mode (warm: after one second of records not measured); record timestamp -> output acknowledged\n{:<36} {:>10} {:>10} {:>10} {:>14}",
+        "\nlatency: {paced} records produced at {rate} records/s, follow mode (warm: after one second of records not measured); record timestamp -> output acknowledged\n{:<40} {:>10} {:>10} {:>10} {:>14}",
         "run (model/batch/linger)", "p50 ms", "p99 ms", "max ms", "peak RSS MiB"
     );
     for (spec, r) in &results {
         println!(
-            "{spec:<36} {:>10.1} {:>10.1} {:>10.1} {:>14.1}",
+            "{spec:<40} {:>10.1} {:>10.1} {:>10.1} {:>14.1}",
             ms(r.latency.p50),
             ms(r.latency.p99),
             ms(r.latency.max),

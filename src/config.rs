@@ -90,6 +90,12 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS")]
     pub linger_ms: Option<u64>,
 
+    /// Run a partial batch at once when every input partition is read up to its end, instead
+    /// of waiting out the linger (more records can only come with the next fetch); false
+    /// always waits out the linger. [default: true]
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub flush_when_caught_up: Option<bool>,
+
     /// Longest the broker may hold a fetch open waiting for new records, in milliseconds.
     /// [default: 100]
     #[arg(long, value_name = "MS")]
@@ -266,6 +272,7 @@ impl RunArgs {
             until_end,
             batch_size,
             linger_ms,
+            flush_when_caught_up,
             fetch_max_wait_ms,
             fetch_max_bytes,
             workers,
@@ -381,6 +388,9 @@ impl RunArgs {
         }
         if let Some(ms) = self.linger_ms {
             config.linger = Duration::from_millis(ms);
+        }
+        if let Some(yes) = self.flush_when_caught_up {
+            config.flush_when_caught_up = yes;
         }
         if let Some(ms) = self.fetch_max_wait_ms {
             if ms == 0 || ms > 30_000 {
@@ -681,7 +691,9 @@ mod tests {
 
     #[test]
     fn flags_override_file() {
-        let file: RunArgs = toml::from_str("batch_size = 8\nlinger_ms = 50\n").unwrap();
+        let file: RunArgs =
+            toml::from_str("batch_size = 8\nlinger_ms = 50\nflush_when_caught_up = false\n")
+                .unwrap();
         let config = RunArgs {
             batch_size: Some(16),
             ..base()
@@ -691,6 +703,8 @@ mod tests {
         .unwrap();
         assert_eq!(config.batch_size, 16);
         assert_eq!(config.linger, Duration::from_millis(50));
+        assert!(!config.flush_when_caught_up);
+        assert!(base().into_pipeline_config().unwrap().flush_when_caught_up);
     }
 
     #[test]

@@ -550,6 +550,108 @@ fn follow_mode_reads_several_topics_and_stops_cleanly_on_sigterm() {
     assert_eq!(topics.into_iter().collect::<Vec<_>>(), ["a", "b"]);
 }
 
+/// Follows `input` with a long linger, `extra` flags added; stopped with SIGTERM once
+/// `expected` outputs were read from `output` (or `wait` passed). Returns the outputs, how long
+/// after start-up the first came, and the run's stderr.
+fn follow_until_outputs(
+    broker: &Broker,
+    input: &str,
+    output: &str,
+    extra: &[&str],
+    expected: usize,
+    wait: Duration,
+) -> (Vec<Consumed>, Duration, String) {
+    let started = Instant::now();
+    let mut args = vec![
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        input,
+        "--output",
+        output,
+        "--model",
+        "models/digits_mlp.onnx",
+    ];
+    args.extend_from_slice(extra);
+    let child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
+        .args(&args)
+        .current_dir(root())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let first = broker.consume(output, 1, wait);
+    let first_after = started.elapsed();
+    let outs = if first.is_empty() {
+        first
+    } else {
+        broker.consume(output, expected, wait)
+    };
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "SIGTERM should exit 0: {stderr}");
+    (outs, first_after, stderr)
+}
+
+#[test]
+fn a_partial_batch_runs_at_once_when_the_input_is_caught_up_unless_told_to_wait() {
+    let broker = Broker::start("caught_up");
+    let good = csv_line(&dataset("digits.csv")[0].1);
+    let records: Vec<Rec> = (0..6)
+        .map(|i| Rec::kv(&format!("k{i}"), good.clone()))
+        .collect();
+    for topic in ["quick-in", "quick-out", "patient-in", "patient-out"] {
+        broker.create_topic(topic, 2);
+    }
+    broker.produce("quick-in", &records);
+    broker.produce("patient-in", &records);
+
+    // Default: the six records fill no batch of 256, but once both partitions are read to
+    // their end the batch runs, long before the 60 s linger.
+    let (outs, _, stderr) = follow_until_outputs(
+        &broker,
+        "quick-in",
+        "quick-out",
+        &["--linger-ms", "60000"],
+        6,
+        Duration::from_secs(30),
+    );
+    assert_eq!(
+        outs.len(),
+        6,
+        "a caught-up input should not wait out the linger: {stderr}"
+    );
+    assert!(
+        stderr.contains("6 records in, 6 outputs written"),
+        "{stderr}"
+    );
+
+    // `--flush-when-caught-up false`: the batch waits out its 4 s linger, which starts when
+    // the first record is read, after start-up; then all six come.
+    let (outs, first_after, stderr) = follow_until_outputs(
+        &broker,
+        "patient-in",
+        "patient-out",
+        &["--linger-ms", "4000", "--flush-when-caught-up", "false"],
+        6,
+        Duration::from_secs(30),
+    );
+    assert_eq!(outs.len(), 6, "{stderr}");
+    assert!(
+        first_after >= Duration::from_secs(4),
+        "the first output came {first_after:?} after start-up, before the linger ran out"
+    );
+    assert!(
+        stderr.contains("6 records in, 6 outputs written"),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn malformed_records_go_to_the_dead_letter_topic_unchanged() {
     let broker = Broker::start("dlq");

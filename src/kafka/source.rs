@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -208,6 +209,7 @@ pub struct Source {
     records: mpsc::Receiver<Result<Vec<SourceRecord>, KafkaError>>,
     ranges: Vec<PartitionRange>,
     tasks: JoinSet<()>,
+    behind: Arc<AtomicUsize>,
 }
 
 impl Source {
@@ -252,17 +254,26 @@ impl Source {
         let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
         let mut tasks = JoinSet::new();
         let mut ranges = Vec::new();
+        let behind = Arc::new(AtomicUsize::new(0));
         for (pc, range) in plan {
             ranges.push(range.clone());
             if range.end.is_some_and(|end| range.start >= end) {
                 continue; // nothing to read in bounded mode
             }
-            tasks.spawn(fetch_partition(pc, range, config.clone(), tx.clone()));
+            let position = Position::new(Arc::clone(&behind));
+            tasks.spawn(fetch_partition(
+                pc,
+                range,
+                config.clone(),
+                tx.clone(),
+                position,
+            ));
         }
         Ok(Source {
             records: rx,
             ranges,
             tasks,
+            behind,
         })
     }
 
@@ -279,6 +290,7 @@ impl Source {
             records,
             ranges: Vec::new(),
             tasks,
+            behind: Arc::new(AtomicUsize::new(0)),
         }
     }
 
@@ -299,6 +311,17 @@ impl Source {
     /// (bounded mode only; in follow mode this waits for new records forever).
     pub async fn next_chunk(&mut self) -> Option<Result<Vec<SourceRecord>, KafkaError>> {
         self.records.recv().await
+    }
+
+    /// True when every partition was, at its last fetch, read up to the broker's high
+    /// watermark (or to its end in bounded mode) and everything fetched has been taken with
+    /// [`next_chunk`](Self::next_chunk): no record is waiting anywhere, so more can only come
+    /// with records produced after those fetches.
+    ///
+    /// A partition counts as behind until its first fetch answers. The pipeline uses this to
+    /// run a partial batch at once instead of waiting out its linger.
+    pub fn caught_up(&self) -> bool {
+        self.behind.load(Ordering::Acquire) == 0 && self.records.is_empty()
     }
 }
 
@@ -422,17 +445,67 @@ impl FetchSize {
     }
 }
 
+/// Whether one partition fetcher has read up to the high watermark, kept in the count of
+/// partitions behind that its [`Source`] shares with all its fetchers.
+///
+/// A fetcher starts behind (nothing is known before its first fetch) and leaves the count
+/// when it ends, whatever the reason, so a stopped fetcher never holds the count up.
+#[derive(Debug)]
+struct Position {
+    behind: Arc<AtomicUsize>,
+    is_behind: bool,
+}
+
+impl Position {
+    fn new(behind: Arc<AtomicUsize>) -> Self {
+        behind.fetch_add(1, Ordering::AcqRel);
+        Position {
+            behind,
+            is_behind: true,
+        }
+    }
+
+    /// After a fetch: `next` is the next offset to read, `last` the partition's high
+    /// watermark (or its end in bounded mode, when that is lower).
+    fn update(&mut self, next: i64, last: i64) {
+        let is_behind = next < last;
+        if is_behind != self.is_behind {
+            self.is_behind = is_behind;
+            if is_behind {
+                self.behind.fetch_add(1, Ordering::AcqRel);
+            } else {
+                self.behind.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+    }
+}
+
+impl Drop for Position {
+    fn drop(&mut self) {
+        if self.is_behind {
+            self.behind.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 async fn fetch_partition(
     pc: PartitionClient,
     range: PartitionRange,
     config: SourceConfig,
     tx: mpsc::Sender<Result<Vec<SourceRecord>, KafkaError>>,
+    mut position: Position,
 ) {
     let topic: Arc<str> = Arc::from(range.topic.as_str());
     let mut pacing = FetchPacing::new(config.fetch_max_wait, config.fetch_evidence.clone());
     let mut offset = range.start;
     let mut size = FetchSize::new(config.fetch_max_bytes);
     let mut warned_stuck = false;
+    // Where reading this partition would be caught up, after a fetch that saw `high_watermark`.
+    let last = |high_watermark: i64| {
+        range
+            .end
+            .map_or(high_watermark, |end| end.min(high_watermark))
+    };
     loop {
         if range.end.is_some_and(|end| offset >= end) {
             return;
@@ -452,6 +525,10 @@ async fn fetch_partition(
                 config
                     .lag
                     .set_high_watermark(&range.topic, range.partition, high_watermark);
+                // Counted before the records are sent (a fetch with records has no pause before
+                // that), so that whoever takes them sees where this fetch left the partition.
+                let next = records.last().map_or(offset, |r| r.offset + 1);
+                position.update(next, last(high_watermark));
                 if records.is_empty() && high_watermark > offset {
                     // There are records past `offset` but none came: the next batch is larger
                     // than the fetch (see `FetchSize`). A record too large for the pipeline is

@@ -108,6 +108,12 @@ pub struct PipelineConfig {
     pub batch_size: usize,
     /// Longest a row waits for its batch to fill.
     pub linger: Duration,
+    /// Run a batch that has not filled at once, without waiting out `linger`, when every
+    /// input partition has been read up to its high watermark ([`Source::caught_up`]): at a
+    /// low rate a record then waits for no other (default `true`). Under a backlog fetches
+    /// are not caught up and batches fill as before; at rates in between, batches hold what
+    /// each fetch brought. `false` always waits out `linger` for a fuller batch.
+    pub flush_when_caught_up: bool,
     /// Inference threads.
     pub workers: usize,
     /// Values larger than this are rejected as bad records.
@@ -186,6 +192,7 @@ impl PipelineConfig {
             top_k: None,
             batch_size: 256,
             linger: Duration::from_millis(5),
+            flush_when_caught_up: true,
             workers: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(1),
@@ -238,6 +245,13 @@ impl PipelineConfig {
     /// Batch linger.
     pub fn linger(mut self, d: Duration) -> Self {
         self.linger = d;
+        self
+    }
+
+    /// Whether a partial batch runs as soon as every input partition is caught up (default)
+    /// or always waits out the linger; see the field of the same name.
+    pub fn flush_when_caught_up(mut self, yes: bool) -> Self {
+        self.flush_when_caught_up = yes;
         self
     }
 

@@ -160,6 +160,14 @@ impl RunLoop {
                         let take = admit(records.iter(), room, bytes_room);
                         self.held.extend(records.drain(take..));
                         self.on_records(records).await;
+                        // Nothing more to wait for: more records can only come with new fetches.
+                        if self.config.flush_when_caught_up
+                            && !self.batch.is_empty()
+                            && self.held.is_empty()
+                            && source.caught_up()
+                        {
+                            self.dispatch().await;
+                        }
                     }
                 },
                 _ = tokio::time::sleep_until(self.batch_deadline), if !self.batch.is_empty() => self.dispatch().await,
