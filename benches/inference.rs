@@ -59,6 +59,8 @@ fn main() {
     let models = [
         ("digits_mlp", "digits.csv"),
         ("digits_cnn", "digits.csv"),
+        // The same CNN with a constant-shape Flatten, which tract types with a symbolic batch.
+        ("digits_cnn_dynamic", "digits.csv"),
         ("breast_cancer", "breast_cancer.csv"),
         ("wine_two_inputs", "wine.csv"),
     ];

@@ -31,9 +31,14 @@ fn tensor_of(v: &Value) -> (Vec<usize>, Vec<f32>) {
 }
 
 fn check_model(name: &str) {
+    check_model_against(name, name);
+}
+
+/// Runs `models/NAME.onnx` on the inputs of `models/REFERENCE.reference.json` and compares.
+fn check_model_against(name: &str, reference: &str) {
     let model = Model::load(models_dir().join(format!("{name}.onnx"))).unwrap();
     let reference: Value = serde_json::from_str(
-        &std::fs::read_to_string(models_dir().join(format!("{name}.reference.json"))).unwrap(),
+        &std::fs::read_to_string(models_dir().join(format!("{reference}.reference.json"))).unwrap(),
     )
     .unwrap();
     let sig = model.signature().clone();
@@ -97,6 +102,34 @@ fn digits_cnn_matches_tensorflow() {
     check_model("digits_cnn");
 }
 
+/// The CNN with a constant-shape Flatten (`models/make_dynamic_cnn.py`): the same weights and
+/// computation, so TensorFlow's outputs for `digits_cnn` hold. tract types it with a symbolic
+/// batch; streamtract compiles it per batch size all the same, so that the graph rewrites
+/// apply, and turns that off with them.
+#[test]
+fn digits_cnn_dynamic_matches_tensorflow_and_gets_the_rewrites() {
+    check_model_against("digits_cnn_dynamic", "digits_cnn");
+    let batch_line = |rewrites: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamtract"))
+            .args(["inspect", "models/digits_cnn_dynamic.onnx"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env(streamtract::model::REWRITES_ENV, rewrites)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("batch:"))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        batch_line("on").as_deref(),
+        Some("batch:  compiled per batch size")
+    );
+    assert_eq!(batch_line("off").as_deref(), Some("batch:  dynamic"));
+}
+
 #[test]
 fn digits_embedding_matches_tensorflow() {
     check_model("digits_embedding");
@@ -146,6 +179,7 @@ fn every_model_has_a_parity_test() {
         [
             "breast_cancer",
             "digits_cnn",
+            "digits_cnn_dynamic",
             "digits_embedding",
             "digits_mlp",
             "wine_two_inputs"

@@ -46,7 +46,10 @@ pub(crate) type Plan = Arc<TypedRunnableModel>;
 /// done on symbols. Some exports compute a shape at run time (Keras `Flatten` becomes
 /// `Shape → Gather → Concat → Reshape`), which tract cannot type symbolically; those models are
 /// compiled once per batch size instead, for power-of-two sizes, and a smaller batch is padded
-/// with zero rows up to the next size (the padding rows' outputs are dropped).
+/// with zero rows up to the next size (the padding rows' outputs are dropped). So are models
+/// that streamtract's graph rewrites speed up ([`rewrite_for_batch`]), since the rewrites need
+/// to know the batch size: a convolutional network with a symbolic batch would otherwise run
+/// at tract's speed alone.
 enum Compiled {
     Dynamic(Plan),
     PerBatchSize {
@@ -104,11 +107,19 @@ impl Model {
                 let signature = read_signature(&typed, None).map_err(load_err)?;
                 check_supported(&path, &signature)?;
                 let softmax = softmax::detach_output_softmax(&mut typed).map_err(load_err)?;
-                let plan = typed
-                    .into_optimized()
-                    .and_then(|m| m.into_runnable())
-                    .map_err(load_err)?;
-                (signature, Compiled::Dynamic(plan), softmax)
+                let compiled = if rewrite::enabled() && rewrites_apply(&graph, &typed) {
+                    Compiled::PerBatchSize {
+                        graph: Arc::new(graph),
+                        plans: Mutex::new(HashMap::new()),
+                    }
+                } else {
+                    let plan = typed
+                        .into_optimized()
+                        .and_then(|m| m.into_runnable())
+                        .map_err(load_err)?;
+                    Compiled::Dynamic(plan)
+                };
+                (signature, compiled, softmax)
             }
             Err(symbolic_error) => {
                 // Read the signature from a batch-of-one compilation, then restore the batch
@@ -151,7 +162,8 @@ impl Model {
     }
 
     /// True when one compiled plan serves every batch size; false when the model is compiled
-    /// per (power-of-two) batch size because its graph computes shapes at run time.
+    /// per (power-of-two) batch size, because its graph computes shapes at run time or because
+    /// streamtract's graph rewrites apply to it (see [`rewrite_for_batch`]).
     pub fn has_dynamic_batch(&self) -> bool {
         matches!(*self.compiled, Compiled::Dynamic(_))
     }
@@ -445,6 +457,18 @@ fn batch_symbol(graph: &InferenceModel) -> String {
         .filter(|d| d.to_i64().is_err())
         .map(|d| d.to_string())
         .unwrap_or_else(|| "N".to_string())
+}
+
+/// Whether streamtract's rewrites change `graph` (typed with a symbolic batch as `typed`) once
+/// its batch size is fixed, at the largest size compiled: then it is worth compiling per batch
+/// size. Only graphs with a convolution or a max pool are compiled to find out.
+fn rewrites_apply(graph: &InferenceModel, typed: &TypedModel) -> bool {
+    rewrite::may_apply(typed)
+        && with_batch_size(graph, MAX_COMPILED_ROWS)
+            .and_then(|g| g.into_typed())
+            .and_then(|t| t.into_decluttered())
+            .and_then(|mut t| rewrite_for_batch(&mut t))
+            .is_ok_and(|rewritten| rewritten > 0)
 }
 
 /// The graph with every input's first dimension fixed to `rows`.

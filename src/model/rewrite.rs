@@ -13,6 +13,16 @@ pub fn rewrite_for_batch(model: &mut TypedModel) -> TractResult<usize> {
     Ok(lay_images_side_by_side(model)? + replace_tiled_max_pools(model)?)
 }
 
+/// Whether `model` has an op that a rewrite could take (a convolution or a max pool), at some
+/// batch size: a cheap look before compiling a graph per batch size to find out.
+pub(crate) fn may_apply(model: &TypedModel) -> bool {
+    use tract_onnx::tract_core::ops::cnn::{Conv, MaxPool};
+    model
+        .nodes()
+        .iter()
+        .any(|n| n.op_is::<Conv>() || n.op_is::<MaxPool>())
+}
+
 /// Replaces each node of `model` whose op is an `O` that `select` accepts, in evaluation order:
 /// `wire` builds the replacement in a patch from the node's name, its input wires and what
 /// `select` returned, and gives back the wire that takes the node's output. Returns how many
