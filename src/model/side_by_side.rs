@@ -11,13 +11,15 @@
 //! nodes:
 //!
 //! 1. [`SideBySide`] copies the `N` images of `[N, C, H, W]` into one image
-//!    `[1, C, H + pads, N × (W + pads)]`, each in its own frame of zeros as wide as the
-//!    convolution's padding;
-//! 2. the same convolution without padding (the frames are the padding), which tract then
-//!    compiles as a direct convolution over rows of `N × (W + pads)` points;
+//!    `[1, C, H + pads, about N × (W + pad)]`, with zeros above and below as deep as the
+//!    convolution's padding and columns of zeros between the images as wide as its wider
+//!    side padding (one gap is the right padding of one image and the left padding of the
+//!    next, so no point is computed for two pads);
+//! 2. the same convolution without padding (the zeros are the padding), which tract then
+//!    compiles as a direct convolution over rows of about `N × (W + pad)` points;
 //! 3. [`BackToImages`] copies each image's output columns back to `[N, C', H', W']`.
 //!
-//! A frame is as wide as the kernel reaches past an image's edge, so no output point of one
+//! A gap is as wide as the kernel reaches past an image's edge, so no output point of one
 //! image reads a pixel of its neighbour: the results are those of the original convolution,
 //! up to the order of the float additions. The two copies move about as many bytes as the
 //! convolution reads and writes once; on the digits CNN they made the static binary's
@@ -89,8 +91,9 @@ pub fn lay_images_side_by_side(model: &mut TypedModel) -> TractResult<usize> {
 }
 
 /// Where the images of a batch go in the wide image: `images` of `height × width` pixels,
-/// each with `top`/`bottom`/`left`/`right` pixels of zeros around it, and `out_height ×
-/// out_width` points of convolution output each.
+/// with `top`/`bottom` rows of zeros above and below, `left` columns of zeros before the
+/// first image, `right` after the last and the wider of the two between images; and
+/// `out_height × out_width` points of convolution output each.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Frame {
     images: usize,
@@ -157,26 +160,37 @@ impl Frame {
         self.left + self.width + self.right
     }
 
+    /// Columns from one image's start to the next's: the image and one gap of zeros, which
+    /// is the right padding of the one and the left padding of the other.
+    fn pitch(&self) -> usize {
+        self.width + self.left.max(self.right)
+    }
+
     fn framed_height(&self) -> usize {
         self.top + self.height + self.bottom
     }
 
-    /// Output width of the unpadded convolution over the wide image.
-    fn wide_out_width(&self, kernel_width: usize) -> usize {
-        self.images * self.framed_width() + 1 - kernel_width
+    /// Width of the wide image up to the last image's right padding.
+    fn padded_width(&self) -> usize {
+        self.left + (self.images - 1) * self.pitch() + self.width + self.right
     }
 
-    /// Width of the wide image: the framed images, then zeros up to an output row that is a
-    /// whole number of TAIL_ALIGN points.
+    /// Output width of the unpadded convolution over the wide image.
+    fn wide_out_width(&self, kernel_width: usize) -> usize {
+        self.padded_width() + 1 - kernel_width
+    }
+
+    /// Width of the wide image: the images and their padding, then zeros up to an output row
+    /// that is a whole number of TAIL_ALIGN points.
     fn wide_width(&self) -> usize {
         let kernel_width = self.framed_width() + 1 - self.out_width;
         let out = self.wide_out_width(kernel_width);
-        self.images * self.framed_width() + out.next_multiple_of(TAIL_ALIGN) - out
+        self.padded_width() + out.next_multiple_of(TAIL_ALIGN) - out
     }
 }
 
-/// `[N, C, H, W]` → `[1, C, H + top + bottom, N × (W + left + right)]`: the images side by
-/// side, each in a frame of zeros.
+/// `[N, C, H, W]` → `[1, C, H + top + bottom, wide width]`: the images side by side, with
+/// zeros around and between them (see [`Frame`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct SideBySide {
     frame: Frame,
@@ -195,7 +209,7 @@ impl EvalOp for SideBySide {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let f = &self.frame;
-        let (fh, fw) = (f.framed_height(), f.framed_width());
+        let (fh, pitch) = (f.framed_height(), f.pitch());
         let row = f.wide_width();
         eval_f32(&inputs, &[1, f.channels, fh, row], move |input, out| {
             ensure!(input.len() == f.images * f.channels * f.height * f.width);
@@ -205,7 +219,7 @@ impl EvalOp for SideBySide {
             {
                 for (c, plane) in image.chunks_exact(f.height * f.width).enumerate() {
                     for (y, pixels) in plane.chunks_exact(f.width).enumerate() {
-                        let at = (c * fh + f.top + y) * row + n * fw + f.left;
+                        let at = (c * fh + f.top + y) * row + f.left + n * pitch;
                         out[at..at + f.width].copy_from_slice(pixels);
                     }
                 }
@@ -227,8 +241,8 @@ impl TypedOp for SideBySide {
     as_op!();
 }
 
-/// `[1, C', H', N × (W + left + right) - kernel width + 1]` → `[N, C', H', W']`: each image's
-/// output columns of the wide convolution, back in a batch.
+/// `[1, C', H', wide output width]` → `[N, C', H', W']`: each image's output columns of the
+/// wide convolution, back in a batch.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct BackToImages {
     frame: Frame,
@@ -251,13 +265,13 @@ impl EvalOp for BackToImages {
         eval_f32(&inputs, &shape, move |wide, out| {
             let row = wide.len() / (f.out_channels * f.out_height).max(1);
             ensure!(row * f.out_channels * f.out_height == wide.len());
-            ensure!((f.images - 1) * f.framed_width() + f.out_width <= row);
+            ensure!((f.images - 1) * f.pitch() + f.out_width <= row);
             let per_image = f.out_channels * f.out_height * f.out_width;
             for (n, image) in out.chunks_exact_mut(per_image).enumerate() {
                 for (i, points) in image.chunks_exact_mut(f.out_width).enumerate() {
                     // Output row i of image n is row i of the wide output (same channel and
-                    // height), from the image's first column.
-                    let at = i * row + n * f.framed_width();
+                    // height), from the column where the image's left padding starts.
+                    let at = i * row + n * f.pitch();
                     points.copy_from_slice(&wide[at..at + f.out_width]);
                 }
             }
@@ -296,8 +310,9 @@ mod tests {
             .to_vec()
     }
 
-    /// Two 1-channel 2×3 images, frames of one pixel and a 3×3 kernel: the wide image is 4
-    /// rows of 2 × 5 points plus a tail of zeros up to an output row of 16 points.
+    /// Two 1-channel 2×3 images, padding of one pixel and a 3×3 kernel: the wide image is 4
+    /// rows of 9 points (a zero, the first image, a zero, the second, a zero) plus a tail of
+    /// zeros up to an output row of 16 points.
     fn frame() -> Frame {
         Frame {
             images: 2,
@@ -315,7 +330,7 @@ mod tests {
     }
 
     #[test]
-    fn images_go_side_by_side_in_frames_of_zeros() {
+    fn images_go_side_by_side_with_zeros_around_and_between() {
         let f = frame();
         assert_eq!(f.wide_width(), 18);
         let pixels: Vec<f32> = (1..=12).map(|v| v as f32).collect();
@@ -323,10 +338,10 @@ mod tests {
         let wide = eval(SideBySide { frame: f }, input);
         let zeros = [0.0; 18];
         let mut want = zeros.to_vec();
-        want.extend_from_slice(&[0., 1., 2., 3., 0., 0., 7., 8., 9., 0.]);
-        want.extend_from_slice(&[0.0; 8]);
-        want.extend_from_slice(&[0., 4., 5., 6., 0., 0., 10., 11., 12., 0.]);
-        want.extend_from_slice(&[0.0; 8]);
+        want.extend_from_slice(&[0., 1., 2., 3., 0., 7., 8., 9., 0.]);
+        want.extend_from_slice(&[0.0; 9]);
+        want.extend_from_slice(&[0., 4., 5., 6., 0., 10., 11., 12., 0.]);
+        want.extend_from_slice(&[0.0; 9]);
         want.extend_from_slice(&zeros);
         assert_eq!(wide, want);
     }
@@ -338,8 +353,8 @@ mod tests {
         let wide: Vec<f32> = (0..32).map(|v| v as f32).collect();
         let input = Tensor::from_shape(&[1, 1, 2, 16], &wide).unwrap();
         let images = eval(BackToImages { frame: f }, input);
-        // Image 0 starts at column 0, image 1 at column 5 (one framed image further).
-        let want = [0., 1., 2., 16., 17., 18., 5., 6., 7., 21., 22., 23.];
+        // Image 0's outputs start at column 0, image 1's at column 4 (an image and a gap on).
+        let want = [0., 1., 2., 16., 17., 18., 4., 5., 6., 20., 21., 22.];
         assert_eq!(images, want);
     }
 
@@ -404,7 +419,7 @@ mod tests {
         assert!(max_diff < 1e-5, "max abs diff {max_diff}");
     }
 
-    /// Eight 8×8 images side by side make output rows of 78 points, too short for tract's
+    /// Eight 8×8 images side by side make output rows of 71 points, too short for tract's
     /// direct convolution: those stay as they are.
     #[test]
     fn batches_too_narrow_for_the_direct_convolution_stay_as_they_are() {
