@@ -130,6 +130,24 @@ fn digits_cnn_dynamic_matches_tensorflow_and_gets_the_rewrites() {
     assert_eq!(batch_line("off").as_deref(), Some("batch:  dynamic"));
 }
 
+/// Pipelines warm a model up for their batch size: every plan a batch of that size or smaller
+/// runs on is compiled before the first record, for models compiled per batch size.
+#[test]
+fn warming_up_compiles_every_size_a_batch_can_run_on() {
+    let cnn = Model::load(models_dir().join("digits_cnn.onnx")).unwrap();
+    assert!(!cnn.has_dynamic_batch());
+    assert!(cnn.compiled_batch_sizes().is_empty());
+    cnn.warm_up(5).unwrap();
+    assert_eq!(cnn.compiled_batch_sizes(), [1, 2, 4, 8]);
+    // Batches over 64 rows run in chunks of 64: no larger plan.
+    cnn.warm_up(256).unwrap();
+    assert_eq!(cnn.compiled_batch_sizes(), [1, 2, 4, 8, 16, 32, 64]);
+    let mlp = Model::load(models_dir().join("digits_mlp.onnx")).unwrap();
+    assert!(mlp.has_dynamic_batch());
+    mlp.warm_up(256).unwrap();
+    assert!(mlp.compiled_batch_sizes().is_empty());
+}
+
 #[test]
 fn digits_embedding_matches_tensorflow() {
     check_model("digits_embedding");

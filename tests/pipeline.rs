@@ -903,6 +903,9 @@ fn json_logs_are_one_object_per_line_with_event_fields() {
         ready["sha256"].as_str().is_some_and(|s| s.len() == 64),
         "{ready}"
     );
+    assert!(ready["model_load_ms"].as_u64().is_some(), "{ready}");
+    // The MLP has one plan for every batch size.
+    assert_eq!(ready["compiled_batch_sizes"], "[]", "{ready}");
     let done = find("run finished");
     assert_eq!(done["records_in"], 3);
     assert_eq!(done["records_out"], 2);

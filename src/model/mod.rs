@@ -186,10 +186,35 @@ impl Model {
         }
     }
 
-    /// Compiles the plan for batches of `rows` ahead of time (a no-op for dynamic models), so
-    /// the first batch of that size does not pay for it.
+    /// Compiles ahead of time every plan that a batch of up to `rows` rows can run on (a no-op
+    /// for dynamic models): one per power-of-two size up to `rows`, and at most 64, since
+    /// larger batches run in chunks of 64 rows (see [`Model::run`]). Otherwise the
+    /// first batch of each size pays for compiling its plan; at a low input rate batches are
+    /// small and of every size, so that would be many of the first batches.
     pub fn warm_up(&self, rows: usize) -> Result<(), ModelError> {
-        self.plan_for(rows).map(|_| ())
+        if let Compiled::PerBatchSize { .. } = &*self.compiled {
+            let largest = rows.clamp(1, MAX_COMPILED_ROWS).next_power_of_two();
+            for size in (0..=largest.trailing_zeros()).map(|bit| 1 << bit) {
+                self.plan_for(size)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The batch sizes that have a compiled plan, in increasing order (empty for dynamic
+    /// models, which have one plan for every size).
+    pub fn compiled_batch_sizes(&self) -> Vec<usize> {
+        match &*self.compiled {
+            Compiled::Dynamic(_) => Vec::new(),
+            Compiled::PerBatchSize { plans, .. } => {
+                let mut sizes: Vec<usize> = plans
+                    .lock()
+                    .map(|p| p.keys().copied().collect())
+                    .unwrap_or_default();
+                sizes.sort_unstable();
+                sizes
+            }
+        }
     }
 
     /// The plan to run `rows` rows with, and the number of rows it expects.

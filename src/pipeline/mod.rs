@@ -412,6 +412,8 @@ impl Pipeline {
             partitions = source.ranges().len(),
             bounded_total = ?source.bounded_total(),
             workers = serving.pool.workers(),
+            compiled_batch_sizes = ?model.compiled_batch_sizes(),
+            model_load_ms = serving.load_time.as_millis() as u64,
             "pipeline ready"
         );
         config.metrics.model(model.sha256(), model.path());

@@ -183,7 +183,7 @@ impl RunLoop {
             self.dispatch().await;
         }
         tracing::info!(model = %next.model.path().display(), sha256 = next.sha256(),
-            previous_sha256 = self.serving.sha256(), "model reloaded");
+            previous_sha256 = self.serving.sha256(), load_ms = next.load_time.as_millis() as u64, "model reloaded");
         self.config.metrics.model(next.sha256(), next.model.path());
         self.serving = Arc::new(next);
     }

@@ -4,6 +4,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::PipelineConfig;
 use crate::codec::{Decoder, Encoder};
@@ -20,12 +21,15 @@ pub(crate) struct Serving {
     pub pool: InferencePool,
     /// Hex SHA-256 of the model file, as written in the `model.sha256` header.
     pub sha: Arc<[u8]>,
+    /// How long loading, checking and compiling took (logged: it is the start-up cost).
+    pub load_time: Duration,
 }
 
 impl Serving {
     /// Loads the model at `path`, checks it against the configured input and output formats,
-    /// compiles the plan for full batches and starts its inference threads.
+    /// compiles the plans its batches will run on and starts its inference threads.
     pub async fn load(config: &PipelineConfig, path: &Path) -> Result<Serving> {
+        let started = Instant::now();
         let owned = path.to_path_buf();
         let model = tokio::task::spawn_blocking(move || Model::load(owned))
             .await
@@ -39,7 +43,8 @@ impl Serving {
             .iter()
             .map(|i| i.row_shape().unwrap_or_default())
             .collect();
-        // Compile the full-size plan now, so the first batch does not pay for it.
+        // Compile the plans now (one per batch size, for some models), so that the first
+        // batches do not pay for them.
         let warm = model.clone();
         let batch_size = config.batch_size;
         tokio::task::spawn_blocking(move || warm.warm_up(batch_size))
@@ -54,6 +59,7 @@ impl Serving {
             row_shapes,
             pool,
             sha,
+            load_time: started.elapsed(),
         })
     }
 
