@@ -531,14 +531,7 @@ fn follow_mode_reads_several_topics_and_stops_cleanly_on_sigterm() {
         child.try_wait().unwrap().is_none(),
         "follow mode must keep running"
     );
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "SIGTERM should exit 0: {stderr}");
+    let stderr = stop_with_sigterm(child);
     assert!(
         stderr.contains("15 records in, 15 outputs written"),
         "{stderr}"
@@ -562,18 +555,7 @@ fn follow_until_outputs(
     wait: Duration,
 ) -> (Vec<Consumed>, Duration, String) {
     let started = Instant::now();
-    let mut args = vec![
-        "run",
-        "--brokers",
-        &broker.addr,
-        "--input",
-        input,
-        "--output",
-        output,
-        "--model",
-        "models/digits_mlp.onnx",
-    ];
-    args.extend_from_slice(extra);
+    let args = run_args(broker, input, output, "models/digits_mlp.onnx", extra);
     let child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
         .args(&args)
         .current_dir(root())
@@ -587,6 +569,12 @@ fn follow_until_outputs(
     } else {
         broker.consume(output, expected, wait)
     };
+    (outs, first_after, stop_with_sigterm(child))
+}
+
+/// Sends SIGTERM to a `streamtract run` started with piped stderr, checks that it exits 0 and
+/// returns its stderr.
+fn stop_with_sigterm(child: std::process::Child) -> String {
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -595,7 +583,7 @@ fn follow_until_outputs(
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "SIGTERM should exit 0: {stderr}");
-    (outs, first_after, stderr)
+    stderr
 }
 
 #[test]
