@@ -595,7 +595,33 @@ async fn fetch_partition(
 
 #[cfg(test)]
 mod tests {
-    use super::{FetchSize, SourceRecord, LARGEST_FETCH};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    use super::{FetchSize, Position, SourceRecord, LARGEST_FETCH};
+
+    #[test]
+    fn partitions_count_as_behind_until_a_fetch_reaches_the_high_watermark() {
+        let behind = Arc::new(AtomicUsize::new(0));
+        let count = || behind.load(Ordering::Acquire);
+        let mut a = Position::new(Arc::clone(&behind));
+        let mut b = Position::new(Arc::clone(&behind));
+        assert_eq!(count(), 2, "nothing is known before the first fetch");
+        a.update(10, 10);
+        assert_eq!(count(), 1);
+        a.update(10, 10);
+        assert_eq!(count(), 1, "a second caught-up fetch counts once");
+        b.update(3, 10);
+        assert_eq!(count(), 1, "b is still behind");
+        b.update(10, 10);
+        assert_eq!(count(), 0);
+        a.update(10, 12);
+        assert_eq!(count(), 1, "new records behind a");
+        drop(a);
+        assert_eq!(count(), 0, "a fetcher that stops leaves the count");
+        drop(b);
+        assert_eq!(count(), 0);
+    }
 
     /// What one fetch brought: a record of `bytes` bytes of value (none for 0).
     fn fetch_of(bytes: usize) -> Vec<SourceRecord> {
