@@ -107,17 +107,25 @@ impl Model {
                 let signature = read_signature(&typed, None).map_err(load_err)?;
                 check_supported(&path, &signature)?;
                 let softmax = softmax::detach_output_softmax(&mut typed).map_err(load_err)?;
-                let compiled = if rewrite::enabled() && rewrites_apply(&graph, &typed) {
-                    Compiled::PerBatchSize {
-                        graph: Arc::new(graph),
-                        plans: Mutex::new(HashMap::new()),
+                let compiled = match rewritten_at_largest_size(&graph, &typed, &softmax) {
+                    // Its plan is the first of those compiled per batch size.
+                    Some(rewritten) => {
+                        let plan = rewritten
+                            .into_optimized()
+                            .and_then(|m| m.into_runnable())
+                            .map_err(load_err)?;
+                        Compiled::PerBatchSize {
+                            graph: Arc::new(graph),
+                            plans: Mutex::new(HashMap::from([(MAX_COMPILED_ROWS, plan)])),
+                        }
                     }
-                } else {
-                    let plan = typed
-                        .into_optimized()
-                        .and_then(|m| m.into_runnable())
-                        .map_err(load_err)?;
-                    Compiled::Dynamic(plan)
+                    None => {
+                        let plan = typed
+                            .into_optimized()
+                            .and_then(|m| m.into_runnable())
+                            .map_err(load_err)?;
+                        Compiled::Dynamic(plan)
+                    }
                 };
                 (signature, compiled, softmax)
             }
@@ -229,20 +237,8 @@ impl Model {
                 if let Some(plan) = plans.get(&size) {
                     return Ok((Arc::clone(plan), size));
                 }
-                let plan = with_batch_size(graph, size)
-                    .and_then(|g| g.into_typed())
-                    .and_then(|mut typed| {
-                        let softmax = softmax::detach_output_softmax(&mut typed)?;
-                        anyhow::ensure!(
-                            softmax == *self.softmax_outputs,
-                            "the graph's final Softmax differs between batch sizes"
-                        );
-                        let mut typed = typed.into_decluttered()?;
-                        if rewrite::enabled() {
-                            rewrite_for_batch(&mut typed)?;
-                        }
-                        typed.into_optimized()
-                    })
+                let plan = typed_for_batch(graph, size, &self.softmax_outputs)
+                    .and_then(|(typed, _)| typed.into_optimized())
                     .and_then(|m| m.into_runnable())
                     .map_err(|e| ModelError::Load {
                         path: self.path.clone(),
@@ -484,16 +480,46 @@ fn batch_symbol(graph: &InferenceModel) -> String {
         .unwrap_or_else(|| "N".to_string())
 }
 
-/// Whether streamtract's rewrites change `graph` (typed with a symbolic batch as `typed`) once
-/// its batch size is fixed, at the largest size compiled: then it is worth compiling per batch
-/// size. Only graphs with a convolution or a max pool are compiled to find out.
-fn rewrites_apply(graph: &InferenceModel, typed: &TypedModel) -> bool {
-    rewrite::may_apply(typed)
-        && with_batch_size(graph, MAX_COMPILED_ROWS)
-            .and_then(|g| g.into_typed())
-            .and_then(|t| t.into_decluttered())
-            .and_then(|mut t| rewrite_for_batch(&mut t))
-            .is_ok_and(|rewritten| rewritten > 0)
+/// `graph` typed for batches of `size` rows, ready for tract's optimisation: its final Softmax
+/// detached (which must match `softmax_outputs`, what was detached at load), decluttered, and
+/// with streamtract's rewrites applied unless they are turned off. Also returns how many nodes
+/// the rewrites replaced.
+fn typed_for_batch(
+    graph: &InferenceModel,
+    size: usize,
+    softmax_outputs: &[bool],
+) -> TractResult<(TypedModel, usize)> {
+    let mut typed = with_batch_size(graph, size)?.into_typed()?;
+    let softmax = softmax::detach_output_softmax(&mut typed)?;
+    anyhow::ensure!(
+        softmax == softmax_outputs,
+        "the graph's final Softmax differs between batch sizes"
+    );
+    let mut typed = typed.into_decluttered()?;
+    let rewritten = if rewrite::enabled() {
+        rewrite_for_batch(&mut typed)?
+    } else {
+        0
+    };
+    Ok((typed, rewritten))
+}
+
+/// For `graph`, which tract types with a symbolic batch as `typed`: the graph typed for the
+/// largest compiled size, if streamtract's rewrites changed it there, in which case it is worth
+/// compiling per batch size. Only graphs with a convolution or a max pool are typed again to
+/// find out.
+fn rewritten_at_largest_size(
+    graph: &InferenceModel,
+    typed: &TypedModel,
+    softmax_outputs: &[bool],
+) -> Option<TypedModel> {
+    if !rewrite::enabled() || !rewrite::may_apply(typed) {
+        return None;
+    }
+    match typed_for_batch(graph, MAX_COMPILED_ROWS, softmax_outputs) {
+        Ok((rewritten, count)) if count > 0 => Some(rewritten),
+        _ => None,
+    }
 }
 
 /// The graph with every input's first dimension fixed to `rows`.
