@@ -13,6 +13,7 @@
 //! # Ok::<(), streamtract::Error>(())
 //! ```
 
+mod fused_copies;
 mod rewrite;
 mod runner;
 mod side_by_side;
@@ -20,6 +21,7 @@ mod signature;
 mod softmax;
 mod tiled_max_pool;
 
+pub use fused_copies::fuse_wide_copies;
 pub use rewrite::{rewrite_for_batch, REWRITES_ENV};
 pub use runner::{InferencePool, PendingBatch};
 pub use side_by_side::lay_images_side_by_side;

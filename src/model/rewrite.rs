@@ -3,14 +3,16 @@
 
 use tract_onnx::prelude::*;
 
-use super::{lay_images_side_by_side, replace_tiled_max_pools};
+use super::{fuse_wide_copies, lay_images_side_by_side, replace_tiled_max_pools};
 
 /// streamtract's rewrites of a graph typed for one batch size, which tract then compiles
-/// faster than the graph as exported: [`lay_images_side_by_side`] and
-/// [`replace_tiled_max_pools`]. Returns how many nodes were rewritten. Call it between
+/// faster than the graph as exported: [`lay_images_side_by_side`],
+/// [`replace_tiled_max_pools`] and then [`fuse_wide_copies`]. Returns how many nodes were
+/// rewritten (a fused chain counts as one). Call it between
 /// `into_decluttered()` and `into_optimized()` when compiling a plan of your own.
 pub fn rewrite_for_batch(model: &mut TypedModel) -> TractResult<usize> {
-    Ok(lay_images_side_by_side(model)? + replace_tiled_max_pools(model)?)
+    let replaced = lay_images_side_by_side(model)? + replace_tiled_max_pools(model)?;
+    Ok(replaced + fuse_wide_copies(model)?)
 }
 
 /// Whether `model` has an op that a rewrite could take (a convolution or a max pool), at some

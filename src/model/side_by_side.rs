@@ -85,7 +85,7 @@ pub fn lay_images_side_by_side(model: &mut TypedModel) -> TractResult<usize> {
         let mut inputs = taps.to_vec();
         inputs[0] = patch.wire_node(format!("{name}.side_by_side"), side_by_side, &taps[..1])?[0];
         let wide = patch.wire_node(format!("{name}.wide"), unpadded, &inputs)?[0];
-        let back = BackToImages { frame };
+        let back = BackToImages::new(frame);
         Ok(patch.wire_node(format!("{name}.back_to_images"), back, &[wide])?[0])
     })
 }
@@ -96,17 +96,17 @@ pub fn lay_images_side_by_side(model: &mut TypedModel) -> TractResult<usize> {
 /// `out_height × out_width` points of convolution output each.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct Frame {
-    images: usize,
-    channels: usize,
-    height: usize,
-    width: usize,
-    top: usize,
-    bottom: usize,
-    left: usize,
-    right: usize,
-    out_channels: usize,
-    out_height: usize,
-    out_width: usize,
+    pub(super) images: usize,
+    pub(super) channels: usize,
+    pub(super) height: usize,
+    pub(super) width: usize,
+    pub(super) top: usize,
+    pub(super) bottom: usize,
+    pub(super) left: usize,
+    pub(super) right: usize,
+    pub(super) out_channels: usize,
+    pub(super) out_height: usize,
+    pub(super) out_width: usize,
 }
 
 impl Frame {
@@ -162,11 +162,11 @@ impl Frame {
 
     /// Columns from one image's start to the next's: the image and one gap of zeros, which
     /// is the right padding of the one and the left padding of the other.
-    fn pitch(&self) -> usize {
+    pub(super) fn pitch(&self) -> usize {
         self.width + self.left.max(self.right)
     }
 
-    fn framed_height(&self) -> usize {
+    pub(super) fn framed_height(&self) -> usize {
         self.top + self.height + self.bottom
     }
 
@@ -182,7 +182,7 @@ impl Frame {
 
     /// Width of the wide image: the images and their padding, then zeros up to an output row
     /// that is a whole number of TAIL_ALIGN points.
-    fn wide_width(&self) -> usize {
+    pub(super) fn wide_width(&self) -> usize {
         let kernel_width = self.framed_width() + 1 - self.out_width;
         let out = self.wide_out_width(kernel_width);
         self.padded_width() + out.next_multiple_of(TAIL_ALIGN) - out
@@ -193,7 +193,7 @@ impl Frame {
 /// zeros around and between them (see [`Frame`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct SideBySide {
-    frame: Frame,
+    pub(super) frame: Frame,
 }
 
 impl Op for SideBySide {
@@ -243,9 +243,37 @@ impl TypedOp for SideBySide {
 
 /// `[1, C', H', wide output width]` → `[N, C', H', W']`: each image's output columns of the
 /// wide convolution, back in a batch.
+///
+/// A copy back can also take over what follows it (see [`super::fuse_wide_copies`]): a ReLU
+/// (`relu`), applied to each point, and a max pooling over `tile` (height, width; `[1, 1]`
+/// for none), which makes it `[N, C', H' / tile height, W' / tile width]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) struct BackToImages {
-    frame: Frame,
+    pub(super) frame: Frame,
+    pub(super) relu: bool,
+    pub(super) tile: [usize; 2],
+}
+
+impl BackToImages {
+    fn new(frame: Frame) -> BackToImages {
+        BackToImages {
+            frame,
+            relu: false,
+            tile: [1, 1],
+        }
+    }
+
+    /// `[N, C', H', W']`, or with a tile, `[N, C', H' / tile height, W' / tile width]`.
+    pub(super) fn output_shape(&self) -> [usize; 4] {
+        let f = &self.frame;
+        let [th, tw] = self.tile;
+        [
+            f.images,
+            f.out_channels,
+            f.out_height / th,
+            f.out_width / tw,
+        ]
+    }
 }
 
 impl Op for BackToImages {
@@ -260,36 +288,84 @@ impl EvalOp for BackToImages {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let f = &self.frame;
-        let shape = [f.images, f.out_channels, f.out_height, f.out_width];
+        let (frame, tile) = (&self.frame, self.tile);
+        let shape = self.output_shape();
         eval_f32(&inputs, &shape, move |wide, out| {
-            let row = wide.len() / (f.out_channels * f.out_height).max(1);
-            ensure!(row * f.out_channels * f.out_height == wide.len());
-            ensure!((f.images - 1) * f.pitch() + f.out_width <= row);
-            let per_image = f.out_channels * f.out_height * f.out_width;
-            for (n, image) in out.chunks_exact_mut(per_image).enumerate() {
-                for (i, points) in image.chunks_exact_mut(f.out_width).enumerate() {
-                    // Output row i of image n is row i of the wide output (same channel and
-                    // height), from the column where the image's left padding starts.
-                    let at = i * row + n * f.pitch();
-                    points.copy_from_slice(&wide[at..at + f.out_width]);
-                }
+            let row = wide.len() / (frame.out_channels * frame.out_height).max(1);
+            ensure!(row * frame.out_channels * frame.out_height == wide.len());
+            ensure!((frame.images - 1) * frame.pitch() + frame.out_width <= row);
+            // The ReLU as a constant of the loops, which LLVM then compiles without a branch.
+            if self.relu {
+                collect::<true>(frame, tile, row, wide, out);
+            } else {
+                collect::<false>(frame, tile, row, wide, out);
             }
             Ok(())
         })
     }
 }
 
+/// Copies each image's output points from the wide output (rows of `row` points) to `out`,
+/// `[N, C', H' / tile height, W' / tile width]`, through a ReLU if `RELU` and pooling the
+/// tiles. The loops go along the wide rows, images inside, so no index is divided per row.
+fn collect<const RELU: bool>(
+    f: &Frame,
+    [th, tw]: [usize; 2],
+    row: usize,
+    wide: &[f32],
+    out: &mut [f32],
+) {
+    let act = |v: f32| if RELU { v.max(0.0) } else { v };
+    let (out_height, out_width) = (f.out_height / th, f.out_width / tw);
+    let width = out_width * tw;
+    for c in 0..f.out_channels {
+        for y in 0..out_height {
+            // Output row y of channel c comes from `th` rows of the wide output (same
+            // channel), each image's from the column where its left padding starts.
+            let first = (c * f.out_height + y * th) * row;
+            for n in 0..f.images {
+                let at = first + n * f.pitch();
+                let to = ((n * f.out_channels + c) * out_height + y) * out_width;
+                let points = &mut out[to..to + out_width];
+                match [th, tw] {
+                    [1, 1] if !RELU => points.copy_from_slice(&wide[at..at + width]),
+                    [1, 1] => {
+                        for (o, &v) in points.iter_mut().zip(&wide[at..at + width]) {
+                            *o = act(v);
+                        }
+                    }
+                    // The maximum as TiledMaxPool takes it (from f32::MIN, with f32::max).
+                    [2, 2] => {
+                        let top = wide[at..at + width].chunks_exact(2);
+                        let bottom = wide[at + row..at + row + width].chunks_exact(2);
+                        for (o, (a, b)) in points.iter_mut().zip(top.zip(bottom)) {
+                            *o = f32::MIN
+                                .max(act(a[0]))
+                                .max(act(a[1]))
+                                .max(act(b[0]))
+                                .max(act(b[1]));
+                        }
+                    }
+                    _ => {
+                        for (x, o) in points.iter_mut().enumerate() {
+                            *o = (0..th)
+                                .flat_map(|r| {
+                                    let start = at + r * row + x * tw;
+                                    &wide[start..start + tw]
+                                })
+                                .fold(f32::MIN, |m, &v| m.max(act(v)));
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 impl TypedOp for BackToImages {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let f = &self.frame;
         ensure!(inputs[0].datum_type == f32::datum_type());
-        Ok(tvec!(f32::fact([
-            f.images,
-            f.out_channels,
-            f.out_height,
-            f.out_width
-        ])))
+        Ok(tvec!(f32::fact(self.output_shape())))
     }
 
     as_op!();
@@ -352,7 +428,7 @@ mod tests {
         // A wide output of 2 rows of 16 points, each point numbered by where it is.
         let wide: Vec<f32> = (0..32).map(|v| v as f32).collect();
         let input = Tensor::from_shape(&[1, 1, 2, 16], &wide).unwrap();
-        let images = eval(BackToImages { frame: f }, input);
+        let images = eval(BackToImages::new(f), input);
         // Image 0's outputs start at column 0, image 1's at column 4 (an image and a gap on).
         let want = [0., 1., 2., 16., 17., 18., 4., 5., 6., 20., 21., 22.];
         assert_eq!(images, want);

@@ -32,9 +32,9 @@ pub fn replace_tiled_max_pools(model: &mut TypedModel) -> TractResult<usize> {
 /// unpadded pooling).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TiledMaxPool {
-    shape: [usize; 4],
-    tile_height: usize,
-    tile_width: usize,
+    pub(super) shape: [usize; 4],
+    pub(super) tile_height: usize,
+    pub(super) tile_width: usize,
 }
 
 impl TiledMaxPool {
