@@ -180,10 +180,7 @@ impl EvalOp for Rewiden {
         let (from, to) = (&self.from, &self.to);
         let shape = [1, to.channels, to.framed_height(), to.wide_width()];
         eval_f32(&inputs, &shape, move |wide, out| {
-            let rows = from.out_channels * from.out_height;
-            let row = wide.len() / rows.max(1);
-            ensure!(row * rows == wide.len());
-            ensure!((from.images - 1) * from.pitch() + from.out_width <= row);
+            let row = from.wide_output_row(wide)?;
             // The ReLU as a constant of the loops, which LLVM then compiles without a branch.
             if self.relu {
                 rewiden::<true>(from, to, row, wide, out);

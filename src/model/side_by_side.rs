@@ -180,6 +180,16 @@ impl Frame {
         self.padded_width() + 1 - kernel_width
     }
 
+    /// The row length of `wide`, the output of the unpadded convolution over the wide image,
+    /// after checking that its rows hold every image's output points.
+    pub(super) fn wide_output_row(&self, wide: &[f32]) -> TractResult<usize> {
+        let rows = self.out_channels * self.out_height;
+        let row = wide.len() / rows.max(1);
+        ensure!(row * rows == wide.len());
+        ensure!((self.images - 1) * self.pitch() + self.out_width <= row);
+        Ok(row)
+    }
+
     /// Width of the wide image: the images and their padding, then zeros up to an output row
     /// that is a whole number of TAIL_ALIGN points.
     pub(super) fn wide_width(&self) -> usize {
@@ -291,9 +301,7 @@ impl EvalOp for BackToImages {
         let (frame, tile) = (&self.frame, self.tile);
         let shape = self.output_shape();
         eval_f32(&inputs, &shape, move |wide, out| {
-            let row = wide.len() / (frame.out_channels * frame.out_height).max(1);
-            ensure!(row * frame.out_channels * frame.out_height == wide.len());
-            ensure!((frame.images - 1) * frame.pitch() + frame.out_width <= row);
+            let row = frame.wide_output_row(wide)?;
             // The ReLU as a constant of the loops, which LLVM then compiles without a branch.
             if self.relu {
                 collect::<true>(frame, tile, row, wide, out);
