@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
 use super::client::{topic_partitions, KafkaConfig};
@@ -209,7 +210,7 @@ pub struct Source {
     records: mpsc::Receiver<Result<Vec<SourceRecord>, KafkaError>>,
     ranges: Vec<PartitionRange>,
     tasks: JoinSet<()>,
-    behind: Arc<AtomicUsize>,
+    behind: Arc<Behind>,
 }
 
 impl Source {
@@ -254,7 +255,7 @@ impl Source {
         let (tx, rx) = mpsc::channel(config.channel_capacity.max(1));
         let mut tasks = JoinSet::new();
         let mut ranges = Vec::new();
-        let behind = Arc::new(AtomicUsize::new(0));
+        let behind = Arc::new(Behind::default());
         for (pc, range) in plan {
             ranges.push(range.clone());
             if range.end.is_some_and(|end| range.start >= end) {
@@ -290,7 +291,7 @@ impl Source {
             records,
             ranges: Vec::new(),
             tasks,
-            behind: Arc::new(AtomicUsize::new(0)),
+            behind: Arc::new(Behind::default()),
         }
     }
 
@@ -321,7 +322,16 @@ impl Source {
     /// A partition counts as behind until its first fetch answers. The pipeline uses this to
     /// run a partial batch at once instead of waiting out its linger.
     pub fn caught_up(&self) -> bool {
-        self.behind.load(Ordering::Acquire) == 0 && self.records.is_empty()
+        self.behind.count.load(Ordering::Acquire) == 0 && self.records.is_empty()
+    }
+
+    /// Completes when the last partition behind catches up: a fetch that brought no record
+    /// (so no chunk to wake a reader) can still be the one that leaves nothing to wait for. If
+    /// that happened since the last such future completed, this one completes at once. Check
+    /// [`caught_up`](Self::caught_up) when it does: records may have come since.
+    pub fn when_caught_up(&self) -> impl Future<Output = ()> + Send + 'static {
+        let behind = Arc::clone(&self.behind);
+        async move { behind.none_left.notified().await }
     }
 }
 
@@ -445,6 +455,27 @@ impl FetchSize {
     }
 }
 
+/// The partitions of a [`Source`] that are behind, counted by their fetchers, and a signal
+/// for when the count comes down to zero.
+#[derive(Debug, Default)]
+struct Behind {
+    count: AtomicUsize,
+    none_left: Notify,
+}
+
+impl Behind {
+    fn add(&self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn remove(&self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            // One permit is kept if nobody waits, so a reader that looks later still wakes.
+            self.none_left.notify_one();
+        }
+    }
+}
+
 /// Whether one partition fetcher has read up to the high watermark, kept in the count of
 /// partitions behind that its [`Source`] shares with all its fetchers.
 ///
@@ -452,13 +483,13 @@ impl FetchSize {
 /// when it ends, whatever the reason, so a stopped fetcher never holds the count up.
 #[derive(Debug)]
 struct Position {
-    behind: Arc<AtomicUsize>,
+    behind: Arc<Behind>,
     is_behind: bool,
 }
 
 impl Position {
-    fn new(behind: Arc<AtomicUsize>) -> Self {
-        behind.fetch_add(1, Ordering::AcqRel);
+    fn new(behind: Arc<Behind>) -> Self {
+        behind.add();
         Position {
             behind,
             is_behind: true,
@@ -472,9 +503,9 @@ impl Position {
         if is_behind != self.is_behind {
             self.is_behind = is_behind;
             if is_behind {
-                self.behind.fetch_add(1, Ordering::AcqRel);
+                self.behind.add();
             } else {
-                self.behind.fetch_sub(1, Ordering::AcqRel);
+                self.behind.remove();
             }
         }
     }
@@ -483,7 +514,7 @@ impl Position {
 impl Drop for Position {
     fn drop(&mut self) {
         if self.is_behind {
-            self.behind.fetch_sub(1, Ordering::AcqRel);
+            self.behind.remove();
         }
     }
 }
@@ -595,15 +626,15 @@ async fn fetch_partition(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::Ordering;
     use std::sync::Arc;
 
-    use super::{FetchSize, Position, SourceRecord, LARGEST_FETCH};
+    use super::{Behind, FetchSize, Position, SourceRecord, LARGEST_FETCH};
 
     #[test]
     fn partitions_count_as_behind_until_a_fetch_reaches_the_high_watermark() {
-        let behind = Arc::new(AtomicUsize::new(0));
-        let count = || behind.load(Ordering::Acquire);
+        let behind = Arc::new(Behind::default());
+        let count = || behind.count.load(Ordering::Acquire);
         let mut a = Position::new(Arc::clone(&behind));
         let mut b = Position::new(Arc::clone(&behind));
         assert_eq!(count(), 2, "nothing is known before the first fetch");
@@ -621,6 +652,30 @@ mod tests {
         assert_eq!(count(), 0, "a fetcher that stops leaves the count");
         drop(b);
         assert_eq!(count(), 0);
+    }
+
+    /// The signal comes when the count reaches zero, from a fetch or a stopping fetcher,
+    /// and is kept for a reader that looks later; not while a partition is behind.
+    #[tokio::test]
+    async fn the_last_partition_to_catch_up_wakes_the_reader() {
+        let behind = Arc::new(Behind::default());
+        let signalled = || async {
+            let wait = behind.none_left.notified();
+            tokio::time::timeout(std::time::Duration::from_millis(50), wait)
+                .await
+                .is_ok()
+        };
+        let mut a = Position::new(Arc::clone(&behind));
+        let mut b = Position::new(Arc::clone(&behind));
+        a.update(10, 10);
+        assert!(!signalled().await, "b is still behind");
+        b.update(7, 7);
+        assert!(signalled().await, "an empty fetch that catches up signals");
+        assert!(!signalled().await, "one signal per catching up");
+        a.update(10, 12);
+        drop(a);
+        assert!(signalled().await, "a fetcher that stops behind signals too");
+        drop(b);
     }
 
     /// What one fetch brought: a record of `bytes` bytes of value (none for 0).

@@ -145,6 +145,10 @@ impl RunLoop {
                 continue;
             }
             let can_read = self.inflight.len() < max_inflight && !at_bound && self.held.is_empty();
+            // A partition that catches up with an empty fetch sends no chunk, so the batch
+            // would wait out its linger without this.
+            let catching_up = self.flushes_when_caught_up();
+            let caught_up = source.when_caught_up();
             tokio::select! {
                 biased;
                 _ = &mut *shutdown => return Some(Stop::Shutdown),
@@ -161,19 +165,26 @@ impl RunLoop {
                         self.held.extend(records.drain(take..));
                         self.on_records(records).await;
                         // Nothing more to wait for: more records can only come with new fetches.
-                        if self.config.flush_when_caught_up
-                            && !self.batch.is_empty()
-                            && self.held.is_empty()
-                            && source.caught_up()
-                        {
+                        if self.flushes_when_caught_up() && source.caught_up() {
                             self.dispatch().await;
                         }
                     }
                 },
+                _ = caught_up, if catching_up => {
+                    if source.caught_up() {
+                        self.dispatch().await;
+                    }
+                }
                 _ = tokio::time::sleep_until(self.batch_deadline), if !self.batch.is_empty() => self.dispatch().await,
                 _ = commit_due.tick() => return None,
             }
         }
+    }
+
+    /// Whether the batch runs as soon as the source is caught up: it has rows, and no records
+    /// held back at a bound are waiting to join it.
+    fn flushes_when_caught_up(&self) -> bool {
+        self.config.flush_when_caught_up && !self.batch.is_empty() && self.held.is_empty()
     }
 
     /// Makes `next` the model for new batches. Rows already decoded for the current model go
