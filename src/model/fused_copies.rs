@@ -178,8 +178,7 @@ impl EvalOp for Rewiden {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let (from, to) = (&self.from, &self.to);
-        let shape = [1, to.channels, to.framed_height(), to.wide_width()];
-        eval_f32(&inputs, &shape, move |wide, out| {
+        eval_f32(&inputs, &to.wide_shape(), move |wide, out| {
             let row = from.wide_output_row(wide)?;
             // The ReLU as a constant of the loops, which LLVM then compiles without a branch.
             if self.relu {
@@ -195,7 +194,8 @@ impl EvalOp for Rewiden {
 /// Copies each image's output points from the wide output `wide` (rows of `row` points,
 /// framed by `from`) into `out`, the zeroed wide image of frame `to`, through a ReLU if `RELU`.
 fn rewiden<const RELU: bool>(from: &Frame, to: &Frame, row: usize, wide: &[f32], out: &mut [f32]) {
-    let (height, out_row, width) = (to.framed_height(), to.wide_width(), from.out_width);
+    let [_, _, height, out_row] = to.wide_shape();
+    let width = from.out_width;
     // All the images' points of a row, and the gaps between them.
     let span = (from.images - 1) * from.pitch() + width;
     let copy = |into: &mut [f32], points: &[f32]| {
@@ -230,14 +230,8 @@ fn rewiden<const RELU: bool>(from: &Frame, to: &Frame, row: usize, wide: &[f32],
 
 impl TypedOp for Rewiden {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
-        let to = &self.to;
         ensure!(inputs[0].datum_type == f32::datum_type());
-        Ok(tvec!(f32::fact([
-            1,
-            to.channels,
-            to.framed_height(),
-            to.wide_width()
-        ])))
+        Ok(tvec!(f32::fact(self.to.wide_shape())))
     }
 
     as_op!();

@@ -190,6 +190,12 @@ impl Frame {
         Ok(row)
     }
 
+    /// Shape of the wide image this frame makes: `[1, C, framed height, wide width]`, what
+    /// `SideBySide` makes and a `Rewiden` into this frame too.
+    pub(super) fn wide_shape(&self) -> [usize; 4] {
+        [1, self.channels, self.framed_height(), self.wide_width()]
+    }
+
     /// Width of the wide image: the images and their padding, then zeros up to an output row
     /// that is a whole number of TAIL_ALIGN points.
     pub(super) fn wide_width(&self) -> usize {
@@ -219,9 +225,10 @@ impl EvalOp for SideBySide {
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
         let f = &self.frame;
-        let (fh, pitch) = (f.framed_height(), f.pitch());
-        let row = f.wide_width();
-        eval_f32(&inputs, &[1, f.channels, fh, row], move |input, out| {
+        let shape = f.wide_shape();
+        let [_, _, fh, row] = shape;
+        let pitch = f.pitch();
+        eval_f32(&inputs, &shape, move |input, out| {
             ensure!(input.len() == f.images * f.channels * f.height * f.width);
             for (n, image) in input
                 .chunks_exact(f.channels * f.height * f.width)
@@ -244,8 +251,7 @@ impl TypedOp for SideBySide {
         let f = &self.frame;
         let expected = [f.images, f.channels, f.height, f.width];
         ensure!(inputs[0].shape.as_concrete() == Some(&expected[..]));
-        let shape = [1, f.channels, f.framed_height(), f.wide_width()];
-        Ok(tvec!(f32::fact(shape)))
+        Ok(tvec!(f32::fact(f.wide_shape())))
     }
 
     as_op!();
