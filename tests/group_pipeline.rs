@@ -185,12 +185,101 @@ fn setup(name: &str) -> Broker {
     broker
 }
 
+/// Waits until the members' last logged assignments split all partitions between them, each
+/// member owning some, no member is mid-rebalance, and nothing changed for `quiet`.
+fn wait_for_split(members: &[Member], quiet: Duration, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    let mut last: Option<Vec<BTreeSet<i32>>> = None;
+    let mut since = Instant::now();
+    loop {
+        let now: Option<Vec<BTreeSet<i32>>> = members
+            .iter()
+            .map(|m| {
+                let log = m.log();
+                // A rebalance logged after the last assignment is still in progress.
+                let assigned = log.rfind("assignment=")?;
+                if log.rfind("rebalance:").is_some_and(|r| r > assigned) {
+                    return None;
+                }
+                m.last_assignment().filter(|a| !a.is_empty())
+            })
+            .collect();
+        let split = now.as_ref().is_some_and(|sets| {
+            let total: usize = sets.iter().map(BTreeSet::len).sum();
+            let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
+            total == PARTITIONS as usize && union.len() == PARTITIONS as usize
+        });
+        if now != last {
+            (last, since) = (now.clone(), Instant::now());
+        }
+        if split && since.elapsed() >= quiet {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the members did not settle on a split of the partitions: {now:?}\n{}",
+            members_logs(members)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn members_logs(members: &[Member]) -> String {
+    members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| format!("--- member {i}:\n{}", m.log()))
+        .collect()
+}
+
+/// Once the group has settled, three members write each key exactly once: nothing is read
+/// twice without a rebalance in between. (Across a rebalance delivery is at least once, and on
+/// tansu 0.6 a member may still be finishing a partition when its next owner starts reading it:
+/// see the next test.)
 #[test]
 fn three_members_split_the_topic_and_write_each_key_once() {
+    let broker = setup("group_three");
+    let members: Vec<Member> = (0..3)
+        .map(|_| Member::start(&broker, "g3", &["--workers", "1"]))
+        .collect();
+    wait_for_split(&members, Duration::from_secs(3), Duration::from_secs(120));
+    produce_keyed(&broker, "events", 0, 30_000);
+    let total = wait_for_settled(&broker, "predictions", 30_000, Duration::from_secs(180));
+    let per_key = outputs_per_key(&broker, total);
+    assert_eq!(per_key.len(), 30_000, "every key has an output");
+    let dups: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        dups.is_empty(),
+        "{} keys have more than one output, e.g. {:?}\n{}",
+        dups.len(),
+        dups.first(),
+        members_logs(&members)
+    );
+    // SIGTERM: each member finishes, commits and leaves; every position is its partition's end.
+    for m in &members {
+        m.signal("-TERM");
+    }
+    let mut wrote = 0;
+    for m in members {
+        let (code, log) = m.wait(Duration::from_secs(90));
+        assert_eq!(code, Some(0), "{log}");
+        if !log.contains(" 0 outputs written") {
+            wrote += 1;
+        }
+    }
+    assert_eq!(wrote, 3, "every member processed part of the topic");
+    assert_committed_to_end(&broker, "g3");
+}
+
+/// Members started together on a topic that already holds the records (`--until-end`): they
+/// join one after another, so the group rebalances while the first ones are reading. Nothing
+/// is lost, each stops at the end, and everything read is committed.
+#[test]
+fn three_bounded_members_lose_nothing_and_commit_to_the_end() {
     let broker = setup("group_three_bounded");
     produce_keyed(&broker, "events", 0, 30_000);
     let members: Vec<Member> = (0..3)
-        .map(|_| Member::start(&broker, "g3", &["--until-end", "--workers", "1"]))
+        .map(|_| Member::start(&broker, "g3b", &["--until-end", "--workers", "1"]))
         .collect();
     let mut assigned_somewhere = 0;
     for m in members {
@@ -204,20 +293,18 @@ fn three_members_split_the_topic_and_write_each_key_once() {
         assigned_somewhere >= 2,
         "partitions should have been spread over the members"
     );
-    let per_key = outputs_per_key(
-        &broker,
-        wait_for_settled(&broker, "predictions", 30_000, Duration::from_secs(30)),
-    );
+    let total = wait_for_settled(&broker, "predictions", 30_000, Duration::from_secs(30));
+    let per_key = outputs_per_key(&broker, total);
     assert_eq!(per_key.len(), 30_000, "every key has an output");
-    let dups: Vec<_> = per_key.iter().filter(|(_, n)| **n > 1).collect();
-    assert!(
-        dups.is_empty(),
-        "{} keys have more than one output, e.g. {:?}",
-        dups.len(),
-        dups.first()
-    );
-    // Everything was committed: every partition's position is its end.
-    let positions = broker.committed("g3", "events", PARTITIONS);
+    // Written twice: records a member was still finishing when a rebalance had already handed
+    // their partition on (tansu does not wait for every member to rejoin; Kafka does).
+    println!("{} of 30000 keys written twice", total - 30_000);
+    assert_committed_to_end(&broker, "g3b");
+}
+
+/// Every partition's committed position in `group` is its end.
+fn assert_committed_to_end(broker: &Broker, group: &str) {
+    let positions = broker.committed(group, "events", PARTITIONS);
     let info = broker.topic_info("events").unwrap();
     for p in 0..PARTITIONS {
         assert_eq!(
@@ -244,7 +331,7 @@ fn a_killed_member_loses_nothing_and_a_restart_reprocesses_nothing() {
     let members: Vec<Member> = (0..3)
         .map(|_| Member::start(&broker, "gk", &extra))
         .collect();
-    std::thread::sleep(Duration::from_secs(8)); // let the group settle
+    wait_for_split(&members, Duration::from_secs(2), Duration::from_secs(120));
     produce_keyed(&broker, "events", 0, 30_000);
     // Kill one member hard while the others are mid-stream.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -307,15 +394,7 @@ fn a_killed_member_loses_nothing_and_a_restart_reprocesses_nothing() {
         assert!(!lags.is_empty(), "{log}");
         assert!(lags.iter().all(|l| l.contains("lag=Some(0)")), "{lags:#?}");
     }
-    let positions = broker.committed("gk", "events", PARTITIONS);
-    let info = broker.topic_info("events").unwrap();
-    for p in 0..PARTITIONS {
-        assert_eq!(
-            positions[&p],
-            Some(info.high_watermarks[p as usize]),
-            "partition {p}"
-        );
-    }
+    assert_committed_to_end(&broker, "gk");
 
     // Started again, reading the group's committed offsets (standalone, so this does not
     // depend on tansu completing a JoinGroup right after two LeaveGroups: it sometimes does not,

@@ -51,7 +51,12 @@
 //! - **No waiting in JoinGroup.** tansu answers at once instead of waiting for every member to
 //!   rejoin, and answers a follower's SyncGroup that arrives before the leader's with
 //!   `REBALANCE_IN_PROGRESS`; the follower joins again (tansu delays followers' joins by 3 s). A
-//!   rebalance takes a few seconds longer than on Kafka but ends in the same assignment.
+//!   rebalance takes a few seconds longer than on Kafka but ends in the same assignment. It
+//!   also weakens the hand-over: the leader's assignment can reach a partition's new owner
+//!   while the old owner, which has not yet seen the rebalance, is still finishing records of
+//!   it that it has not committed. The new owner reads them again from the last commit, so they
+//!   are written twice (at least once still holds; on Kafka the old owner drains and commits
+//!   before anyone is assigned).
 //! - **Eviction keeps the generation.** When a heartbeat finds that another member's session
 //!   expired, tansu answers `REBALANCE_IN_PROGRESS` but keeps the group "formed" at the same
 //!   generation with the old assignments, so the evicted member's partitions would stay
