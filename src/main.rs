@@ -8,6 +8,8 @@ use streamtract::config::RunArgs;
 use streamtract::model::Model;
 use streamtract::pipeline::Pipeline;
 use streamtract::Error;
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
 
 // dlmalloc in the static (musl) binary, the C library's malloc elsewhere, mimalloc on request:
 // see `streamtract::allocator`.
@@ -242,19 +244,44 @@ async fn shutdown_signal() {
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rskafka=warn"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    let (filter, ignored) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let registry = tracing_subscriber::registry().with(filter);
     match format {
         // Event fields at the top level next to `timestamp`, `level`, `target` and `message`,
         // so collectors filter on `topic` or `group` directly.
-        LogFormat::Json => logs.json().flatten_event(true).init(),
+        LogFormat::Json => registry.with(logs.json().flatten_event(true)).init(),
         // Colours only on a terminal: logs redirected to a file or a journal stay plain text.
-        LogFormat::Text => logs
-            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        LogFormat::Text => registry
+            .with(logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())))
             .init(),
+    }
+    if let Some(why) = ignored {
+        tracing::warn!("RUST_LOG ignored ({why}); logging at info, rskafka at warn");
+    }
+}
+
+/// The log filter from `RUST_LOG`: comma-separated `target=level` directives and a bare level
+/// for every other target (`warn,streamtract=debug`). Unset, empty or invalid: `info`, with
+/// rskafka's per-request chatter at `warn`; an invalid value also returns why.
+///
+/// `Targets` rather than tracing-subscriber's `EnvFilter`: span and field filters are not
+/// supported, but `EnvFilter` brings a regex engine (about 180 KB) into a binary with a 15 MB
+/// bound (README "Static binary").
+fn log_filter(spec: Option<&str>) -> (Targets, Option<String>) {
+    let default = || {
+        Targets::new()
+            .with_default(Level::INFO)
+            .with_target("rskafka", Level::WARN)
+    };
+    match spec.map(str::trim).filter(|s| !s.is_empty()) {
+        None => (default(), None),
+        Some(spec) => match spec.parse::<Targets>() {
+            Ok(targets) => (targets, None),
+            Err(e) => (default(), Some(format!("{spec:?}: {e}"))),
+        },
     }
 }
 
@@ -270,5 +297,39 @@ fn fail(e: &Error, format: LogFormat) -> ExitCode {
         Error::Config(_) | Error::Model(_) => ExitCode::from(2),
         Error::Kafka(k) if k.is_startup() => ExitCode::from(2),
         _ => ExitCode::from(1),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rust_log_takes_a_default_level_and_levels_per_target() {
+        let (filter, ignored) = log_filter(Some("warn,streamtract::kafka=debug"));
+        assert_eq!(ignored, None);
+        assert!(filter.would_enable("streamtract::kafka::source", &Level::DEBUG));
+        assert!(!filter.would_enable("streamtract::pipeline", &Level::INFO));
+        assert!(filter.would_enable("streamtract::pipeline", &Level::WARN));
+    }
+
+    #[test]
+    fn without_rust_log_it_is_info_and_rskafka_at_warn() {
+        for spec in [None, Some(""), Some("  ")] {
+            let (filter, ignored) = log_filter(spec);
+            assert_eq!(ignored, None);
+            assert!(filter.would_enable("streamtract::pipeline", &Level::INFO));
+            assert!(!filter.would_enable("streamtract::pipeline", &Level::DEBUG));
+            assert!(!filter.would_enable("rskafka::client", &Level::INFO));
+        }
+    }
+
+    #[test]
+    fn an_invalid_rust_log_falls_back_to_the_default_and_says_why() {
+        let (filter, ignored) = log_filter(Some("streamtract=loud"));
+        let why = ignored.expect("a reason");
+        assert!(why.contains("streamtract=loud"), "{why}");
+        assert!(filter.would_enable("streamtract::pipeline", &Level::INFO));
+        assert!(!filter.would_enable("streamtract::pipeline", &Level::DEBUG));
     }
 }
