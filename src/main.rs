@@ -259,7 +259,7 @@ fn init_logging(format: LogFormat) {
             .init(),
     }
     if let Some(why) = ignored {
-        tracing::warn!("RUST_LOG ignored ({why}); logging at info, rskafka at warn");
+        tracing::warn!("RUST_LOG ignored: {why}");
     }
 }
 
@@ -268,8 +268,8 @@ fn init_logging(format: LogFormat) {
 /// rskafka's per-request chatter at `warn`; an invalid value also returns why.
 ///
 /// `Targets` rather than tracing-subscriber's `EnvFilter`: span and field filters are not
-/// supported, but `EnvFilter` brings a regex engine (about 180 KB) into a binary with a 15 MB
-/// bound (README "Static binary").
+/// supported, but `EnvFilter` brings a regex engine (about 350 KB of the static binary) into a
+/// binary with a 15 MB bound (docs/binary-size.md).
 fn log_filter(spec: Option<&str>) -> (Targets, Option<String>) {
     let default = || {
         Targets::new()
@@ -280,7 +280,10 @@ fn log_filter(spec: Option<&str>) -> (Targets, Option<String>) {
         None => (default(), None),
         Some(spec) => match spec.parse::<Targets>() {
             Ok(targets) => (targets, None),
-            Err(e) => (default(), Some(format!("{spec:?}: {e}"))),
+            Err(e) => (
+                default(),
+                Some(format!("{spec:?}: {e}; logging at info, rskafka at warn")),
+            ),
         },
     }
 }

@@ -31,7 +31,10 @@ fn init_logs() {
     let filter: tracing_subscriber::filter::Targets = std::env::var("RUST_LOG")
         .ok()
         .and_then(|spec| spec.parse().ok())
-        .unwrap_or_default();
+        // Errors only when RUST_LOG is unset, as `EnvFilter::from_default_env` had it.
+        .unwrap_or_else(|| {
+            tracing_subscriber::filter::Targets::new().with_default(tracing::Level::ERROR)
+        });
     let _ = tracing_subscriber::registry()
         .with(filter)
         .with(tracing_subscriber::fmt::layer().with_test_writer())

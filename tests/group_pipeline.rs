@@ -123,22 +123,26 @@ impl Member {
 
     /// The last assignment this member logged (`joined consumer group` or `rebalanced`).
     fn last_assignment(&self) -> Option<BTreeSet<i32>> {
-        let log = self.log();
-        let line = log.lines().rev().find(|l| l.contains("assignment="))?;
-        let list = line
-            .split("assignment=")
-            .nth(1)?
-            .split_whitespace()
-            .next()?;
-        if list == "none" {
-            return Some(BTreeSet::new());
-        }
-        Some(
-            list.split(',')
-                .map(|tp| tp.rsplit_once('/').unwrap().1.parse().unwrap())
-                .collect(),
-        )
+        assignment_in(&self.log())
     }
+}
+
+/// The partitions of the last assignment in a member's log.
+fn assignment_in(log: &str) -> Option<BTreeSet<i32>> {
+    let line = log.lines().rev().find(|l| l.contains("assignment="))?;
+    let list = line
+        .split("assignment=")
+        .nth(1)?
+        .split_whitespace()
+        .next()?;
+    if list == "none" {
+        return Some(BTreeSet::new());
+    }
+    Some(
+        list.split(',')
+            .map(|tp| tp.rsplit_once('/').unwrap().1.parse().unwrap())
+            .collect(),
+    )
 }
 
 fn total_high_watermark(broker: &Broker, topic: &str) -> i64 {
@@ -201,14 +205,10 @@ fn wait_for_split(members: &[Member], quiet: Duration, limit: Duration) {
                 if log.rfind("rebalance:").is_some_and(|r| r > assigned) {
                     return None;
                 }
-                m.last_assignment().filter(|a| !a.is_empty())
+                assignment_in(&log)
             })
             .collect();
-        let split = now.as_ref().is_some_and(|sets| {
-            let total: usize = sets.iter().map(BTreeSet::len).sum();
-            let union: BTreeSet<i32> = sets.iter().flatten().copied().collect();
-            total == PARTITIONS as usize && union.len() == PARTITIONS as usize
-        });
+        let split = now.as_deref().is_some_and(splits_the_partitions);
         if now != last {
             (last, since) = (now.clone(), Instant::now());
         }
@@ -222,6 +222,15 @@ fn wait_for_split(members: &[Member], quiet: Duration, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Whether `owned` gives every partition to exactly one owner, and each owner some.
+fn splits_the_partitions(owned: &[BTreeSet<i32>]) -> bool {
+    let total: usize = owned.iter().map(BTreeSet::len).sum();
+    let union: BTreeSet<i32> = owned.iter().flatten().copied().collect();
+    owned.iter().all(|o| !o.is_empty())
+        && total == PARTITIONS as usize
+        && union.len() == PARTITIONS as usize
 }
 
 fn members_logs(members: &[Member]) -> String {
@@ -472,12 +481,7 @@ fn shares_a_group_with_a_librdkafka_member() {
     let deadline = Instant::now() + Duration::from_secs(60);
     let (mine, them) = loop {
         if let (Some(m), Some(t)) = (ours.last_assignment(), last_theirs()) {
-            let union: BTreeSet<i32> = m.union(&t).copied().collect();
-            if m.is_disjoint(&t)
-                && union.len() == PARTITIONS as usize
-                && !m.is_empty()
-                && !t.is_empty()
-            {
+            if splits_the_partitions(&[m.clone(), t.clone()]) {
                 break (m, t);
             }
         }
