@@ -18,6 +18,7 @@
 //! | [`allocator`] | which global allocator our own binary installs, and why |
 //! | [`memcopy`] | the `memcpy`/`memmove` our static binary links instead of musl's, and why |
 //! | [`dataset`] | the tensorflow-io Kafka API: [`dataset::KafkaDataset`], batches for a model, [`dataset::OutputSequence`] |
+//! | `train` | `model.fit` on a topic range: dense networks trained with burn, written as ONNX (feature `train`, on by default) |
 //!
 //! ```no_run
 //! use streamtract::pipeline::{Pipeline, PipelineConfig};
@@ -41,5 +42,7 @@ pub mod memcopy;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;
+#[cfg(feature = "train")]
+pub mod train;
 
 pub use error::{ConfigError, Error, KafkaError, ModelError, Result};

@@ -3,6 +3,8 @@
 
 use std::process::ExitCode;
 
+mod cli;
+
 use clap::{Parser, Subcommand};
 use streamtract::config::RunArgs;
 use streamtract::model::Model;
@@ -54,6 +56,17 @@ enum Command {
         /// ONNX model file.
         model: std::path::PathBuf,
     },
+    /// Train a dense network on a topic range (Keras' `model.fit` on a KafkaDataset) and write
+    /// it as an ONNX model that `run` serves.
+    ///
+    /// Each epoch reads the --input topic specs to the end they have when it starts, shuffles
+    /// through a bounded buffer and takes a gradient step per batch; a progress line per epoch
+    /// shows records/s, loss and accuracy (or MAE) and the same on validation records. The
+    /// model is rewritten atomically after every epoch. Records training cannot use are
+    /// counted and skipped, or written to --dlq. Exit codes: 0 trained, 2 invalid flags, 1
+    /// anything else (a NaN loss keeps the last good model).
+    #[cfg(feature = "train")]
+    Train(Box<cli::train::TrainArgs>),
 }
 
 /// `--version`: the crate version, the allocator and the memory copies this binary was built
@@ -93,6 +106,8 @@ fn main() -> ExitCode {
             Err(e) => fail(&e.into(), cli.log_format),
         },
         Command::Run(args) => run(*args, cli.log_format),
+        #[cfg(feature = "train")]
+        Command::Train(args) => cli::train::train(*args),
     }
 }
 

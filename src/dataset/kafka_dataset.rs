@@ -40,6 +40,11 @@ pub struct KafkaDatasetBuilder {
 }
 
 impl KafkaDatasetBuilder {
+    /// The topic specs, as given.
+    pub fn topic_specs(&self) -> &[String] {
+        &self.topics
+    }
+
     /// Bootstrap servers, comma separated (tensorflow-io's `servers`). Default `localhost:9092`.
     pub fn servers(mut self, servers: &str) -> Self {
         self.kafka.brokers = crate::kafka::parse_brokers(servers);

@@ -27,6 +27,9 @@ pub enum Label {
     JsonField(String),
     /// A column of a CSV value, counted from 0; it is removed before the rest is decoded.
     CsvColumn(usize),
+    /// The last column of a CSV value (the layout of most exported tables); it is removed
+    /// before the rest is decoded.
+    CsvLastColumn,
 }
 
 impl fmt::Display for Label {
@@ -36,6 +39,7 @@ impl fmt::Display for Label {
             Label::Header(h) => write!(f, "from header `{h}`"),
             Label::JsonField(n) => write!(f, "from JSON field `{n}`"),
             Label::CsvColumn(c) => write!(f, "from CSV column {c}"),
+            Label::CsvLastColumn => f.write_str("from the last CSV column"),
         }
     }
 }
@@ -103,7 +107,9 @@ impl Preprocess {
     pub fn label(mut self, label: Label) -> Result<Preprocess, DatasetError> {
         let format = self.decoder.format();
         let fits = match &label {
-            Label::CsvColumn(_) => matches!(format, InputFormat::Csv { .. }),
+            Label::CsvColumn(_) | Label::CsvLastColumn => {
+                matches!(format, InputFormat::Csv { .. })
+            }
             Label::JsonField(_) => format == InputFormat::Json,
             Label::Key | Label::Header(_) => true,
         };
@@ -180,7 +186,7 @@ impl Preprocess {
                 .ok_or_else(|| label_error(label, format!("`{field}` is not a finite number")))?;
                 Ok((self.decoder.decode(value).map_err(decode_error)?, Some(y)))
             }
-            Label::CsvColumn(column) => {
+            Label::CsvColumn(_) | Label::CsvLastColumn => {
                 let InputFormat::Csv { delimiter } = self.decoder.format() else {
                     return Err(label_error(label, "the values are not CSV".into()));
                 };
@@ -189,13 +195,17 @@ impl Preprocess {
                 })?;
                 let text = text.trim_end_matches(['\n', '\r']);
                 let mut fields: Vec<&str> = text.split(delimiter as char).collect();
-                if *column >= fields.len() {
+                let column = match label {
+                    Label::CsvColumn(c) => *c,
+                    _ => fields.len().saturating_sub(1),
+                };
+                if column >= fields.len() {
                     return Err(label_error(
                         label,
                         format!("the row has only {} columns", fields.len()),
                     ));
                 }
-                let field = fields.remove(*column);
+                let field = fields.remove(column);
                 let rest = fields.join(&(delimiter as char).to_string());
                 let y = parse_label(field.trim().as_bytes()).map_err(|r| label_error(label, r))?;
                 Ok((

@@ -1,0 +1,306 @@
+//! `streamtract train`: flags → [`streamtract::train`] options, a Keras-like progress line per
+//! epoch, dead letters for rejected records, the model written atomically.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgAction, Args};
+use streamtract::codec::InputFormat;
+use streamtract::dataset::{BlockingOutputSequence, KafkaDataset, Label, OutputItem};
+use streamtract::pipeline::headers;
+use streamtract::train::{
+    fit, Activation, EpochStats, Event, KafkaRecords, Loss, Optimizer, RowFormat, Task,
+    TrainError, TrainOptions, Validation,
+};
+
+/// Flags of `streamtract train`.
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Bootstrap brokers, `HOST:PORT[,HOST:PORT…]`.
+    #[arg(long)]
+    brokers: String,
+    /// Training records: a topic spec `topic[:partition[:offset[:last]]]` (tensorflow-io's);
+    /// repeat for several. Each epoch reads every spec to the end it has when the epoch starts.
+    #[arg(long, required = true)]
+    input: Vec<String>,
+    /// Record value layout: `csv` (numbers and the label column), `json` (an object with the
+    /// features array under --input-name and the label under --label-field) or `raw`.
+    #[arg(long, default_value = "csv")]
+    format: InputFormat,
+    /// CSV field separator, one ASCII character.
+    #[arg(long, default_value = ",")]
+    delimiter: char,
+    /// The CSV column holding the label: `last`, `first` or a 0-based index.
+    #[arg(long, conflicts_with_all = ["label_field", "label_key"])]
+    label_column: Option<String>,
+    /// The JSON field holding the label.
+    #[arg(long, conflicts_with = "label_key")]
+    label_field: Option<String>,
+    /// The record key holds the label (UTF-8 text such as `7` or `0.25`).
+    #[arg(long)]
+    label_key: bool,
+    /// Name of the written model's input (and of the features' field in JSON objects).
+    #[arg(long, default_value = "features")]
+    input_name: String,
+    /// `classify` (labels are class indices 0..C) or `regress` (labels are numbers).
+    #[arg(long, default_value = "classify")]
+    task: Task,
+    /// Number of classes; default: the largest label + 1. A label outside 0..C is rejected.
+    #[arg(long)]
+    classes: Option<usize>,
+    /// Units of the hidden dense layers, input side first, e.g. `64,32`. Empty: no hidden
+    /// layer (multinomial logistic / linear regression).
+    #[arg(long, value_delimiter = ',', default_value = "32")]
+    layers: Vec<usize>,
+    /// Activation of the hidden layers: relu, tanh, sigmoid, linear.
+    #[arg(long, default_value = "relu")]
+    activation: Activation,
+    /// Dropout rate after each hidden layer while training.
+    #[arg(long, default_value_t = 0.0)]
+    dropout: f64,
+    /// Standardise each feature with the training data's mean and standard deviation (Keras'
+    /// Normalization layer, adapted), baked into the model. `--normalize false` turns it off.
+    #[arg(long, default_value_t = true, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    normalize: bool,
+    /// Loss: sparse-categorical-crossentropy (default for classify), binary-crossentropy (2
+    /// classes, one sigmoid output), mse (default for regress), mae.
+    #[arg(long)]
+    loss: Option<Loss>,
+    /// Optimizer: adam or sgd.
+    #[arg(long, default_value = "adam")]
+    optimizer: String,
+    /// Momentum of sgd.
+    #[arg(long, default_value_t = 0.9)]
+    momentum: f64,
+    /// Learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    learning_rate: f64,
+    /// Passes over the training records.
+    #[arg(long, default_value_t = 10)]
+    epochs: usize,
+    /// Records per gradient step.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Records held to shuffle from (tf.data's `shuffle`); 0 keeps the stream order.
+    #[arg(long, default_value_t = 10_000)]
+    shuffle_buffer: usize,
+    /// Hold out the last fraction of each partition's range for validation (Keras'
+    /// `validation_split`).
+    #[arg(long, conflicts_with = "validation_input")]
+    validation_split: Option<f64>,
+    /// Validation records from other topic specs; repeat for several.
+    #[arg(long)]
+    validation_input: Vec<String>,
+    /// Seed of the weights, dropout and shuffle.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The ONNX model to write; rewritten atomically after every epoch.
+    #[arg(long)]
+    out: PathBuf,
+    /// Write the per-epoch history (Keras' `history.history`, plus records/s) as JSON here.
+    #[arg(long)]
+    metrics_json: Option<PathBuf>,
+    /// Dead-letter topic for records training cannot use (written once, with `dlq.*` headers);
+    /// without it they are counted, logged and skipped.
+    #[arg(long)]
+    dlq: Option<String>,
+}
+
+impl TrainArgs {
+    fn label(&self) -> Result<Label, String> {
+        if self.label_key {
+            return Ok(Label::Key);
+        }
+        if let Some(field) = &self.label_field {
+            return Ok(Label::JsonField(field.clone()));
+        }
+        match self.label_column.as_deref() {
+            None if self.format == InputFormat::Json => Err(
+                "--label-field NAME is required with --format json (or --label-key)".into(),
+            ),
+            None | Some("last") => Ok(Label::CsvLastColumn),
+            Some("first") => Ok(Label::CsvColumn(0)),
+            Some(index) => index.parse().map(Label::CsvColumn).map_err(|_| {
+                format!("--label-column: expected last, first or a column index, found `{index}`")
+            }),
+        }
+    }
+
+    fn format(&self) -> Result<InputFormat, String> {
+        match self.format {
+            InputFormat::Csv { .. } if self.delimiter.is_ascii() => Ok(InputFormat::Csv {
+                delimiter: self.delimiter as u8,
+            }),
+            InputFormat::Csv { .. } => Err(format!(
+                "--delimiter: expected one ASCII character, found `{}`",
+                self.delimiter
+            )),
+            other => Ok(other),
+        }
+    }
+
+    fn options(&self) -> Result<TrainOptions, String> {
+        let task = match self.task {
+            Task::Classify { .. } => Task::Classify {
+                classes: self.classes,
+            },
+            Task::Regress if self.classes.is_some() => {
+                return Err("--classes applies to --task classify only".into())
+            }
+            Task::Regress => Task::Regress,
+        };
+        let optimizer = match self.optimizer.as_str() {
+            "adam" => Optimizer::Adam,
+            "sgd" => Optimizer::Sgd {
+                momentum: self.momentum,
+            },
+            other => return Err(format!("--optimizer: expected adam or sgd, found `{other}`")),
+        };
+        let validation = match (self.validation_split, self.validation_input.is_empty()) {
+            (Some(f), _) => Validation::Split(f),
+            (None, false) => Validation::Separate,
+            (None, true) => Validation::None,
+        };
+        let mut options = TrainOptions::new(task)
+            .hidden_layers(self.layers.iter().copied())
+            .epochs(self.epochs)
+            .seed(self.seed);
+        options.activation = self.activation;
+        options.dropout = self.dropout;
+        options.normalize = self.normalize;
+        options.loss = self.loss;
+        options.optimizer = optimizer;
+        options.learning_rate = self.learning_rate;
+        options.batch_size = self.batch_size;
+        options.shuffle_buffer = self.shuffle_buffer;
+        options.validation = validation;
+        options.checkpoint = Some(self.out.clone());
+        Ok(options)
+    }
+}
+
+/// Runs `streamtract train`; exit 0 trained and written, 2 bad flags, 1 anything else.
+pub fn train(args: TrainArgs) -> ExitCode {
+    let prepared = args
+        .label()
+        .and_then(|label| Ok((label, args.format()?, args.options()?)));
+    let (label, format, options) = match prepared {
+        Ok(p) => p,
+        Err(message) => {
+            eprintln!("error: invalid configuration: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut rows = RowFormat::new(format, label);
+    rows.input_name = args.input_name.clone();
+    let mut records = KafkaRecords::new(KafkaDataset::builder(args.input.clone()).servers(&args.brokers));
+    if !args.validation_input.is_empty() {
+        records = records.validation(
+            KafkaDataset::builder(args.validation_input.clone()).servers(&args.brokers),
+        );
+    }
+    let mut dead_letters = match &args.dlq {
+        Some(topic) => match BlockingOutputSequence::connect(&args.brokers, topic) {
+            Ok(sequence) => Some(sequence),
+            Err(e) => return failed(&TrainError::Dataset(e)),
+        },
+        None => None,
+    };
+    let mut dlq_error = None;
+    let mut dlq_written = 0u64;
+    let epochs = options.epochs;
+    let mut on_event = |event: Event<'_>| match event {
+        Event::Rejected { record, reason } => {
+            if let (Some(sequence), None) = (dead_letters.as_mut(), &dlq_error) {
+                let mut item = OutputItem::new(record.value.clone().unwrap_or_default())
+                    .maybe_key(record.key.clone())
+                    .timestamp(record.timestamp)
+                    .header(headers::DLQ_SOURCE_TOPIC, record.topic.as_bytes().to_vec())
+                    .header(headers::DLQ_SOURCE_PARTITION, record.partition.to_string())
+                    .header(headers::DLQ_SOURCE_OFFSET, record.offset.to_string())
+                    .header(headers::DLQ_STAGE, "train")
+                    .header(headers::DLQ_REASON, reason.replace(['\n', '\r'], " "));
+                for (name, value) in &record.headers {
+                    item = item.header(name.clone(), value.clone());
+                }
+                match sequence.set(dlq_written, item) {
+                    Ok(()) => dlq_written += 1,
+                    Err(e) => dlq_error = Some(e),
+                }
+            }
+        }
+        Event::Epoch(stats) => eprintln!("{}", progress_line(stats, epochs)),
+        Event::Batch { .. } | Event::Checkpoint { .. } => {}
+    };
+    let result = fit(&mut records, &rows, &options, &mut on_event);
+    if let Some(sequence) = dead_letters.take() {
+        if let Err(e) = sequence.close() {
+            dlq_error.get_or_insert(e);
+        }
+    }
+    if let Some(e) = dlq_error {
+        return failed(&TrainError::Dataset(e));
+    }
+    let fitted = match result {
+        Ok(f) => f,
+        Err(e) => return failed(&e),
+    };
+    if let Some(path) = &args.metrics_json {
+        let json = match serde_json::to_vec_pretty(&fitted.history) {
+            Ok(j) => j,
+            Err(e) => return failed(&TrainError::Framework(e.to_string())),
+        };
+        if let Err(source) = std::fs::write(path, json) {
+            return failed(&TrainError::Write {
+                path: path.clone(),
+                source,
+            });
+        }
+    }
+    let model = &fitted.model;
+    let outputs = model.layers.last().map_or(model.features, |l| l.units);
+    eprintln!(
+        "wrote {} (version {}): {}: float32[N, {}] -> {}: float32[N, {}]; {} records rejected{}",
+        args.out.display(),
+        model.version,
+        model.input_name,
+        model.features,
+        model.head.output_name(),
+        outputs,
+        fitted.history.rejected,
+        match &args.dlq {
+            Some(topic) => format!(" ({dlq_written} written to {topic})"),
+            None => String::new(),
+        }
+    );
+    ExitCode::SUCCESS
+}
+
+/// Keras' per-epoch line: `Epoch 3/20 - 0.21s - 6420 records/s - loss: … - accuracy: …`.
+fn progress_line(stats: &EpochStats, epochs: usize) -> String {
+    let mut line = format!(
+        "Epoch {}/{} - {:.2}s - {:.0} records/s - loss: {:.4}",
+        stats.epoch, epochs, stats.seconds, stats.records_per_second, stats.loss
+    );
+    let figures = [
+        ("accuracy", stats.accuracy),
+        ("mae", stats.mae),
+        ("val_loss", stats.val_loss),
+        ("val_accuracy", stats.val_accuracy),
+        ("val_mae", stats.val_mae),
+    ];
+    for (name, value) in figures {
+        if let Some(v) = value {
+            line.push_str(&format!(" - {name}: {v:.4}"));
+        }
+    }
+    line
+}
+
+fn failed(e: &TrainError) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        TrainError::Option { .. } | TrainError::Init { .. } => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}

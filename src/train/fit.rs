@@ -1,0 +1,667 @@
+//! [`fit`]: the passes over the records and the epoch loop.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::module::Module;
+use rand::rngs::StdRng;
+use rand::SeedableRng;
+use serde::Serialize;
+
+use super::data::{FeatureStats, Part, RecordSource, RowDecoder, RowFormat, ShuffleBuffer, SplitPoints};
+use super::network::{self, DeviceBatch, Network};
+use super::onnx::{DenseModel, Head, Normalization};
+use super::options::{Loss, Task, TrainOptions, Validation};
+use super::TrainError;
+use crate::dataset::SourceRecord;
+
+/// Records read before the first one whose layout tells the feature count; past this many
+/// unreadable records the source is taken to hold no training data.
+const MAX_UNREADABLE_PREFIX: usize = 10_000;
+
+/// What [`fit`] reports while it runs.
+#[derive(Debug)]
+pub enum Event<'a> {
+    /// A record training cannot use (reported once, in the first pass); it is left out.
+    Rejected {
+        /// The record, unchanged.
+        record: &'a SourceRecord,
+        /// Why, in one line.
+        reason: &'a str,
+    },
+    /// A gradient step was taken.
+    Batch {
+        /// 1-based epoch.
+        epoch: usize,
+        /// 1-based batch within the epoch.
+        batch: usize,
+        /// The batch's mean loss.
+        loss: f32,
+    },
+    /// An epoch ended.
+    Epoch(&'a EpochStats),
+    /// A checkpoint was written.
+    Checkpoint {
+        /// Where.
+        path: &'a std::path::Path,
+        /// Its version (1 for the first written by this run, or the initial model's + 1).
+        version: u64,
+    },
+}
+
+/// One epoch's figures, named like Keras' history keys.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EpochStats {
+    /// 1-based epoch.
+    pub epoch: usize,
+    /// Training records used.
+    pub records: u64,
+    /// Wall time of the epoch (reading, training and validation).
+    pub seconds: f64,
+    /// Training records per second of the epoch's wall time.
+    pub records_per_second: f64,
+    /// Mean training loss over the epoch's records.
+    pub loss: f64,
+    /// Training accuracy (classification).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Training mean absolute error (regression).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mae: Option<f64>,
+    /// Validation records used (0 without validation).
+    pub val_records: u64,
+    /// Validation loss.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Validation accuracy (classification).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_accuracy: Option<f64>,
+    /// Validation mean absolute error (regression).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub val_mae: Option<f64>,
+}
+
+/// What a training run saw, for `--metrics-json` and for programs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct History {
+    /// Features per record.
+    pub features: usize,
+    /// Classes of a classifier (0 for regression).
+    pub classes: usize,
+    /// Records left out because training could not use them.
+    pub rejected: u64,
+    /// One entry per epoch.
+    pub epochs: Vec<EpochStats>,
+}
+
+/// A trained model and how it got there.
+#[derive(Debug, Clone)]
+pub struct Fitted {
+    /// The model, ready to [`write`](DenseModel::write).
+    pub model: DenseModel,
+    /// Per-epoch figures.
+    pub history: History,
+}
+
+impl Fitted {
+    /// The framework's own forward pass on `rows` (row-major, `features` values each): what
+    /// the written ONNX graph must reproduce. Returns the head's outputs, row-major.
+    pub fn predict(&self, rows: &[f32]) -> Result<Vec<f32>, TrainError> {
+        predict(&self.model, rows)
+    }
+}
+
+/// Trains a dense network on `source` as `model.fit` would, reporting through `on_event`.
+///
+/// Fails before training on a bad option, when Kafka cannot be read, or when no record is
+/// usable; during training when the loss becomes NaN or infinite.
+pub fn fit(
+    source: &mut dyn RecordSource,
+    rows: &RowFormat,
+    options: &TrainOptions,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Fitted, TrainError> {
+    options.check()?;
+    if matches!(options.validation, Validation::Separate) && !source.has_validation() {
+        return Err(TrainError::Option {
+            option: "validation",
+            reason: "separate validation was asked for but the source has no validation records"
+                .into(),
+        });
+    }
+    let survey = survey(source, rows, options, on_event)?;
+    let mut trainer = Trainer::new(survey, options)?;
+    if options.normalize {
+        trainer.adapt(source)?;
+    }
+    for epoch in 1..=options.epochs {
+        trainer.epoch(source, epoch, on_event)?;
+    }
+    let model = trainer.model(options.first_version + options.epochs as u64 - 1)?;
+    Ok(Fitted {
+        model,
+        history: trainer.history,
+    })
+}
+
+/// What the first pass found.
+struct Survey {
+    decoder: RowDecoder,
+    input_name: String,
+    features: usize,
+    classes: usize,
+    rejected: u64,
+    split: SplitPoints,
+}
+
+/// The first pass: the feature count (from the first readable record), the classes (from the
+/// labels, unless given), the partitions' ranges for a validation split, and every record that
+/// cannot be used, reported once.
+fn survey(
+    source: &mut dyn RecordSource,
+    rows: &RowFormat,
+    options: &TrainOptions,
+    on_event: &mut dyn FnMut(Event<'_>),
+) -> Result<Survey, TrainError> {
+    let mut decoder: Option<(RowDecoder, usize)> = None;
+    let mut unreadable: Vec<SourceRecord> = Vec::new();
+    let mut split = SplitPoints::default();
+    let mut rejected = 0u64;
+    let mut usable = 0u64;
+    let mut max_label = 0f32;
+    let mut check = |decoder: &RowDecoder, record: &SourceRecord, on_event: &mut dyn FnMut(Event<'_>)| {
+        match decoder.decode(record) {
+            Ok((_, label)) => {
+                usable += 1;
+                max_label = max_label.max(label);
+            }
+            Err(reason) => {
+                rejected += 1;
+                tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "record left out of training");
+                on_event(Event::Rejected {
+                    record,
+                    reason: &reason,
+                });
+            }
+        }
+    };
+    for record in source.read(Part::Training)? {
+        let record = record?;
+        split.observe(&record);
+        if decoder.is_none() {
+            match rows.feature_count(&record) {
+                Some(features) => {
+                    let d = RowDecoder::new(rows.preprocess(features)?, options.task);
+                    for earlier in unreadable.drain(..) {
+                        check(&d, &earlier, on_event);
+                    }
+                    decoder = Some((d, features));
+                }
+                None if unreadable.len() < MAX_UNREADABLE_PREFIX => {
+                    unreadable.push(record);
+                    continue;
+                }
+                None => break,
+            }
+        }
+        if let Some((d, _)) = &decoder {
+            check(d, &record, on_event);
+        }
+    }
+    let rejected_total = rejected + unreadable.len() as u64;
+    let (mut decoder, features) = match decoder {
+        Some(found) if usable > 0 => found,
+        _ => {
+            return Err(TrainError::NoData {
+                what: source.describe(),
+                rejected: rejected_total,
+            })
+        }
+    };
+    let classes = match options.task {
+        Task::Classify { classes: Some(c) } => c,
+        Task::Classify { classes: None } => {
+            let c = max_label as usize + 1;
+            if c < 2 {
+                return Err(TrainError::Option {
+                    option: "classes",
+                    reason: format!("every label in {} is 0; a classifier needs at least 2 classes", source.describe()),
+                });
+            }
+            decoder.set_classes(c);
+            c
+        }
+        Task::Regress => 0,
+    };
+    if let Validation::Split(fraction) = options.validation {
+        split.split(fraction);
+    }
+    tracing::info!(features, classes, usable, rejected = rejected_total, "training records surveyed");
+    Ok(Survey {
+        decoder,
+        input_name: rows.input_name.clone(),
+        features,
+        classes,
+        rejected: rejected_total,
+        split,
+    })
+}
+
+/// The network, its optimizer and the running figures between epochs.
+struct Trainer {
+    survey: Survey,
+    state: State,
+    history: History,
+    rng: Option<StdRng>,
+}
+
+/// What a gradient step changes, apart from the survey the record iterator borrows.
+struct State {
+    options: TrainOptions,
+    loss: Loss,
+    head: Head,
+    device: burn::tensor::Device,
+    /// Always `Some` between steps; taken while burn's optimizer consumes it.
+    network: Option<Network>,
+    optimizer: burn::optim::ModuleOptimizer,
+    normalization: Option<Normalization>,
+    features: usize,
+    input_name: String,
+    batch: Batch,
+    figures: Figures,
+    epoch: usize,
+    steps: usize,
+    /// The checkpoint written last, left untouched when the loss turns NaN.
+    written: Option<PathBuf>,
+}
+
+impl Trainer {
+    fn new(survey: Survey, options: &TrainOptions) -> Result<Trainer, TrainError> {
+        let loss = options.loss();
+        let (head, outputs) = match loss {
+            Loss::SparseCategoricalCrossentropy => (Head::Softmax, survey.classes),
+            Loss::BinaryCrossentropy if survey.classes == 2 => (Head::Sigmoid, 1),
+            Loss::BinaryCrossentropy => {
+                return Err(TrainError::Option {
+                    option: "loss",
+                    reason: format!(
+                        "binary-crossentropy needs 2 classes, the labels have {}; use sparse-categorical-crossentropy",
+                        survey.classes
+                    ),
+                })
+            }
+            Loss::MeanSquaredError | Loss::MeanAbsoluteError => (Head::Identity, 1),
+        };
+        let mut sizes = vec![survey.features];
+        sizes.extend(&options.hidden_layers);
+        sizes.push(outputs);
+        let device = network::training_device(options.seed);
+        let network = Network::new(&sizes, options.activation, options.dropout, &device);
+        let history = History {
+            features: survey.features,
+            classes: survey.classes,
+            rejected: survey.rejected,
+            epochs: Vec::new(),
+        };
+        let state = State {
+            options: options.clone(),
+            loss,
+            head,
+            device,
+            network: Some(network),
+            optimizer: network::optimizer(options.optimizer),
+            normalization: None,
+            features: survey.features,
+            input_name: survey.input_name.clone(),
+            batch: Batch::new(options.batch_size),
+            figures: Figures::default(),
+            epoch: 0,
+            steps: 0,
+            written: None,
+        };
+        Ok(Trainer {
+            survey,
+            state,
+            history,
+            rng: Some(StdRng::seed_from_u64(options.seed)),
+        })
+    }
+
+    /// Keras' `Normalization.adapt`: mean and standard deviation of the training rows.
+    fn adapt(&mut self, source: &mut dyn RecordSource) -> Result<(), TrainError> {
+        let mut stats = FeatureStats::new(self.survey.features);
+        for row in training_rows(&self.survey, source)? {
+            stats.add(&row?.0);
+        }
+        let (mean, std) = stats.finish();
+        self.state.normalization = Some(Normalization { mean, std });
+        Ok(())
+    }
+
+    /// One pass over the training records through the shuffle buffer, a step per batch, then
+    /// the validation records; reports the epoch and writes the checkpoint.
+    fn epoch(
+        &mut self,
+        source: &mut dyn RecordSource,
+        epoch: usize,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), TrainError> {
+        let started = Instant::now();
+        let state = &mut self.state;
+        state.epoch = epoch;
+        state.steps = 0;
+        state.figures = Figures::default();
+        let rng = self
+            .rng
+            .take()
+            .unwrap_or_else(|| StdRng::seed_from_u64(state.options.seed));
+        let mut shuffle = ShuffleBuffer::new(state.options.shuffle_buffer, rng);
+        for row in training_rows(&self.survey, source)? {
+            if let Some((x, y)) = shuffle.push(row?) {
+                state.push(x, y, on_event)?;
+            }
+        }
+        while let Some((x, y)) = shuffle.pop() {
+            state.push(x, y, on_event)?;
+        }
+        state.step(on_event)?;
+        self.rng = Some(shuffle.into_rng());
+        let train = std::mem::take(&mut state.figures);
+        let validation = self.validate(source)?;
+        let seconds = started.elapsed().as_secs_f64();
+        let classify = self.state.head != Head::Identity;
+        let stats = EpochStats {
+            epoch,
+            records: train.rows,
+            seconds,
+            records_per_second: train.rows as f64 / seconds.max(1e-9),
+            loss: train.mean_loss(),
+            accuracy: classify.then(|| train.accuracy()),
+            mae: (!classify).then(|| train.mae()),
+            val_records: validation.as_ref().map_or(0, |v| v.rows),
+            val_loss: validation.as_ref().map(Figures::mean_loss),
+            val_accuracy: validation
+                .as_ref()
+                .filter(|_| classify)
+                .map(Figures::accuracy),
+            val_mae: validation
+                .as_ref()
+                .filter(|_| !classify)
+                .map(Figures::mae),
+        };
+        on_event(Event::Epoch(&stats));
+        self.history.epochs.push(stats);
+        if let Some(path) = self.state.options.checkpoint.clone() {
+            let version = self.state.options.first_version + epoch as u64 - 1;
+            self.model(version)?.write(&path)?;
+            on_event(Event::Checkpoint {
+                path: &path,
+                version,
+            });
+            self.state.written = Some(path);
+        }
+        Ok(())
+    }
+
+    /// Loss and accuracy / MAE on the validation records, with the network in inference mode.
+    fn validate(&mut self, source: &mut dyn RecordSource) -> Result<Option<Figures>, TrainError> {
+        let state = &self.state;
+        let records = match state.options.validation {
+            Validation::None => return Ok(None),
+            Validation::Split(_) => source.read(Part::Training)?,
+            Validation::Separate => source.read(Part::Validation)?,
+        };
+        let split = matches!(state.options.validation, Validation::Split(_));
+        let network = state.network()?.valid();
+        let mut figures = Figures::default();
+        let mut batch = Batch::new(state.options.batch_size.max(256));
+        let flush = |batch: &mut Batch, figures: &mut Figures| -> Result<(), TrainError> {
+            if batch.labels.is_empty() {
+                return Ok(());
+            }
+            let labels = std::mem::take(&mut batch.labels);
+            let device_batch = DeviceBatch::new(
+                std::mem::take(&mut batch.features),
+                &labels,
+                state.features,
+                state.loss,
+                &burn::tensor::Device::flex(),
+            );
+            let (loss, logits) = network::evaluate(&network, state.loss, device_batch)?;
+            figures.add(loss, &logits, &labels, state.head);
+            Ok(())
+        };
+        for record in records {
+            let record = record?;
+            if split && !self.survey.split.held_out(&record) {
+                continue;
+            }
+            let Ok((mut x, y)) = self.survey.decoder.decode(&record) else {
+                continue;
+            };
+            state.normalize(&mut x);
+            batch.push(x, y);
+            if batch.is_full() {
+                flush(&mut batch, &mut figures)?;
+            }
+        }
+        flush(&mut batch, &mut figures)?;
+        Ok(Some(figures))
+    }
+
+    fn model(&self, version: u64) -> Result<DenseModel, TrainError> {
+        self.state.model(version)
+    }
+}
+
+impl State {
+    fn network(&self) -> Result<&Network, TrainError> {
+        self.network
+            .as_ref()
+            .ok_or_else(|| TrainError::Framework("the network was lost in a failed step".into()))
+    }
+
+    fn normalize(&self, row: &mut [f32]) {
+        if let Some(n) = &self.normalization {
+            // The same f32 operations, in the same order, as the graph's Sub and Div.
+            for ((x, m), s) in row.iter_mut().zip(&n.mean).zip(&n.std) {
+                *x = (*x - m) / s;
+            }
+        }
+    }
+
+    /// Adds a row to the batch, stepping when it is full.
+    fn push(
+        &mut self,
+        mut x: Vec<f32>,
+        y: f32,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), TrainError> {
+        self.normalize(&mut x);
+        self.batch.push(x, y);
+        if self.batch.is_full() {
+            self.step(on_event)?;
+        }
+        Ok(())
+    }
+
+    /// One gradient step on the gathered rows (none when the batch is empty: never an empty
+    /// batch).
+    fn step(&mut self, on_event: &mut dyn FnMut(Event<'_>)) -> Result<(), TrainError> {
+        if self.batch.labels.is_empty() {
+            return Ok(());
+        }
+        let labels = std::mem::take(&mut self.batch.labels);
+        let features = std::mem::take(&mut self.batch.features);
+        let batch = DeviceBatch::new(features, &labels, self.features, self.loss, &self.device);
+        let network = self
+            .network
+            .take()
+            .ok_or_else(|| TrainError::Framework("the network was lost in a failed step".into()))?;
+        let (network, loss, logits) = network::step(
+            network,
+            &mut self.optimizer,
+            self.options.learning_rate,
+            self.loss,
+            batch,
+        )?;
+        self.network = Some(network);
+        self.steps += 1;
+        if !loss.is_finite() {
+            return Err(TrainError::NonFiniteLoss {
+                value: loss,
+                epoch: self.epoch,
+                batch: self.steps,
+                kept: self.written.clone(),
+            });
+        }
+        self.figures.add(loss, &logits, &labels, self.head);
+        on_event(Event::Batch {
+            epoch: self.epoch,
+            batch: self.steps,
+            loss,
+        });
+        Ok(())
+    }
+
+    fn model(&self, version: u64) -> Result<DenseModel, TrainError> {
+        Ok(DenseModel {
+            input_name: self.input_name.clone(),
+            features: self.features,
+            normalization: self.normalization.clone(),
+            layers: self.network()?.weights()?,
+            activation: self.options.activation,
+            head: self.head,
+            version,
+        })
+    }
+}
+
+/// The training rows of one pass, in stream order, without the held-out split and without
+/// the records the survey rejected (reported once there).
+fn training_rows<'s>(
+    survey: &'s Survey,
+    source: &'s mut dyn RecordSource,
+) -> Result<impl Iterator<Item = Result<(Vec<f32>, f32), TrainError>> + 's, TrainError> {
+    let records = source.read(Part::Training)?;
+    Ok(records.filter_map(move |record| match record {
+        Err(e) => Some(Err(e.into())),
+        Ok(r) if survey.split.held_out(&r) => None,
+        Ok(r) => survey.decoder.decode(&r).ok().map(Ok),
+    }))
+}
+
+/// Rows gathered for one step.
+#[derive(Default)]
+struct Batch {
+    size: usize,
+    features: Vec<f32>,
+    labels: Vec<f32>,
+}
+
+impl Batch {
+    fn new(size: usize) -> Batch {
+        Batch {
+            size,
+            features: Vec::new(),
+            labels: Vec::with_capacity(size),
+        }
+    }
+
+    fn push(&mut self, x: Vec<f32>, y: f32) {
+        self.features.extend(x);
+        self.labels.push(y);
+    }
+
+    fn is_full(&self) -> bool {
+        self.labels.len() >= self.size
+    }
+}
+
+/// Running sums for an epoch's loss and accuracy / MAE.
+#[derive(Debug, Default)]
+struct Figures {
+    rows: u64,
+    loss_sum: f64,
+    correct: u64,
+    abs_error_sum: f64,
+}
+
+impl Figures {
+    /// Adds a batch: its mean loss and the head's inputs (logits), row-major.
+    fn add(&mut self, loss: f32, logits: &[f32], labels: &[f32], head: Head) {
+        let n = labels.len();
+        if n == 0 {
+            return;
+        }
+        let width = logits.len() / n;
+        self.rows += n as u64;
+        self.loss_sum += f64::from(loss) * n as f64;
+        for (row, &y) in logits.chunks(width.max(1)).zip(labels) {
+            match head {
+                Head::Softmax => {
+                    let best = argmax(row);
+                    self.correct += u64::from(best == y as usize);
+                }
+                Head::Sigmoid => {
+                    let class = if row[0] > 0.0 { 1.0 } else { 0.0 };
+                    self.correct += u64::from(class == y);
+                }
+                Head::Identity => self.abs_error_sum += f64::from((row[0] - y).abs()),
+            }
+        }
+    }
+
+    fn mean_loss(&self) -> f64 {
+        self.loss_sum / self.rows.max(1) as f64
+    }
+
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.rows.max(1) as f64
+    }
+
+    fn mae(&self) -> f64 {
+        self.abs_error_sum / self.rows.max(1) as f64
+    }
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter()
+        .enumerate()
+        .max_by(|a, b| a.1.total_cmp(b.1))
+        .map_or(0, |(i, _)| i)
+}
+
+/// The framework's forward pass of a [`DenseModel`]: normalisation, the layers on burn's CPU
+/// backend, the head.
+pub(crate) fn predict(model: &DenseModel, rows: &[f32]) -> Result<Vec<f32>, TrainError> {
+    use burn::tensor::{activation, Tensor, TensorData};
+    let width = model.features;
+    if width == 0 || rows.len() % width != 0 {
+        return Err(TrainError::Option {
+            option: "rows",
+            reason: format!("{} values are not whole rows of {width}", rows.len()),
+        });
+    }
+    let mut rows = rows.to_vec();
+    if let Some(n) = &model.normalization {
+        for row in rows.chunks_mut(width) {
+            for ((x, m), s) in row.iter_mut().zip(&n.mean).zip(&n.std) {
+                *x = (*x - m) / s;
+            }
+        }
+    }
+    let device = burn::tensor::Device::flex();
+    let network = Network::from_weights(&model.layers, model.activation, 0.0, &device);
+    let n = rows.len() / width;
+    let x = Tensor::<2>::from_data(TensorData::new(rows, [n, width]), &device);
+    let logits = network.forward(x);
+    let out = match model.head {
+        Head::Softmax => activation::softmax(logits, 1),
+        Head::Sigmoid => activation::sigmoid(logits),
+        Head::Identity => logits,
+    };
+    out.into_data()
+        .try_to_vec::<f32>()
+        .map_err(|e| TrainError::Framework(format!("reading the output: {e:?}")))
+}

@@ -1,0 +1,263 @@
+//! The trainable network on burn: dense layers, their activation, dropout, the loss and one
+//! optimizer step. Everything burn-specific is here, so the rest of `train` deals in plain
+//! `f32` slices and [`DenseWeights`].
+
+use burn::module::{Module, Param};
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::{activation, Device, Int, Tensor, TensorData};
+
+use super::options::{Activation, Loss, Optimizer};
+use super::TrainError;
+
+/// One dense layer's parameters, as ONNX `MatMul` + `Add` take them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseWeights {
+    /// Inputs of the layer.
+    pub inputs: usize,
+    /// Units (outputs) of the layer.
+    pub units: usize,
+    /// Row-major `[inputs, units]` (the ONNX `MatMul` right operand, Keras' kernel layout).
+    pub kernel: Vec<f32>,
+    /// `[units]`.
+    pub bias: Vec<f32>,
+}
+
+/// Dense layers with an activation between them and dropout after each hidden layer; the last
+/// layer's output is left as logits (the head's softmax/sigmoid is part of the loss here and
+/// of the written graph there).
+#[derive(Module, Debug)]
+pub(crate) struct Network {
+    layers: Vec<Linear>,
+    dropout: Dropout,
+    #[module(skip)]
+    activation: Activation,
+}
+
+impl Network {
+    /// A freshly initialised network: Glorot-uniform kernels and zero biases, as Keras'
+    /// `Dense` defaults, drawn from the device's seeded generator.
+    pub(crate) fn new(
+        sizes: &[usize],
+        activation: Activation,
+        dropout: f64,
+        device: &Device,
+    ) -> Network {
+        let layers = sizes
+            .windows(2)
+            .map(|w| {
+                let mut layer = LinearConfig::new(w[0], w[1])
+                    .with_initializer(Initializer::XavierUniform { gain: 1.0 })
+                    .init(device);
+                layer.bias = Some(Param::from_tensor(Tensor::zeros([w[1]], device)));
+                layer
+            })
+            .collect();
+        Network {
+            layers,
+            dropout: DropoutConfig::new(dropout).init(),
+            activation,
+        }
+    }
+
+    /// A network holding given weights (fine-tuning a model read from ONNX).
+    pub(crate) fn from_weights(
+        weights: &[DenseWeights],
+        activation: Activation,
+        dropout: f64,
+        device: &Device,
+    ) -> Network {
+        let layers = weights
+            .iter()
+            .map(|w| Linear {
+                weight: Param::from_tensor(Tensor::from_data(
+                    TensorData::new(w.kernel.clone(), [w.inputs, w.units]),
+                    device,
+                )),
+                bias: Some(Param::from_tensor(Tensor::from_data(
+                    TensorData::new(w.bias.clone(), [w.units]),
+                    device,
+                ))),
+            })
+            .collect();
+        Network {
+            layers,
+            dropout: DropoutConfig::new(dropout).init(),
+            activation,
+        }
+    }
+
+    /// Logits for a `[rows, features]` batch.
+    pub(crate) fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(x);
+            if i < last {
+                x = match self.activation {
+                    Activation::Relu => activation::relu(x),
+                    Activation::Tanh => activation::tanh(x),
+                    Activation::Sigmoid => activation::sigmoid(x),
+                    Activation::Linear => x,
+                };
+                x = self.dropout.forward(x);
+            }
+        }
+        x
+    }
+
+    /// The layers' parameters, input side first.
+    pub(crate) fn weights(&self) -> Result<Vec<DenseWeights>, TrainError> {
+        self.layers
+            .iter()
+            .map(|layer| {
+                let [inputs, units] = layer.weight.val().dims();
+                let kernel = to_vec(layer.weight.val().into_data())?;
+                let bias = match &layer.bias {
+                    Some(b) => to_vec(b.val().into_data())?,
+                    None => vec![0.0; units],
+                };
+                Ok(DenseWeights {
+                    inputs,
+                    units,
+                    kernel,
+                    bias,
+                })
+            })
+            .collect()
+    }
+}
+
+fn to_vec(data: TensorData) -> Result<Vec<f32>, TrainError> {
+    data.try_to_vec::<f32>()
+        .map_err(|e| TrainError::Framework(format!("reading a parameter: {e:?}")))
+}
+
+/// The device training runs on: burn's pure-Rust CPU backend, with autodiff.
+pub(crate) fn training_device(seed: u64) -> Device {
+    let device = Device::flex().autodiff();
+    device.seed(seed);
+    device
+}
+
+/// burn's optimizer for our [`Optimizer`], with Keras' constants (Adam ε = 1e-7; SGD momentum
+/// without dampening, which is Keras' update rule up to the learning-rate scaling).
+pub(crate) fn optimizer(kind: Optimizer) -> ModuleOptimizer {
+    match kind {
+        Optimizer::Adam => AdamConfig::new().with_epsilon(1e-7).init(),
+        Optimizer::Sgd { momentum } if momentum > 0.0 => SgdConfig::new()
+            .with_momentum(Some(
+                MomentumConfig::new()
+                    .with_momentum(momentum)
+                    .with_dampening(0.0),
+            ))
+            .init(),
+        Optimizer::Sgd { .. } => SgdConfig::new().init(),
+    }
+}
+
+/// A batch on the device: `[rows, features]` and the labels.
+pub(crate) struct DeviceBatch {
+    pub(crate) features: Tensor<2>,
+    pub(crate) labels: Labels,
+}
+
+/// Labels shaped for the loss.
+pub(crate) enum Labels {
+    /// Class indices `[rows]` (sparse categorical cross-entropy).
+    Classes(Tensor<1, Int>),
+    /// Targets `[rows, 1]` (binary cross-entropy, MSE, MAE).
+    Targets(Tensor<2>),
+}
+
+impl DeviceBatch {
+    pub(crate) fn new(
+        features: Vec<f32>,
+        labels: &[f32],
+        width: usize,
+        loss: Loss,
+        device: &Device,
+    ) -> DeviceBatch {
+        let rows = labels.len();
+        let features = Tensor::from_data(TensorData::new(features, [rows, width]), device);
+        let labels = match loss {
+            Loss::SparseCategoricalCrossentropy => {
+                let classes: Vec<i64> = labels.iter().map(|&y| y as i64).collect();
+                Labels::Classes(Tensor::from_data(TensorData::new(classes, [rows]), device))
+            }
+            _ => Labels::Targets(Tensor::from_data(
+                TensorData::new(labels.to_vec(), [rows, 1]),
+                device,
+            )),
+        };
+        DeviceBatch { features, labels }
+    }
+}
+
+/// The mean loss of `logits` against `labels`, as a scalar tensor gradients flow through.
+pub(crate) fn loss(loss: Loss, logits: Tensor<2>, labels: Labels) -> Tensor<1> {
+    match (loss, labels) {
+        (Loss::SparseCategoricalCrossentropy, Labels::Classes(classes)) => {
+            let device = logits.device();
+            CrossEntropyLossConfig::new()
+                .init(&device)
+                .forward(logits, classes)
+        }
+        (Loss::BinaryCrossentropy, Labels::Targets(y)) => {
+            // Stable form of -[y log σ(z) + (1-y) log(1-σ(z))]: max(z,0) - y z + log(1+e^-|z|).
+            let softplus_tail = logits.clone().abs().neg().exp().add_scalar(1.0).log();
+            (logits.clone().clamp_min(0.0) - y * logits + softplus_tail)
+                .mean()
+                .reshape([1])
+        }
+        (Loss::MeanAbsoluteError, Labels::Targets(y)) => (logits - y).abs().mean().reshape([1]),
+        (_, Labels::Targets(y)) => {
+            let d = logits - y;
+            (d.clone() * d).mean().reshape([1])
+        }
+        // DeviceBatch::new makes class labels only for the categorical loss.
+        (_, Labels::Classes(_)) => unreachable!("class labels are made for cross-entropy only"),
+    }
+}
+
+/// One gradient step on a batch; returns the batch's mean loss before the step.
+pub(crate) fn step(
+    network: Network,
+    optimizer: &mut ModuleOptimizer,
+    learning_rate: f64,
+    loss_kind: Loss,
+    batch: DeviceBatch,
+) -> Result<(Network, f32, Vec<f32>), TrainError> {
+    let logits = network.forward(batch.features);
+    let logits_out = to_vec(logits.clone().into_data())?;
+    let loss_tensor = loss(loss_kind, logits, batch.labels);
+    let loss_value = to_vec(loss_tensor.clone().into_data())?
+        .first()
+        .copied()
+        .unwrap_or(f32::NAN);
+    let grads = GradientsParams::from_grads(loss_tensor.backward(), &network);
+    let network = optimizer.step(learning_rate, network, grads);
+    Ok((network, loss_value, logits_out))
+}
+
+/// Logits and mean loss of a batch for a network in inference mode (`Module::valid`: no
+/// dropout, no autodiff graph); the batch is moved off the autodiff device to match it.
+pub(crate) fn evaluate(
+    network: &Network,
+    loss_kind: Loss,
+    batch: DeviceBatch,
+) -> Result<(f32, Vec<f32>), TrainError> {
+    let features = batch.features.inner();
+    let labels = match batch.labels {
+        Labels::Classes(c) => Labels::Classes(c.inner()),
+        Labels::Targets(t) => Labels::Targets(t.inner()),
+    };
+    let logits = network.forward(features);
+    let logits_out = to_vec(logits.clone().into_data())?;
+    let loss_value = to_vec(loss(loss_kind, logits, labels).into_data())?
+        .first()
+        .copied()
+        .unwrap_or(f32::NAN);
+    Ok((loss_value, logits_out))
+}

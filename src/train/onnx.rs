@@ -1,0 +1,267 @@
+//! The trained model as a standard ONNX file (opset 13), written with the protobuf types
+//! tract-onnx already carries, and written atomically so that a reader (a `streamtract run`
+//! reloading the file, or a crash half-way) never sees half a model.
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use tract_onnx::pb::tensor_proto::DataType;
+use tract_onnx::pb::tensor_shape_proto::{dimension, Dimension};
+use tract_onnx::pb::{
+    type_proto, AttributeProto, GraphProto, ModelProto, NodeProto, OperatorSetIdProto,
+    StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
+};
+
+use super::network::DenseWeights;
+use super::options::Activation;
+use super::TrainError;
+
+/// ONNX opset the graph is written for; every operator used is unchanged since.
+pub const OPSET: i64 = 13;
+/// IR version 7, the newest tract-onnx 0.23 reads and the one opset 13 came with.
+const IR_VERSION: i64 = 7;
+/// The symbolic batch dimension's name, as in the repo's TensorFlow exports.
+const BATCH: &str = "N";
+
+/// What follows the last dense layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Head {
+    /// `Softmax` over the classes: output `probabilities` `[N, C]`.
+    Softmax,
+    /// `Sigmoid` of one unit: output `probabilities` `[N, 1]`, the probability of class 1.
+    Sigmoid,
+    /// Nothing: output `prediction` `[N, 1]` (regression).
+    Identity,
+}
+
+impl Head {
+    /// The output's name in the written graph.
+    pub fn output_name(self) -> &'static str {
+        match self {
+            Head::Softmax | Head::Sigmoid => "probabilities",
+            Head::Identity => "prediction",
+        }
+    }
+}
+
+/// Feature standardisation baked into the graph: `(x - mean) / std`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normalization {
+    /// Per-feature mean.
+    pub mean: Vec<f32>,
+    /// Per-feature standard deviation (never 0).
+    pub std: Vec<f32>,
+}
+
+/// A dense network with everything needed to write it: the graph `streamtract train` writes
+/// and `streamtract run` serves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseModel {
+    /// The input's name (`features` unless set otherwise).
+    pub input_name: String,
+    /// Features per row.
+    pub features: usize,
+    /// Standardisation of the input, if any.
+    pub normalization: Option<Normalization>,
+    /// Dense layers, input side first.
+    pub layers: Vec<DenseWeights>,
+    /// Activation after every layer but the last.
+    pub activation: Activation,
+    /// What follows the last layer.
+    pub head: Head,
+    /// Stored in the file's metadata (`streamtract.version`) and as `model_version`: which
+    /// checkpoint of a training run this is.
+    pub version: u64,
+}
+
+impl DenseModel {
+    /// The serialised ONNX `ModelProto`.
+    pub fn to_onnx(&self) -> Vec<u8> {
+        self.model_proto().encode_to_vec()
+    }
+
+    /// Writes the model to `path` atomically: a temporary file in the same directory, fsync,
+    /// rename over `path`, fsync of the directory. A reader sees the old file or the new one.
+    pub fn write(&self, path: &Path) -> Result<(), TrainError> {
+        write_atomically(path, &self.to_onnx())
+    }
+
+    fn model_proto(&self) -> ModelProto {
+        let mut graph = GraphBuilder::default();
+        let mut x = self.input_name.clone();
+        if let Some(norm) = &self.normalization {
+            let mean = graph.constant("normalize/mean", &[self.features], &norm.mean);
+            let std = graph.constant("normalize/std", &[self.features], &norm.std);
+            let centered = graph.node("Sub", "normalize/sub", [x, mean], None);
+            x = graph.node("Div", "normalize/div", [centered, std], None);
+        }
+        let last = self.layers.len().saturating_sub(1);
+        for (i, layer) in self.layers.iter().enumerate() {
+            let name = format!("dense_{i}");
+            let kernel = graph.constant(
+                &format!("{name}/kernel"),
+                &[layer.inputs, layer.units],
+                &layer.kernel,
+            );
+            let bias = graph.constant(&format!("{name}/bias"), &[layer.units], &layer.bias);
+            let product = graph.node("MatMul", &format!("{name}/matmul"), [x, kernel], None);
+            x = graph.node("Add", &format!("{name}/bias_add"), [product, bias], None);
+            if i < last {
+                if let Some(op) = self.activation.onnx_op() {
+                    let act = format!("{name}/{}", op.to_lowercase());
+                    x = graph.node(op, &act, [x], None);
+                }
+            }
+        }
+        let output = self.head.output_name();
+        let units = self.layers.last().map_or(self.features, |l| l.units);
+        match self.head {
+            Head::Softmax => {
+                let axis = AttributeProto {
+                    name: "axis".into(),
+                    r#type: tract_onnx::pb::attribute_proto::AttributeType::Int as i32,
+                    i: -1,
+                    ..Default::default()
+                };
+                graph.output_node("Softmax", "softmax", [x], Some(axis), output)
+            }
+            Head::Sigmoid => graph.output_node("Sigmoid", "sigmoid", [x], None, output),
+            Head::Identity => graph.output_node("Identity", "prediction", [x], None, output),
+        }
+        let proto = GraphProto {
+            name: "streamtract_dense".into(),
+            node: graph.nodes,
+            initializer: graph.initializers,
+            input: vec![value_info(&self.input_name, self.features)],
+            output: vec![value_info(output, units)],
+            ..Default::default()
+        };
+        ModelProto {
+            ir_version: IR_VERSION,
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
+            producer_name: "streamtract".into(),
+            producer_version: env!("CARGO_PKG_VERSION").into(),
+            model_version: self.version as i64,
+            graph: Some(proto),
+            metadata_props: vec![StringStringEntryProto {
+                key: "streamtract.version".into(),
+                value: self.version.to_string(),
+            }],
+            ..Default::default()
+        }
+    }
+}
+
+#[derive(Default)]
+struct GraphBuilder {
+    nodes: Vec<NodeProto>,
+    initializers: Vec<TensorProto>,
+}
+
+impl GraphBuilder {
+    fn constant(&mut self, name: &str, dims: &[usize], values: &[f32]) -> String {
+        self.initializers.push(TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: DataType::Float as i32,
+            float_data: values.to_vec(),
+            ..Default::default()
+        });
+        name.into()
+    }
+
+    /// Adds a node whose single output is named after the node.
+    fn node<const N: usize>(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: [String; N],
+        attribute: Option<AttributeProto>,
+    ) -> String {
+        self.output_node(op, name, inputs, attribute, name);
+        name.into()
+    }
+
+    fn output_node<const N: usize>(
+        &mut self,
+        op: &str,
+        name: &str,
+        inputs: [String; N],
+        attribute: Option<AttributeProto>,
+        output: &str,
+    ) {
+        self.nodes.push(NodeProto {
+            op_type: op.into(),
+            name: name.into(),
+            input: inputs.into(),
+            output: vec![output.into()],
+            attribute: attribute.into_iter().collect(),
+            ..Default::default()
+        });
+    }
+}
+
+fn value_info(name: &str, width: usize) -> ValueInfoProto {
+    let dim = |value| Dimension {
+        value: Some(value),
+        ..Default::default()
+    };
+    ValueInfoProto {
+        name: name.into(),
+        r#type: Some(TypeProto {
+            value: Some(type_proto::Value::TensorType(type_proto::Tensor {
+                elem_type: DataType::Float as i32,
+                shape: Some(TensorShapeProto {
+                    dim: vec![
+                        dim(dimension::Value::DimParam(BATCH.into())),
+                        dim(dimension::Value::DimValue(width as i64)),
+                    ],
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory: write, fsync,
+/// rename, fsync the directory. A crash leaves either the old file or the new one, and at
+/// worst a stray `.tmp` file next to it.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), TrainError> {
+    let error = |source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let file_name = path.file_name().ok_or_else(|| {
+        error(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path names no file",
+        ))
+    })?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(file_name);
+    tmp_name.push(format!(".{}.tmp", std::process::id()));
+    let tmp = dir.join(tmp_name);
+    let result = (|| {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        // The rename is durable once the directory entry is.
+        File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(error)
+}
