@@ -7,6 +7,10 @@ set -euo pipefail
 
 TANSU_VERSION="0.6.0"
 CONFLUENT_KAFKA_VERSION="2.16.1"
+# onnxruntime scores the models `streamtract train` writes (tests/train.rs): an ONNX runtime we
+# did not write, as confluent-kafka is a Kafka client we did not write.
+ONNXRUNTIME_VERSION="1.32.0"
+NUMPY_VERSION="1.26.4"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
@@ -58,6 +62,14 @@ else
     say "installing confluent-kafka==$CONFLUENT_KAFKA_VERSION into $PYENV (found: '${have_ck:-none}')"
     "$PYENV/bin/python" -m pip install --quiet --disable-pip-version-check "confluent-kafka==$CONFLUENT_KAFKA_VERSION"
     say "installed: confluent-kafka $("$PYENV/bin/python" -c 'import confluent_kafka; print(confluent_kafka.__version__, "librdkafka", confluent_kafka.libversion()[0])')"
+fi
+
+have_ort="$("$PYENV/bin/python" -c 'import importlib.metadata as m; print(m.version("onnxruntime"))' 2>/dev/null || true)"
+if [ "$have_ort" = "$ONNXRUNTIME_VERSION" ]; then
+    say "onnxruntime $ONNXRUNTIME_VERSION already installed"
+else
+    say "installing onnxruntime==$ONNXRUNTIME_VERSION numpy==$NUMPY_VERSION into $PYENV (found: '${have_ort:-none}')"
+    "$PYENV/bin/python" -m pip install --quiet --disable-pip-version-check "onnxruntime==$ONNXRUNTIME_VERSION" "numpy==$NUMPY_VERSION"
 fi
 
 say "done"

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use streamtract::codec::InputFormat;
 use streamtract::dataset::{Label, SourceRecord};
 use streamtract::model::Model;
-use streamtract::train::{fit, Event, Head, MemoryRecords, RowFormat, Task, TrainOptions, Validation};
+use streamtract::train::{
+    fit, Event, Head, MemoryRecords, RowFormat, Task, TrainOptions, Validation,
+};
 use tract_onnx::prelude::{tract_ndarray, IntoTensor};
 
 fn records(path: &str, keep: impl Fn(usize) -> bool) -> Vec<SourceRecord> {
@@ -72,11 +74,17 @@ fn a_trained_digits_model_runs_in_tract_as_in_the_framework() {
     let (x, labels) = features(&source.validation);
     let n = labels.len();
     let expected = fitted.predict(&x).unwrap();
-    let input = tract_ndarray::Array2::from_shape_vec((n, 64), x).unwrap().into_tensor();
+    let input = tract_ndarray::Array2::from_shape_vec((n, 64), x)
+        .unwrap()
+        .into_tensor();
     let out = model.run(vec![input]).expect("tract runs it");
     let got = out[0].to_plain_array_view::<f32>().unwrap();
     let got: Vec<f32> = got.iter().copied().collect();
     assert_eq!(got.len(), n * 10);
-    let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(worst <= 1e-5, "tract and burn differ by {worst}");
 }

@@ -9,8 +9,8 @@ use streamtract::codec::InputFormat;
 use streamtract::dataset::{BlockingOutputSequence, KafkaDataset, Label, OutputItem};
 use streamtract::pipeline::headers;
 use streamtract::train::{
-    fit, Activation, EpochStats, Event, KafkaRecords, Loss, Optimizer, RowFormat, Task,
-    TrainError, TrainOptions, Validation,
+    fit, Activation, EpochStats, Event, KafkaRecords, Loss, Optimizer, RowFormat, Task, TrainError,
+    TrainOptions, Validation,
 };
 
 /// Flags of `streamtract train`.
@@ -115,9 +115,9 @@ impl TrainArgs {
             return Ok(Label::JsonField(field.clone()));
         }
         match self.label_column.as_deref() {
-            None if self.format == InputFormat::Json => Err(
-                "--label-field NAME is required with --format json (or --label-key)".into(),
-            ),
+            None if self.format == InputFormat::Json => {
+                Err("--label-field NAME is required with --format json (or --label-key)".into())
+            }
             None | Some("last") => Ok(Label::CsvLastColumn),
             Some("first") => Ok(Label::CsvColumn(0)),
             Some(index) => index.parse().map(Label::CsvColumn).map_err(|_| {
@@ -154,7 +154,11 @@ impl TrainArgs {
             "sgd" => Optimizer::Sgd {
                 momentum: self.momentum,
             },
-            other => return Err(format!("--optimizer: expected adam or sgd, found `{other}`")),
+            other => {
+                return Err(format!(
+                    "--optimizer: expected adam or sgd, found `{other}`"
+                ))
+            }
         };
         let validation = match (self.validation_split, self.validation_input.is_empty()) {
             (Some(f), _) => Validation::Split(f),
@@ -193,7 +197,8 @@ pub fn train(args: TrainArgs) -> ExitCode {
     };
     let mut rows = RowFormat::new(format, label);
     rows.input_name = args.input_name.clone();
-    let mut records = KafkaRecords::new(KafkaDataset::builder(args.input.clone()).servers(&args.brokers));
+    let mut records =
+        KafkaRecords::new(KafkaDataset::builder(args.input.clone()).servers(&args.brokers));
     if !args.validation_input.is_empty() {
         records = records.validation(
             KafkaDataset::builder(args.validation_input.clone()).servers(&args.brokers),

@@ -234,6 +234,9 @@ impl RowDecoder {
 
     /// The record's features and label, or why it cannot be trained on (one line).
     pub(crate) fn decode(&self, record: &SourceRecord) -> Result<(Vec<f32>, f32), String> {
+        if record.value.as_deref().is_none_or(<[u8]>::is_empty) {
+            return Err(crate::codec::DecodeError::Empty.to_string());
+        }
         let (row, label) = self.preprocess.decode(record).map_err(|e| e.to_string())?;
         let label = label.ok_or("the record has no label")?;
         let features = row.values.into_iter().next().unwrap_or_default();
@@ -446,9 +449,7 @@ mod tests {
             split.observe(&record(1, 100 + offset));
         }
         split.split(0.2);
-        let held: Vec<i64> = (0..10)
-            .filter(|&o| split.held_out(&record(0, o)))
-            .collect();
+        let held: Vec<i64> = (0..10).filter(|&o| split.held_out(&record(0, o))).collect();
         assert_eq!(held, vec![8, 9]);
         assert!(split.held_out(&record(1, 108)));
         assert!(!split.held_out(&record(1, 107)));

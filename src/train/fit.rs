@@ -8,7 +8,9 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use serde::Serialize;
 
-use super::data::{FeatureStats, Part, RecordSource, RowDecoder, RowFormat, ShuffleBuffer, SplitPoints};
+use super::data::{
+    FeatureStats, Part, RecordSource, RowDecoder, RowFormat, ShuffleBuffer, SplitPoints,
+};
 use super::network::{self, DeviceBatch, Network};
 use super::onnx::{DenseModel, Head, Normalization};
 use super::options::{Loss, Task, TrainOptions, Validation};
@@ -169,7 +171,9 @@ fn survey(
     let mut rejected = 0u64;
     let mut usable = 0u64;
     let mut max_label = 0f32;
-    let mut check = |decoder: &RowDecoder, record: &SourceRecord, on_event: &mut dyn FnMut(Event<'_>)| {
+    let mut check = |decoder: &RowDecoder,
+                     record: &SourceRecord,
+                     on_event: &mut dyn FnMut(Event<'_>)| {
         match decoder.decode(record) {
             Ok((_, label)) => {
                 usable += 1;
@@ -225,7 +229,10 @@ fn survey(
             if c < 2 {
                 return Err(TrainError::Option {
                     option: "classes",
-                    reason: format!("every label in {} is 0; a classifier needs at least 2 classes", source.describe()),
+                    reason: format!(
+                        "every label in {} is 0; a classifier needs at least 2 classes",
+                        source.describe()
+                    ),
                 });
             }
             decoder.set_classes(c);
@@ -236,7 +243,13 @@ fn survey(
     if let Validation::Split(fraction) = options.validation {
         split.split(fraction);
     }
-    tracing::info!(features, classes, usable, rejected = rejected_total, "training records surveyed");
+    tracing::info!(
+        features,
+        classes,
+        usable,
+        rejected = rejected_total,
+        "training records surveyed"
+    );
     Ok(Survey {
         decoder,
         input_name: rows.input_name.clone(),
@@ -384,10 +397,7 @@ impl Trainer {
                 .as_ref()
                 .filter(|_| classify)
                 .map(Figures::accuracy),
-            val_mae: validation
-                .as_ref()
-                .filter(|_| !classify)
-                .map(Figures::mae),
+            val_mae: validation.as_ref().filter(|_| !classify).map(Figures::mae),
         };
         on_event(Event::Epoch(&stats));
         self.history.epochs.push(stats);
@@ -637,7 +647,7 @@ fn argmax(row: &[f32]) -> usize {
 pub(crate) fn predict(model: &DenseModel, rows: &[f32]) -> Result<Vec<f32>, TrainError> {
     use burn::tensor::{activation, Tensor, TensorData};
     let width = model.features;
-    if width == 0 || rows.len() % width != 0 {
+    if width == 0 || !rows.len().is_multiple_of(width) {
         return Err(TrainError::Option {
             option: "rows",
             reason: format!("{} values are not whole rows of {width}", rows.len()),

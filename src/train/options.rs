@@ -140,9 +140,9 @@ impl FromStr for Loss {
             "binary-crossentropy" | "binary_crossentropy" => Ok(Loss::BinaryCrossentropy),
             "mse" | "mean-squared-error" => Ok(Loss::MeanSquaredError),
             "mae" | "mean-absolute-error" => Ok(Loss::MeanAbsoluteError),
-            _ => Err(
-                "one of sparse-categorical-crossentropy, binary-crossentropy, mse, mae".into(),
-            ),
+            _ => {
+                Err("one of sparse-categorical-crossentropy, binary-crossentropy, mse, mae".into())
+            }
         }
     }
 }

@@ -1,0 +1,430 @@
+//! `streamtract train` end to end: the repo's datasets produced by an independent client
+//! (confluent-kafka) to a real broker (tansu), trained with the Keras recipe of
+//! `models/train_reference.py`, and held against Keras' own figures
+//! (`models/train_reference.json`), onnxruntime and `streamtract run`.
+
+#![cfg(feature = "train")]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Broker, Rec};
+use serde_json::Value;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Lines of `data/NAME.csv` split by the reference recipe: test if `i % 4 == 0`.
+fn split(name: &str) -> (Vec<String>, Vec<String>) {
+    let text = std::fs::read_to_string(root().join("data").join(format!("{name}.csv"))).unwrap();
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (i, line) in text.lines().enumerate() {
+        if i % 4 == 0 {
+            test.push(line.to_string());
+        } else {
+            train.push(line.to_string());
+        }
+    }
+    (train, test)
+}
+
+/// Produces the split of `name` to `<name>-train` and `<name>-test` with confluent-kafka.
+fn produce_split(broker: &Broker, name: &str) -> (Vec<String>, Vec<String>) {
+    let (train, test) = split(name);
+    for (topic, lines) in [
+        (format!("{name}-train"), &train),
+        (format!("{name}-test"), &test),
+    ] {
+        broker.create_topic(&topic, 1);
+        let recs: Vec<Rec> = lines.iter().map(|l| Rec::unkeyed(l.clone())).collect();
+        assert_eq!(broker.produce(&topic, &recs).len(), lines.len());
+    }
+    (train, test)
+}
+
+fn run(args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The Keras recipe of one dataset as `streamtract train` flags.
+fn recipe(name: &str) -> Vec<&'static str> {
+    match name {
+        "digits" => vec!["--layers", "64,32", "--epochs", "20"],
+        "breast_cancer" => vec!["--layers", "16,8", "--epochs", "30"],
+        "wine" => vec!["--layers", "16", "--epochs", "60"],
+        "diabetes" => vec!["--layers", "32,16", "--epochs", "200", "--task", "regress"],
+        _ => unreachable!(),
+    }
+}
+
+/// Trains `name` with `seed`; returns the metrics JSON and the model path.
+fn train(broker: &Broker, dir: &Path, name: &str, seed: u64, extra: &[&str]) -> (Value, PathBuf) {
+    let out = dir.join(format!("{name}-{seed}.onnx"));
+    let metrics = dir.join(format!("{name}-{seed}.json"));
+    let train_topic = format!("{name}-train");
+    let test_topic = format!("{name}-test");
+    let seed = seed.to_string();
+    let mut args = vec![
+        "train",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        &train_topic,
+        "--validation-input",
+        &test_topic,
+        "--label-column",
+        "first",
+        "--seed",
+        &seed,
+        "--out",
+        out.to_str().unwrap(),
+        "--metrics-json",
+        metrics.to_str().unwrap(),
+    ];
+    args.extend(recipe(name));
+    args.extend(extra);
+    let result = run(&args);
+    assert!(
+        result.status.success(),
+        "train {name} failed:\n{}",
+        stderr(&result)
+    );
+    let history: Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
+    (history, out)
+}
+
+fn keras_mean(name: &str, figure: &str) -> f64 {
+    let reference: Value =
+        serde_json::from_slice(&std::fs::read(root().join("models/train_reference.json")).unwrap())
+            .unwrap();
+    reference["results"][name]["mean"][figure].as_f64().unwrap()
+}
+
+fn last_epoch(history: &Value) -> &Value {
+    history["epochs"].as_array().unwrap().last().unwrap()
+}
+
+#[test]
+fn classifiers_trained_on_the_stream_match_keras_within_two_points() {
+    let mut broker = Broker::start("train-classifiers");
+    let dir = tempfile::tempdir().unwrap();
+    for name in ["digits", "breast_cancer", "wine"] {
+        let (train_rows, test_rows) = produce_split(&broker, name);
+        let mut accuracies = Vec::new();
+        for seed in 1..=3 {
+            let (history, _) = train(&broker, dir.path(), name, seed, &[]);
+            let last = last_epoch(&history);
+            assert_eq!(last["records"].as_u64().unwrap() as usize, train_rows.len());
+            assert_eq!(
+                last["val_records"].as_u64().unwrap() as usize,
+                test_rows.len()
+            );
+            assert_eq!(history["rejected"], 0);
+            accuracies.push(last["val_accuracy"].as_f64().unwrap());
+        }
+        let ours = accuracies.iter().sum::<f64>() / 3.0;
+        let keras = keras_mean(name, "test_accuracy");
+        eprintln!("{name}: test accuracy {ours:.4} (seeds {accuracies:?}), Keras {keras:.4}");
+        assert!(
+            ours >= keras - 0.02,
+            "{name}: mean test accuracy {ours:.4} is more than 2 points below Keras' {keras:.4}"
+        );
+    }
+    broker.stop();
+}
+
+#[test]
+fn a_regression_trained_on_the_stream_is_within_ten_percent_of_keras_mse() {
+    let mut broker = Broker::start("train-regression");
+    let dir = tempfile::tempdir().unwrap();
+    produce_split(&broker, "diabetes");
+    let mut mses = Vec::new();
+    for seed in 1..=3 {
+        let (history, _) = train(&broker, dir.path(), "diabetes", seed, &[]);
+        let last = last_epoch(&history);
+        assert!(last["val_mae"].as_f64().is_some(), "{last}");
+        mses.push(last["val_loss"].as_f64().unwrap());
+    }
+    let ours = mses.iter().sum::<f64>() / 3.0;
+    let keras = keras_mean("diabetes", "test_mse");
+    eprintln!("diabetes: test MSE {ours:.1} (seeds {mses:?}), Keras {keras:.1}");
+    assert!(
+        ours <= keras * 1.10,
+        "test MSE {ours:.1} is more than 10% above Keras' {keras:.1}"
+    );
+    broker.stop();
+}
+
+/// The written model, scored by onnxruntime (Python) and by `streamtract run` on the test
+/// topic: both agree with each other to 1e-4, and the run's accuracy is the trainer's.
+#[test]
+fn the_written_model_agrees_in_onnxruntime_and_streamtract_run() {
+    let mut broker = Broker::start("train-serve");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, test_rows) = produce_split(&broker, "wine");
+    let (history, model) = train(&broker, dir.path(), "wine", 7, &[]);
+
+    // onnxruntime, on the test rows' features.
+    let features = dir.path().join("rows.csv");
+    let labels: Vec<usize> = test_rows
+        .iter()
+        .map(|l| l.split(',').next().unwrap().parse().unwrap())
+        .collect();
+    let rows: Vec<String> = test_rows
+        .iter()
+        .map(|l| l.split_once(',').unwrap().1.to_string())
+        .collect();
+    std::fs::write(&features, rows.join("\n")).unwrap();
+    let ort = Command::new(common::python())
+        .arg(root().join("scripts/ort-score.py"))
+        .arg(&model)
+        .arg(&features)
+        .output()
+        .unwrap();
+    assert!(
+        ort.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ort.stderr)
+    );
+    let ort: Value = serde_json::from_slice(&ort.stdout).unwrap();
+    assert_eq!(ort["input"], "features");
+    assert_eq!(ort["output"], "probabilities");
+    let ort_rows = ort["rows"].as_array().unwrap();
+
+    // streamtract run, on a topic holding the features only.
+    broker.create_topic("wine-features", 1);
+    broker.create_topic("wine-predictions", 1);
+    let recs: Vec<Rec> = rows.iter().map(|r| Rec::unkeyed(r.clone())).collect();
+    broker.produce("wine-features", &recs);
+    let served = run(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "wine-features",
+        "--output",
+        "wine-predictions",
+        "--model",
+        model.to_str().unwrap(),
+        "--until-end",
+    ]);
+    assert!(served.status.success(), "{}", stderr(&served));
+    let outputs = broker.consume("wine-predictions", rows.len(), Duration::from_secs(30));
+    assert_eq!(outputs.len(), rows.len());
+    let mut correct = 0;
+    for output in &outputs {
+        let offset: usize = output.header("source.offset").unwrap().parse().unwrap();
+        let ours: Vec<f64> = output.value_json()["probabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let theirs: Vec<f64> = ort_rows[offset]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        assert_eq!(ours.len(), 3);
+        for (a, b) in ours.iter().zip(&theirs) {
+            assert!(
+                (a - b).abs() <= 1e-4,
+                "row {offset}: run {ours:?} vs onnxruntime {theirs:?}"
+            );
+        }
+        let best = (0..3).max_by(|&i, &j| ours[i].total_cmp(&ours[j])).unwrap();
+        correct += usize::from(best == labels[offset]);
+    }
+    let accuracy = correct as f64 / rows.len() as f64;
+    let trainer = last_epoch(&history)["val_accuracy"].as_f64().unwrap();
+    assert!(
+        (accuracy - trainer).abs() < 1e-9,
+        "streamtract run scored {accuracy}, the trainer reported {trainer}"
+    );
+    broker.stop();
+}
+
+/// Malformed rows and labels out of range never reach a batch: each goes to the dead-letter
+/// topic once, with its coordinates and reason, and training goes on with the rest.
+#[test]
+fn bad_rows_go_to_the_dead_letter_topic_once_and_training_goes_on() {
+    let mut broker = Broker::start("train-bad-rows");
+    let dir = tempfile::tempdir().unwrap();
+    let (train_rows, _) = split("wine");
+    broker.create_topic("wine-dirty", 1);
+    broker.create_topic("wine-dlq", 1);
+    let mut recs: Vec<Rec> = train_rows.iter().map(|l| Rec::unkeyed(l.clone())).collect();
+    let bad = [
+        (10, "1,not-a-number,2,3".to_string()),
+        (20, train_rows[0].replacen('0', "7", 1)), // class 7 of 3
+        (30, "2,1.0".to_string()),                 // too few features
+        (40, String::new()),                       // empty value
+    ];
+    for (at, value) in bad.iter() {
+        recs.insert(*at, Rec::kv("bad", value.clone()));
+    }
+    broker.produce("wine-dirty", &recs);
+    let out = dir.path().join("wine.onnx");
+    let metrics = dir.path().join("wine.json");
+    let result = run(&[
+        "train",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "wine-dirty",
+        "--label-column",
+        "0",
+        "--classes",
+        "3",
+        "--layers",
+        "16",
+        "--epochs",
+        "5",
+        "--dlq",
+        "wine-dlq",
+        "--out",
+        out.to_str().unwrap(),
+        "--metrics-json",
+        metrics.to_str().unwrap(),
+    ]);
+    assert!(result.status.success(), "{}", stderr(&result));
+    assert!(
+        stderr(&result).contains("4 records rejected (4 written to wine-dlq)"),
+        "{}",
+        stderr(&result)
+    );
+    let history: Value = serde_json::from_slice(&std::fs::read(&metrics).unwrap()).unwrap();
+    assert_eq!(history["rejected"], 4);
+    for epoch in history["epochs"].as_array().unwrap() {
+        assert_eq!(
+            epoch["records"].as_u64().unwrap() as usize,
+            train_rows.len()
+        );
+    }
+    let letters = broker.consume_with_extra_wait(
+        "wine-dlq",
+        4,
+        Duration::from_secs(20),
+        Duration::from_secs(2),
+    );
+    assert_eq!(letters.len(), 4, "each bad record once");
+    let mut offsets: Vec<i64> = letters
+        .iter()
+        .map(|l| l.header("dlq.source.offset").unwrap().parse().unwrap())
+        .collect();
+    offsets.sort_unstable();
+    assert_eq!(offsets, vec![10, 20, 30, 40]);
+    for letter in &letters {
+        assert_eq!(
+            letter.header("dlq.source.topic").as_deref(),
+            Some("wine-dirty")
+        );
+        assert_eq!(letter.header("dlq.stage").as_deref(), Some("train"));
+        assert_eq!(letter.key_str().as_deref(), Some("bad"));
+        let reason = letter.header("dlq.reason").unwrap();
+        let offset = letter.header("dlq.source.offset").unwrap();
+        match offset.as_str() {
+            "10" => assert!(reason.contains("not a number"), "{reason}"),
+            "20" => assert!(reason.contains("out of range"), "{reason}"),
+            "30" => assert!(reason.contains("expected 13 values"), "{reason}"),
+            _ => assert!(reason.contains("empty"), "{reason}"),
+        }
+    }
+    broker.stop();
+}
+
+/// A loss that turns NaN stops training with a clear error and leaves the model file that was
+/// there untouched; bad flags are refused before anything is read.
+#[test]
+fn a_diverging_loss_stops_training_and_keeps_the_last_model() {
+    let mut broker = Broker::start("train-nan");
+    let dir = tempfile::tempdir().unwrap();
+    produce_split(&broker, "diabetes");
+    let out = dir.path().join("diabetes.onnx");
+    std::fs::write(&out, b"the last good model").unwrap();
+    let result = run(&[
+        "train",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "diabetes-train",
+        "--label-column",
+        "first",
+        "--task",
+        "regress",
+        "--normalize",
+        "false",
+        "--optimizer",
+        "sgd",
+        "--learning-rate",
+        "100",
+        "--epochs",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(result.status.code(), Some(1), "{}", stderr(&result));
+    assert!(
+        stderr(&result).contains("the loss became"),
+        "{}",
+        stderr(&result)
+    );
+    assert_eq!(std::fs::read(&out).unwrap(), b"the last good model");
+
+    for (flags, expected) in [
+        (vec!["--label-column", "middle"], "--label-column"),
+        (
+            vec!["--task", "regress", "--loss", "binary-crossentropy"],
+            "loss",
+        ),
+        (vec!["--epochs", "0"], "epochs"),
+    ] {
+        let mut args = vec![
+            "train",
+            "--brokers",
+            &broker.addr,
+            "--input",
+            "diabetes-train",
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        args.extend(flags);
+        let result = run(&args);
+        assert_eq!(
+            result.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&result)
+        );
+        assert!(
+            stderr(&result).contains(expected),
+            "{args:?}: {}",
+            stderr(&result)
+        );
+    }
+    broker.stop();
+}
