@@ -9,12 +9,14 @@ use streamtract::codec::InputFormat;
 use streamtract::dataset::{BlockingOutputSequence, KafkaDataset, Label, OutputItem};
 use streamtract::pipeline::headers;
 use streamtract::train::{
-    fit, Activation, EpochStats, Event, KafkaRecords, Loss, Optimizer, RowFormat, Task, TrainError,
-    TrainOptions, Validation,
+    fit, Activation, DenseModel, EpochStats, Event, KafkaRecords, Loss, Optimizer, RowFormat, Task,
+    TrainError, TrainOptions, Validation,
 };
 
-/// Flags of `streamtract train`.
+/// Flags of `streamtract train`. A flag given twice takes its last value, so a recipe in a
+/// script can be adjusted by appending flags.
 #[derive(Debug, Args)]
+#[command(args_override_self = true)]
 pub struct TrainArgs {
     /// Bootstrap brokers, `HOST:PORT[,HOST:PORT…]`.
     #[arg(long)]
@@ -94,6 +96,12 @@ pub struct TrainArgs {
     /// Seed of the weights, dropout and shuffle.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Fine-tune this dense ONNX model (a TensorFlow export or one `train` wrote) instead of a
+    /// new network: its layers, activation, input normalisation and head are kept (--layers,
+    /// --activation and --normalize are then ignored) and the file written is its graph with
+    /// new weights. An operator that cannot be trained is named with its node.
+    #[arg(long)]
+    init: Option<PathBuf>,
     /// The ONNX model to write; rewritten atomically after every epoch.
     #[arg(long)]
     out: PathBuf,
@@ -195,6 +203,13 @@ pub fn train(args: TrainArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let mut options = options;
+    if let Some(path) = &args.init {
+        match DenseModel::read(path) {
+            Ok(model) => options.init = Some(model),
+            Err(e) => return failed(&e),
+        }
+    }
     let mut rows = RowFormat::new(format, label);
     rows.input_name = args.input_name.clone();
     let mut records =
@@ -283,10 +298,14 @@ pub fn train(args: TrainArgs) -> ExitCode {
 
 /// Keras' per-epoch line: `Epoch 3/20 - 0.21s - 6420 records/s - loss: … - accuracy: …`.
 fn progress_line(stats: &EpochStats, epochs: usize) -> String {
-    let mut line = format!(
-        "Epoch {}/{} - {:.2}s - {:.0} records/s - loss: {:.4}",
-        stats.epoch, epochs, stats.seconds, stats.records_per_second, stats.loss
-    );
+    let mut line = if stats.epoch == 0 {
+        format!("Epoch 0/{epochs} (initial model)")
+    } else {
+        format!(
+            "Epoch {}/{} - {:.2}s - {:.0} records/s - loss: {:.4}",
+            stats.epoch, epochs, stats.seconds, stats.records_per_second, stats.loss
+        )
+    };
     let figures = [
         ("accuracy", stats.accuracy),
         ("mae", stats.mae),

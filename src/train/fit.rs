@@ -12,7 +12,7 @@ use super::data::{
     FeatureStats, Part, RecordSource, RowDecoder, RowFormat, ShuffleBuffer, SplitPoints,
 };
 use super::network::{self, DeviceBatch, Network};
-use super::onnx::{DenseModel, Head, Normalization};
+use super::onnx::{DenseModel, Head, InputOp};
 use super::options::{Loss, Task, TrainOptions, Validation};
 use super::TrainError;
 use crate::dataset::SourceRecord;
@@ -92,6 +92,9 @@ pub struct History {
     pub classes: usize,
     /// Records left out because training could not use them.
     pub rejected: u64,
+    /// A fine-tuned model's validation figures before its first step (epoch 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub initial: Option<EpochStats>,
     /// One entry per epoch.
     pub epochs: Vec<EpochStats>,
 }
@@ -124,6 +127,7 @@ pub fn fit(
     on_event: &mut dyn FnMut(Event<'_>),
 ) -> Result<Fitted, TrainError> {
     options.check()?;
+    let options = &options.for_init()?;
     if matches!(options.validation, Validation::Separate) && !source.has_validation() {
         return Err(TrainError::Option {
             option: "validation",
@@ -132,9 +136,25 @@ pub fn fit(
         });
     }
     let survey = survey(source, rows, options, on_event)?;
+    if let Some(init) = &options.init {
+        if init.features != survey.features {
+            return Err(TrainError::Option {
+                option: "init",
+                reason: format!(
+                    "the model takes {} features, the records of {} have {}",
+                    init.features,
+                    source.describe(),
+                    survey.features
+                ),
+            });
+        }
+    }
     let mut trainer = Trainer::new(survey, options)?;
     if options.normalize {
         trainer.adapt(source)?;
+    }
+    if options.init.is_some() {
+        trainer.evaluate_initial(source, on_event)?;
     }
     for epoch in 1..=options.epochs {
         trainer.epoch(source, epoch, on_event)?;
@@ -277,7 +297,7 @@ struct State {
     /// Always `Some` between steps; taken while burn's optimizer consumes it.
     network: Option<Network>,
     optimizer: burn::optim::ModuleOptimizer,
-    normalization: Option<Normalization>,
+    input_ops: Vec<InputOp>,
     features: usize,
     input_name: String,
     batch: Batch,
@@ -309,11 +329,17 @@ impl Trainer {
         sizes.extend(&options.hidden_layers);
         sizes.push(outputs);
         let device = network::training_device(options.seed);
-        let network = Network::new(&sizes, options.activation, options.dropout, &device);
+        let network = match &options.init {
+            Some(init) => {
+                Network::from_weights(&init.layers, init.activation, options.dropout, &device)
+            }
+            None => Network::new(&sizes, options.activation, options.dropout, &device),
+        };
         let history = History {
             features: survey.features,
             classes: survey.classes,
             rejected: survey.rejected,
+            initial: None,
             epochs: Vec::new(),
         };
         let state = State {
@@ -323,9 +349,16 @@ impl Trainer {
             device,
             network: Some(network),
             optimizer: network::optimizer(options.optimizer),
-            normalization: None,
+            input_ops: options
+                .init
+                .as_ref()
+                .map(|m| m.input_ops.clone())
+                .unwrap_or_default(),
             features: survey.features,
-            input_name: survey.input_name.clone(),
+            input_name: match &options.init {
+                Some(init) => init.input_name.clone(),
+                None => survey.input_name.clone(),
+            },
             batch: Batch::new(options.batch_size),
             figures: Figures::default(),
             epoch: 0,
@@ -347,7 +380,7 @@ impl Trainer {
             stats.add(&row?.0);
         }
         let (mean, std) = stats.finish();
-        self.state.normalization = Some(Normalization { mean, std });
+        self.state.input_ops = InputOp::standardize(mean, std);
         Ok(())
     }
 
@@ -413,6 +446,35 @@ impl Trainer {
         Ok(())
     }
 
+    /// A fine-tuned model's starting point: the validation figures before any step.
+    fn evaluate_initial(
+        &mut self,
+        source: &mut dyn RecordSource,
+        on_event: &mut dyn FnMut(Event<'_>),
+    ) -> Result<(), TrainError> {
+        let started = Instant::now();
+        let Some(validation) = self.validate(source)? else {
+            return Ok(());
+        };
+        let classify = self.state.head != Head::Identity;
+        let stats = EpochStats {
+            epoch: 0,
+            records: 0,
+            seconds: started.elapsed().as_secs_f64(),
+            records_per_second: 0.0,
+            loss: f64::NAN,
+            accuracy: None,
+            mae: None,
+            val_records: validation.rows,
+            val_loss: Some(validation.mean_loss()),
+            val_accuracy: classify.then(|| validation.accuracy()),
+            val_mae: (!classify).then(|| validation.mae()),
+        };
+        on_event(Event::Epoch(&stats));
+        self.history.initial = Some(stats);
+        Ok(())
+    }
+
     /// Loss and accuracy / MAE on the validation records, with the network in inference mode.
     fn validate(&mut self, source: &mut dyn RecordSource) -> Result<Option<Figures>, TrainError> {
         let state = &self.state;
@@ -472,11 +534,8 @@ impl State {
     }
 
     fn normalize(&self, row: &mut [f32]) {
-        if let Some(n) = &self.normalization {
-            // The same f32 operations, in the same order, as the graph's Sub and Div.
-            for ((x, m), s) in row.iter_mut().zip(&n.mean).zip(&n.std) {
-                *x = (*x - m) / s;
-            }
+        for op in &self.input_ops {
+            op.apply(row);
         }
     }
 
@@ -538,11 +597,12 @@ impl State {
         Ok(DenseModel {
             input_name: self.input_name.clone(),
             features: self.features,
-            normalization: self.normalization.clone(),
+            input_ops: self.input_ops.clone(),
             layers: self.network()?.weights()?,
             activation: self.options.activation,
             head: self.head,
             version,
+            template: self.options.init.as_ref().and_then(|m| m.template.clone()),
         })
     }
 }
@@ -654,11 +714,9 @@ pub(crate) fn predict(model: &DenseModel, rows: &[f32]) -> Result<Vec<f32>, Trai
         });
     }
     let mut rows = rows.to_vec();
-    if let Some(n) = &model.normalization {
-        for row in rows.chunks_mut(width) {
-            for ((x, m), s) in row.iter_mut().zip(&n.mean).zip(&n.std) {
-                *x = (*x - m) / s;
-            }
+    for row in rows.chunks_mut(width) {
+        for op in &model.input_ops {
+            op.apply(row);
         }
     }
     let device = burn::tensor::Device::flex();

@@ -39,6 +39,7 @@
 mod data;
 mod error;
 mod fit;
+mod init;
 mod network;
 mod onnx;
 mod options;
@@ -47,5 +48,5 @@ pub use data::{KafkaRecords, MemoryRecords, Part, RecordSource, RowFormat};
 pub use error::TrainError;
 pub use fit::{fit, EpochStats, Event, Fitted, History};
 pub use network::DenseWeights;
-pub use onnx::{DenseModel, Head, Normalization, OPSET};
+pub use onnx::{DenseModel, Head, InputOp, Template, OPSET, VERSION_KEY};
 pub use options::{Activation, Loss, Optimizer, Task, TrainOptions, Validation};

@@ -24,6 +24,8 @@ pub const OPSET: i64 = 13;
 const IR_VERSION: i64 = 7;
 /// The symbolic batch dimension's name, as in the repo's TensorFlow exports.
 const BATCH: &str = "N";
+/// Metadata key of the model version.
+pub const VERSION_KEY: &str = "streamtract.version";
 
 /// What follows the last dense layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,13 +48,59 @@ impl Head {
     }
 }
 
-/// Feature standardisation baked into the graph: `(x - mean) / std`.
+/// A fixed per-feature operation on the input before the first dense layer: Keras'
+/// `Normalization` (`Sub` mean, `Div` std, or `Mul` by the reciprocal) and `Rescaling` (`Mul`,
+/// `Add`) as TensorFlow exports them. Not trained.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Normalization {
-    /// Per-feature mean.
-    pub mean: Vec<f32>,
-    /// Per-feature standard deviation (never 0).
-    pub std: Vec<f32>,
+pub enum InputOp {
+    /// `x - c`.
+    Sub(Vec<f32>),
+    /// `x / c`.
+    Div(Vec<f32>),
+    /// `x * c`.
+    Mul(Vec<f32>),
+    /// `x + c`.
+    Add(Vec<f32>),
+}
+
+impl InputOp {
+    /// Standardisation with a mean and a standard deviation (never 0).
+    pub fn standardize(mean: Vec<f32>, std: Vec<f32>) -> Vec<InputOp> {
+        vec![InputOp::Sub(mean), InputOp::Div(std)]
+    }
+
+    fn onnx(&self) -> (&'static str, &[f32]) {
+        match self {
+            InputOp::Sub(c) => ("Sub", c),
+            InputOp::Div(c) => ("Div", c),
+            InputOp::Mul(c) => ("Mul", c),
+            InputOp::Add(c) => ("Add", c),
+        }
+    }
+
+    /// Applies the operation to one row, in f32 as the graph's operator does, so the trainer's
+    /// inputs are bit for bit what the served model computes.
+    pub fn apply(&self, row: &mut [f32]) {
+        let (_, c) = self.onnx();
+        for (x, &c) in row.iter_mut().zip(c) {
+            *x = match self {
+                InputOp::Sub(_) => *x - c,
+                InputOp::Div(_) => *x / c,
+                InputOp::Mul(_) => *x * c,
+                InputOp::Add(_) => *x + c,
+            };
+        }
+    }
+}
+
+/// The graph a fine-tuned model came from: written back with only its dense weights replaced,
+/// so names, inputs, outputs and every other node stay the exporter's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Template {
+    pub(crate) proto: ModelProto,
+    /// Per dense layer: the kernel's and the bias's initializer names, and whether the kernel
+    /// is stored transposed (`Gemm` with `transB = 1`).
+    pub(crate) layers: Vec<(String, String, bool)>,
 }
 
 /// A dense network with everything needed to write it: the graph `streamtract train` writes
@@ -63,8 +111,8 @@ pub struct DenseModel {
     pub input_name: String,
     /// Features per row.
     pub features: usize,
-    /// Standardisation of the input, if any.
-    pub normalization: Option<Normalization>,
+    /// Fixed operations on the input before the first layer (standardisation, rescaling).
+    pub input_ops: Vec<InputOp>,
     /// Dense layers, input side first.
     pub layers: Vec<DenseWeights>,
     /// Activation after every layer but the last.
@@ -74,6 +122,8 @@ pub struct DenseModel {
     /// Stored in the file's metadata (`streamtract.version`) and as `model_version`: which
     /// checkpoint of a training run this is.
     pub version: u64,
+    /// For a fine-tuned model, the graph it was read from.
+    pub template: Option<Template>,
 }
 
 impl DenseModel {
@@ -89,13 +139,50 @@ impl DenseModel {
     }
 
     fn model_proto(&self) -> ModelProto {
+        match &self.template {
+            Some(template) => self.fill_template(template),
+            None => self.new_graph(),
+        }
+    }
+
+    /// The template with this model's dense weights and version.
+    fn fill_template(&self, template: &Template) -> ModelProto {
+        let mut proto = template.proto.clone();
+        let mut values = std::collections::HashMap::new();
+        for (layer, (kernel, bias, transposed)) in self.layers.iter().zip(&template.layers) {
+            let k = if *transposed {
+                transpose(&layer.kernel, layer.inputs, layer.units)
+            } else {
+                layer.kernel.clone()
+            };
+            values.insert(kernel.as_str(), k);
+            values.insert(bias.as_str(), layer.bias.clone());
+        }
+        if let Some(graph) = proto.graph.as_mut() {
+            for init in &mut graph.initializer {
+                if let Some(v) = values.remove(init.name.as_str()) {
+                    init.raw_data.clear();
+                    init.float_data = v;
+                }
+            }
+        }
+        proto.model_version = self.version as i64;
+        proto.metadata_props.retain(|p| p.key != VERSION_KEY);
+        proto.metadata_props.push(StringStringEntryProto {
+            key: VERSION_KEY.into(),
+            value: self.version.to_string(),
+        });
+        proto
+    }
+
+    fn new_graph(&self) -> ModelProto {
         let mut graph = GraphBuilder::default();
         let mut x = self.input_name.clone();
-        if let Some(norm) = &self.normalization {
-            let mean = graph.constant("normalize/mean", &[self.features], &norm.mean);
-            let std = graph.constant("normalize/std", &[self.features], &norm.std);
-            let centered = graph.node("Sub", "normalize/sub", [x, mean], None);
-            x = graph.node("Div", "normalize/div", [centered, std], None);
+        for (i, op) in self.input_ops.iter().enumerate() {
+            let (name, values) = op.onnx();
+            let node = format!("input_{i}/{}", name.to_lowercase());
+            let constant = graph.constant(&format!("{node}/value"), &[self.features], values);
+            x = graph.node(name, &node, [x, constant], None);
         }
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -149,7 +236,7 @@ impl DenseModel {
             model_version: self.version as i64,
             graph: Some(proto),
             metadata_props: vec![StringStringEntryProto {
-                key: "streamtract.version".into(),
+                key: VERSION_KEY.into(),
                 value: self.version.to_string(),
             }],
             ..Default::default()
@@ -204,6 +291,17 @@ impl GraphBuilder {
             ..Default::default()
         });
     }
+}
+
+/// `[rows, cols]` row-major to `[cols, rows]`.
+pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; values.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = values[r * cols + c];
+        }
+    }
+    out
 }
 
 fn value_info(name: &str, width: usize) -> ValueInfoProto {

@@ -242,6 +242,10 @@ pub struct TrainOptions {
     pub checkpoint: Option<std::path::PathBuf>,
     /// The version stamped on the first model written (later ones count up from it).
     pub first_version: u64,
+    /// Fine-tune this model ([`DenseModel::read`](super::DenseModel::read)) instead of
+    /// training a new one: its layers, activation, head and input operations are kept, only
+    /// the dense weights train, and the written file is its graph with the new weights.
+    pub init: Option<super::DenseModel>,
 }
 
 impl TrainOptions {
@@ -265,6 +269,7 @@ impl TrainOptions {
             seed: 0,
             checkpoint: None,
             first_version: 1,
+            init: None,
         }
     }
 
@@ -289,6 +294,63 @@ impl TrainOptions {
     /// The loss used: the one set, or the task's default.
     pub fn loss(&self) -> Loss {
         self.loss.unwrap_or_else(|| Loss::default_for(self.task))
+    }
+
+    /// The options a fine-tuning run actually uses: the initial model's head decides the
+    /// classes and the default loss, its activation and input operations stay, versions count
+    /// on from its own. Without an initial model, the options unchanged.
+    pub(crate) fn for_init(&self) -> Result<TrainOptions, TrainError> {
+        use super::Head;
+        let Some(init) = &self.init else {
+            return Ok(self.clone());
+        };
+        let units = init.layers.last().map_or(0, |l| l.units);
+        let mismatch = |reason: String| {
+            Err(TrainError::Option {
+                option: "init",
+                reason,
+            })
+        };
+        let (task, loss) = match (init.head, self.task) {
+            (Head::Softmax, Task::Classify { classes }) if classes.is_none_or(|c| c == units) => (
+                Task::Classify {
+                    classes: Some(units),
+                },
+                Loss::SparseCategoricalCrossentropy,
+            ),
+            (Head::Sigmoid, Task::Classify { classes })
+                if units == 1 && classes.is_none_or(|c| c == 2) =>
+            {
+                (
+                    Task::Classify { classes: Some(2) },
+                    Loss::BinaryCrossentropy,
+                )
+            }
+            (Head::Identity, Task::Regress) if units == 1 => {
+                (Task::Regress, Loss::MeanSquaredError)
+            }
+            (head, task) => {
+                return mismatch(format!(
+                    "the model's {head:?} head with {units} outputs does not fit {task:?}"
+                ))
+            }
+        };
+        if self
+            .loss
+            .is_some_and(|l| l != loss && !(task == Task::Regress && l == Loss::MeanAbsoluteError))
+        {
+            return mismatch(format!(
+                "the model's head is trained with {loss}, not {}",
+                self.loss()
+            ));
+        }
+        let mut options = self.clone();
+        options.task = task;
+        options.loss = Some(self.loss.unwrap_or(loss));
+        options.activation = init.activation;
+        options.normalize = false;
+        options.first_version = init.version + 1;
+        Ok(options)
     }
 
     /// Checks every option before a record is read; the error names the option.
