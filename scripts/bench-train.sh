@@ -116,7 +116,7 @@ accuracy() {
     "$TF_PYTHON" - "$BENCH_DIR/$1.json" <<'PY'
 import json, sys
 d = json.load(open(sys.argv[1]))
-acc = d["epochs"][-1]["accuracy"] if "epochs" in d else d["accuracy"]
+acc = d["epochs"][-1]["accuracy"] if isinstance(d.get("epochs"), list) else d["accuracy"]
 print(f"{acc:.3f}")
 PY
 }

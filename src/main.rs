@@ -92,6 +92,9 @@ fn main() -> ExitCode {
             Ok(m) => {
                 println!("model:  {}", m.path().display());
                 println!("sha256: {}", m.sha256());
+                if let Some(version) = m.version() {
+                    println!("version: {version}");
+                }
                 println!(
                     "batch:  {}",
                     if m.has_dynamic_batch() {

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{argmax, tf_classes, Broker, Consumed, Rec};
+use common::{argmax, stop_with_sigterm, tf_classes, Broker, Consumed, Rec};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -570,20 +570,6 @@ fn follow_until_outputs(
         broker.consume(output, expected, wait)
     };
     (outs, first_after, stop_with_sigterm(child))
-}
-
-/// Sends SIGTERM to a `streamtract run` started with piped stderr, checks that it exits 0 and
-/// returns its stderr.
-fn stop_with_sigterm(child: std::process::Child) -> String {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "SIGTERM should exit 0: {stderr}");
-    stderr
 }
 
 #[test]

@@ -510,3 +510,211 @@ fn fine_tuning_the_tensorflow_mlp_keeps_its_graph_and_its_accuracy() {
     assert!(!out.exists());
     broker.stop();
 }
+
+/// The version `streamtract inspect` reads from a model file (0 when it cannot be read yet).
+fn model_version(path: &Path) -> u64 {
+    if !path.exists() {
+        return 0;
+    }
+    let out = run(&["inspect", path.to_str().unwrap()]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("version: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+fn spawn(args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_streamtract"))
+        .args(args)
+        .current_dir(root())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn wait_for(what: &str, limit: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Online learning: `train --follow` in a consumer group writes a version every 200 records
+/// (8 batches of 25)
+/// and commits only records inside a written model; after `kill -9` a restart resumes from
+/// the last model and trains every record the first run had not committed, none skipped.
+/// Meanwhile a `streamtract run` serving the same path reloads each version and stamps it on
+/// its outputs: every input gets exactly one output, versions only go up.
+#[test]
+fn online_training_is_served_hot_and_resumes_after_kill_9() {
+    let mut broker = Broker::start("train-online");
+    let dir = tempfile::tempdir().unwrap();
+    let (train_rows, test_rows) = split("digits");
+    broker.create_topic("stream", 1);
+    broker.create_topic("serve-in", 1);
+    broker.create_topic("serve-out", 1);
+    let model = dir.path().join("online.onnx");
+    let model_arg = model.to_str().unwrap().to_string();
+    let first: Vec<Rec> = train_rows[..600]
+        .iter()
+        .map(|l| Rec::unkeyed(l.clone()))
+        .collect();
+    broker.produce("stream", &first);
+    let trainer_args = |extra: &[&str]| {
+        let mut args: Vec<String> = [
+            "train",
+            "--follow",
+            "--group",
+            "trainer",
+            "--brokers",
+            &broker.addr,
+            "--input",
+            "stream",
+            "--label-column",
+            "first",
+            "--classes",
+            "10",
+            "--layers",
+            "32",
+            "--checkpoint-every",
+            "200",
+            "--adapt-records",
+            "200",
+            "--batch-size",
+            "25",
+            "--out",
+            &model_arg,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    };
+
+    // First trainer: killed with SIGKILL once it has written version 2.
+    let args = trainer_args(&[]);
+    let mut trainer = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    wait_for("version 2", Duration::from_secs(120), || {
+        model_version(&model) >= 2
+    });
+    trainer.kill().unwrap();
+    let _ = trainer.wait();
+    let killed_at = model_version(&model);
+    let committed = broker.committed("trainer", "stream", 1)[&0].unwrap_or(0);
+    eprintln!("killed at version {killed_at}, committed offset {committed}");
+    assert!(
+        committed <= 200 * killed_at as i64 && committed >= 200 * (killed_at as i64 - 1),
+        "committed {committed} is not inside the model written (version {killed_at}, 200 records each)"
+    );
+
+    // A run serving the model file, reloading it as versions appear.
+    let served = spawn(&[
+        "run",
+        "--brokers",
+        &broker.addr,
+        "--input",
+        "serve-in",
+        "--output",
+        "serve-out",
+        "--model",
+        &model_arg,
+        "--model-check-interval-ms",
+        "100",
+        "--format",
+        "csv",
+    ]);
+
+    // The restarted trainer resumes; the rest of the stream arrives while it trains.
+    let args = trainer_args(&["--stream-timeout-ms", "5000"]);
+    let restarted = spawn(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let rest: Vec<Rec> = train_rows[600..]
+        .iter()
+        .map(|l| Rec::unkeyed(l.clone()))
+        .collect();
+    broker.produce("stream", &rest);
+    // Inputs to serve keep arriving until two new versions were written, and a little after.
+    let features: Vec<Rec> = test_rows
+        .iter()
+        .map(|l| Rec::unkeyed(l.split_once(',').unwrap().1.to_string()))
+        .collect();
+    let mut produced = 0;
+    let mut after = 0;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while after < 4 {
+        assert!(
+            Instant::now() < deadline,
+            "the restarted trainer wrote no new versions"
+        );
+        let chunk: Vec<Rec> = (produced..produced + 10)
+            .map(|i| features[i % features.len()].clone())
+            .collect();
+        broker.produce("serve-in", &chunk);
+        produced += chunk.len();
+        if model_version(&model) >= killed_at + 2 {
+            after += 1;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let out = restarted.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("resumed from the model already there"),
+        "{log}"
+    );
+    let expected_trained = train_rows.len() as i64 - committed;
+    assert!(
+        log.contains(&format!("{expected_trained} records trained")),
+        "the restart should train the {expected_trained} records not committed before:\n{log}"
+    );
+    let final_version = model_version(&model);
+    assert!(final_version > killed_at, "{log}");
+    assert_eq!(
+        broker.committed("trainer", "stream", 1)[&0],
+        Some(train_rows.len() as i64),
+        "every record is committed once inside a model"
+    );
+
+    // Every served input has exactly one output; the version on them never goes down.
+    let outputs = broker.consume_with_extra_wait(
+        "serve-out",
+        produced,
+        Duration::from_secs(30),
+        Duration::from_secs(2),
+    );
+    let served_log = common::stop_with_sigterm(served);
+    assert_eq!(
+        outputs.len(),
+        produced,
+        "one output per input, none lost, none twice"
+    );
+    let mut by_offset: Vec<(i64, u64)> = outputs
+        .iter()
+        .map(|o| {
+            (
+                o.header("source.offset").unwrap().parse().unwrap(),
+                o.header("model.version")
+                    .expect("model.version header")
+                    .parse()
+                    .unwrap(),
+            )
+        })
+        .collect();
+    by_offset.sort_unstable();
+    let offsets: Vec<i64> = by_offset.iter().map(|(o, _)| *o).collect();
+    assert_eq!(offsets, (0..produced as i64).collect::<Vec<_>>());
+    let versions: Vec<u64> = by_offset.iter().map(|(_, v)| *v).collect();
+    assert!(
+        versions.windows(2).all(|w| w[0] <= w[1]),
+        "versions went down: {versions:?}"
+    );
+    assert!(
+        versions.first() < versions.last(),
+        "no switch seen mid-stream: {versions:?}\n{served_log}"
+    );
+    broker.stop();
+}

@@ -60,6 +60,7 @@ fn a_trained_digits_model_runs_in_tract_as_in_the_framework() {
         if let Event::Epoch(_) = e {
             epochs += 1
         }
+        Ok(())
     })
     .expect("training runs");
     assert_eq!(epochs, 5);

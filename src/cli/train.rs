@@ -5,12 +5,16 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{ArgAction, Args};
+use std::time::Duration;
 use streamtract::codec::InputFormat;
-use streamtract::dataset::{BlockingOutputSequence, KafkaDataset, Label, OutputItem};
+
+use streamtract::dataset::{
+    BlockingOutputSequence, KafkaDataset, KafkaGroupDataset, Label, OutputItem, SourceRecord,
+};
 use streamtract::pipeline::headers;
 use streamtract::train::{
-    fit, Activation, DenseModel, EpochStats, Event, KafkaRecords, Loss, Optimizer, RowFormat, Task,
-    TrainError, TrainOptions, Validation,
+    fit, follow, Activation, DenseModel, EpochStats, Event, KafkaRecords, Loss, OnlineOptions,
+    Optimizer, RowFormat, Task, TrainError, TrainOptions, Validation,
 };
 
 /// Flags of `streamtract train`. A flag given twice takes its last value, so a recipe in a
@@ -108,6 +112,26 @@ pub struct TrainArgs {
     /// Write the per-epoch history (Keras' `history.history`, plus records/s) as JSON here.
     #[arg(long)]
     metrics_json: Option<PathBuf>,
+    /// Online learning: read --input (topic names) as a member of --group forever (or until
+    /// --stream-timeout-ms of silence), write a new model version every --checkpoint-every,
+    /// and commit only the offsets of records inside a model already written. A restart
+    /// continues from the model at --out. Needs --classes for classification.
+    #[arg(long)]
+    follow: bool,
+    /// Consumer group of --follow.
+    #[arg(long)]
+    group: Option<String>,
+    /// With --follow: write a new version every N records (`1000`) or every N seconds (`30s`).
+    #[arg(long, default_value = "1000")]
+    checkpoint_every: String,
+    /// With --follow: rows whose mean and standard deviation standardise the inputs of a new
+    /// model (held, then trained on).
+    #[arg(long, default_value_t = 1000)]
+    adapt_records: usize,
+    /// With --follow: end once no record came for this long (tensorflow-io's `stream_timeout`);
+    /// default: never.
+    #[arg(long)]
+    stream_timeout_ms: Option<u64>,
     /// Dead-letter topic for records training cannot use (written once, with `dlq.*` headers);
     /// without it they are counted, logged and skipped.
     #[arg(long)]
@@ -115,6 +139,36 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    fn online(&self) -> Result<OnlineOptions, String> {
+        let every = self.checkpoint_every.trim();
+        let bad = || {
+            format!("--checkpoint-every: expected a number of records (`1000`) or of seconds (`30s`), found `{every}`")
+        };
+        let mut online = OnlineOptions {
+            adapt_records: self.adapt_records.max(1),
+            ..OnlineOptions::default()
+        };
+        match every.strip_suffix('s') {
+            Some(seconds) => {
+                let seconds: f64 = seconds.parse().map_err(|_| bad())?;
+                if !(seconds > 0.0 && seconds.is_finite()) {
+                    return Err(bad());
+                }
+                online.checkpoint_interval = Some(Duration::from_secs_f64(seconds));
+                online.checkpoint_records = None;
+            }
+            None => {
+                let records: u64 = every.parse().map_err(|_| bad())?;
+                if records == 0 {
+                    return Err(bad());
+                }
+                online.checkpoint_records = Some(records);
+                online.checkpoint_interval = None;
+            }
+        }
+        Ok(online)
+    }
+
     fn label(&self) -> Result<Label, String> {
         if self.label_key {
             return Ok(Label::Key);
@@ -221,45 +275,45 @@ pub fn train(args: TrainArgs) -> ExitCode {
     }
     let mut dead_letters = match &args.dlq {
         Some(topic) => match BlockingOutputSequence::connect(&args.brokers, topic) {
-            Ok(sequence) => Some(sequence),
+            Ok(sequence) => Some(DeadLetters {
+                sequence,
+                written: 0,
+            }),
             Err(e) => return failed(&TrainError::Dataset(e)),
         },
         None => None,
     };
-    let mut dlq_error = None;
-    let mut dlq_written = 0u64;
-    let epochs = options.epochs;
-    let mut on_event = |event: Event<'_>| match event {
-        Event::Rejected { record, reason } => {
-            if let (Some(sequence), None) = (dead_letters.as_mut(), &dlq_error) {
-                let mut item = OutputItem::new(record.value.clone().unwrap_or_default())
-                    .maybe_key(record.key.clone())
-                    .timestamp(record.timestamp)
-                    .header(headers::DLQ_SOURCE_TOPIC, record.topic.as_bytes().to_vec())
-                    .header(headers::DLQ_SOURCE_PARTITION, record.partition.to_string())
-                    .header(headers::DLQ_SOURCE_OFFSET, record.offset.to_string())
-                    .header(headers::DLQ_STAGE, "train")
-                    .header(headers::DLQ_REASON, reason.replace(['\n', '\r'], " "));
-                for (name, value) in &record.headers {
-                    item = item.header(name.clone(), value.clone());
-                }
-                match sequence.set(dlq_written, item) {
-                    Ok(()) => dlq_written += 1,
-                    Err(e) => dlq_error = Some(e),
+    let epochs = if args.follow { 0 } else { options.epochs };
+    let mut on_event = |event: Event<'_>| -> Result<(), TrainError> {
+        match event {
+            Event::Rejected { record, reason } => {
+                if let Some(letters) = dead_letters.as_mut() {
+                    letters.write(record, reason)?;
                 }
             }
+            Event::Epoch(stats) => eprintln!("{}", progress_line(stats, epochs)),
+            // Dead letters are acknowledged before the records they stand for are committed.
+            Event::Checkpoint { path, version } => {
+                if let Some(letters) = dead_letters.as_mut() {
+                    letters.sequence.flush()?;
+                }
+                if args.follow {
+                    eprintln!("wrote {} (version {version})", path.display());
+                }
+            }
+            Event::Batch { .. } => {}
         }
-        Event::Epoch(stats) => eprintln!("{}", progress_line(stats, epochs)),
-        Event::Batch { .. } | Event::Checkpoint { .. } => {}
+        Ok(())
     };
-    let result = fit(&mut records, &rows, &options, &mut on_event);
-    if let Some(sequence) = dead_letters.take() {
-        if let Err(e) = sequence.close() {
-            dlq_error.get_or_insert(e);
-        }
+    if args.follow {
+        return follow_group(&args, &rows, &options, &mut on_event);
     }
-    if let Some(e) = dlq_error {
-        return failed(&TrainError::Dataset(e));
+    let result = fit(&mut records, &rows, &options, &mut on_event);
+    let dlq_written = dead_letters.as_ref().map_or(0, |d| d.written);
+    if let Some(letters) = dead_letters.take() {
+        if let Err(e) = letters.sequence.close() {
+            return failed(&TrainError::Dataset(e));
+        }
     }
     let fitted = match result {
         Ok(f) => f,
@@ -296,9 +350,85 @@ pub fn train(args: TrainArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// The dead-letter topic's writer and how many it took.
+struct DeadLetters {
+    sequence: BlockingOutputSequence,
+    written: u64,
+}
+
+impl DeadLetters {
+    /// The rejected record, unchanged, with `dlq.*` headers saying where it came from and why.
+    fn write(&mut self, record: &SourceRecord, reason: &str) -> Result<(), TrainError> {
+        let mut item = OutputItem::new(record.value.clone().unwrap_or_default())
+            .maybe_key(record.key.clone())
+            .timestamp(record.timestamp);
+        for (name, value) in &record.headers {
+            item = item.header(name.clone(), value.clone());
+        }
+        let item = item
+            .header(headers::DLQ_SOURCE_TOPIC, record.topic.as_bytes().to_vec())
+            .header(headers::DLQ_SOURCE_PARTITION, record.partition.to_string())
+            .header(headers::DLQ_SOURCE_OFFSET, record.offset.to_string())
+            .header(headers::DLQ_STAGE, "train")
+            .header(headers::DLQ_REASON, reason.replace(['\n', '\r'], " "));
+        self.sequence.set(self.written, item)?;
+        self.written += 1;
+        Ok(())
+    }
+}
+
+/// `--follow`: online training in a consumer group until the stream stays idle past
+/// --stream-timeout-ms (or forever).
+fn follow_group(
+    args: &TrainArgs,
+    rows: &RowFormat,
+    options: &TrainOptions,
+    on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
+) -> ExitCode {
+    let Some(group) = &args.group else {
+        eprintln!("error: invalid configuration: --follow needs --group ID (the consumer group whose offsets record what is trained)");
+        return ExitCode::from(2);
+    };
+    let online = match args.online() {
+        Ok(o) => o,
+        Err(message) => {
+            eprintln!("error: invalid configuration: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let dataset = KafkaGroupDataset::builder(args.input.clone(), group)
+        .servers(&args.brokers)
+        .stream_timeout(args.stream_timeout_ms.map(Duration::from_millis))
+        .open_blocking();
+    let dataset = match dataset {
+        Ok(d) => d,
+        Err(e) => return failed(&TrainError::Dataset(e)),
+    };
+    match follow(dataset, rows, options, &online, on_event) {
+        Ok(summary) => {
+            eprintln!(
+                "online training ended: {} records trained, {} rejected, {} versions written (last: version {} at {}){}",
+                summary.trained,
+                summary.rejected,
+                summary.checkpoints,
+                summary.version,
+                args.out.display(),
+                if summary.resumed { "; resumed from the model already there" } else { "" }
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => failed(&e),
+    }
+}
+
 /// Keras' per-epoch line: `Epoch 3/20 - 0.21s - 6420 records/s - loss: … - accuracy: …`.
 fn progress_line(stats: &EpochStats, epochs: usize) -> String {
-    let mut line = if stats.epoch == 0 {
+    let mut line = if epochs == 0 {
+        format!(
+            "Window {} - {:.2}s - {:.0} records/s - loss: {:.4}",
+            stats.epoch, stats.seconds, stats.records_per_second, stats.loss
+        )
+    } else if stats.epoch == 0 {
         format!("Epoch 0/{epochs} (initial model)")
     } else {
         format!(

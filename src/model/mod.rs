@@ -65,6 +65,8 @@ enum Compiled {
 pub struct Model {
     path: PathBuf,
     sha256: String,
+    /// The `streamtract.version` metadata a model written by `streamtract train` carries.
+    version: Option<String>,
     signature: Signature,
     compiled: Arc<Compiled>,
     /// Per output: whether its final Softmax was cut from the plan and is applied after each
@@ -96,6 +98,7 @@ impl Model {
             message: e.to_string(),
         })?;
         let sha256 = hex(&Sha256::digest(&bytes));
+        let version = metadata_version(&bytes);
         let load_err = |e: TractError| ModelError::Load {
             path: path.clone(),
             message: format!("{e:#}"),
@@ -150,6 +153,7 @@ impl Model {
         Ok(Model {
             path,
             sha256,
+            version,
             signature,
             compiled: Arc::new(compiled),
             softmax_outputs: Arc::new(softmax_outputs),
@@ -164,6 +168,12 @@ impl Model {
     /// Lower-case hex SHA-256 of the model file.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// The version `streamtract train` stamped on the file (metadata `streamtract.version`),
+    /// counting up with every checkpoint of a training run; `None` for other models.
+    pub fn version(&self) -> Option<&str> {
+        self.version.as_deref()
     }
 
     /// Inputs and outputs of the graph.
@@ -638,4 +648,16 @@ fn datum_name(dt: DatumType) -> &'static str {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `streamtract.version` entry of an ONNX file's metadata, if any.
+fn metadata_version(bytes: &[u8]) -> Option<String> {
+    let proto = tract_onnx::onnx()
+        .proto_model_for_read(&mut &bytes[..])
+        .ok()?;
+    proto
+        .metadata_props
+        .into_iter()
+        .find(|p| p.key == "streamtract.version")
+        .map(|p| p.value)
 }

@@ -54,6 +54,9 @@ pub mod headers {
     pub const SOURCE_TIMESTAMP: &str = "source.timestamp";
     /// Lower-case hex SHA-256 of the model file that produced the output.
     pub const MODEL_SHA256: &str = "model.sha256";
+    /// The model's version when `streamtract train` wrote it (its `streamtract.version`
+    /// metadata); absent for other models.
+    pub const MODEL_VERSION: &str = "model.version";
     /// On a dead letter: topic the rejected record was read from.
     pub const DLQ_SOURCE_TOPIC: &str = "dlq.source.topic";
     /// On a dead letter: its partition (decimal).

@@ -487,7 +487,7 @@ impl RunLoop {
                 key: r.key.clone(),
                 value: serving.encoder.encode(&row),
                 headers: if self.config.output_headers {
-                    output_headers(r, &serving.sha)
+                    output_headers(r, serving)
                 } else {
                     BTreeMap::new()
                 },
@@ -517,7 +517,7 @@ impl RunLoop {
         for (r, row) in records.into_iter().zip(rows) {
             let value = serving.encoder.encode(&row);
             let h = if self.config.output_headers {
-                output_headers(&r, &serving.sha)
+                output_headers(&r, serving)
             } else {
                 BTreeMap::new()
             };
@@ -569,8 +569,8 @@ fn count_by_partition<'a>(
 }
 
 /// The headers naming an output's source record and the model that produced it.
-fn output_headers(r: &SourceRecord, sha: &[u8]) -> BTreeMap<String, Vec<u8>> {
-    header_map([
+fn output_headers(r: &SourceRecord, serving: &Serving) -> BTreeMap<String, Vec<u8>> {
+    let mut h = header_map([
         (headers::SOURCE_TOPIC, r.topic.as_bytes().to_vec()),
         (
             headers::SOURCE_PARTITION,
@@ -581,8 +581,12 @@ fn output_headers(r: &SourceRecord, sha: &[u8]) -> BTreeMap<String, Vec<u8>> {
             headers::SOURCE_TIMESTAMP,
             r.timestamp.timestamp_millis().to_string().into_bytes(),
         ),
-        (headers::MODEL_SHA256, sha.to_vec()),
-    ])
+        (headers::MODEL_SHA256, serving.sha.to_vec()),
+    ]);
+    if let Some(version) = &serving.version {
+        h.insert(headers::MODEL_VERSION.to_string(), version.to_vec());
+    }
+    h
 }
 
 /// The batch's input tensors reshaped to the shadow model's row shapes (same values).

@@ -21,6 +21,8 @@ pub(crate) struct Serving {
     pub pool: InferencePool,
     /// Hex SHA-256 of the model file, as written in the `model.sha256` header.
     pub sha: Arc<[u8]>,
+    /// The model's `streamtract.version`, as written in the `model.version` header.
+    pub version: Option<Arc<[u8]>>,
     /// How long loading, checking and compiling took (logged: it is the start-up cost).
     pub load_time: Duration,
 }
@@ -52,6 +54,7 @@ impl Serving {
             .map_err(|e| Error::Internal(format!("model warm-up task: {e}")))??;
         let pool = InferencePool::new(&model, config.workers)?;
         let sha = Arc::from(model.sha256().as_bytes());
+        let version = model.version().map(|v| Arc::from(v.as_bytes()));
         Ok(Serving {
             model,
             decoder,
@@ -59,6 +62,7 @@ impl Serving {
             row_shapes,
             pool,
             sha,
+            version,
             load_time: started.elapsed(),
         })
     }

@@ -124,7 +124,7 @@ pub fn fit(
     source: &mut dyn RecordSource,
     rows: &RowFormat,
     options: &TrainOptions,
-    on_event: &mut dyn FnMut(Event<'_>),
+    on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
 ) -> Result<Fitted, TrainError> {
     options.check()?;
     let options = &options.for_init()?;
@@ -183,7 +183,7 @@ fn survey(
     source: &mut dyn RecordSource,
     rows: &RowFormat,
     options: &TrainOptions,
-    on_event: &mut dyn FnMut(Event<'_>),
+    on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
 ) -> Result<Survey, TrainError> {
     let mut decoder: Option<(RowDecoder, usize)> = None;
     let mut unreadable: Vec<SourceRecord> = Vec::new();
@@ -193,7 +193,8 @@ fn survey(
     let mut max_label = 0f32;
     let mut check = |decoder: &RowDecoder,
                      record: &SourceRecord,
-                     on_event: &mut dyn FnMut(Event<'_>)| {
+                     on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>|
+     -> Result<(), TrainError> {
         match decoder.decode(record) {
             Ok((_, label)) => {
                 usable += 1;
@@ -205,9 +206,10 @@ fn survey(
                 on_event(Event::Rejected {
                     record,
                     reason: &reason,
-                });
+                })?;
             }
         }
+        Ok(())
     };
     for record in source.read(Part::Training)? {
         let record = record?;
@@ -217,7 +219,7 @@ fn survey(
                 Some(features) => {
                     let d = RowDecoder::new(rows.preprocess(features)?, options.task);
                     for earlier in unreadable.drain(..) {
-                        check(&d, &earlier, on_event);
+                        check(&d, &earlier, on_event)?;
                     }
                     decoder = Some((d, features));
                 }
@@ -229,7 +231,7 @@ fn survey(
             }
         }
         if let Some((d, _)) = &decoder {
-            check(d, &record, on_event);
+            check(d, &record, on_event)?;
         }
     }
     let rejected_total = rejected + unreadable.len() as u64;
@@ -289,7 +291,7 @@ struct Trainer {
 }
 
 /// What a gradient step changes, apart from the survey the record iterator borrows.
-struct State {
+pub(crate) struct State {
     options: TrainOptions,
     loss: Loss,
     head: Head,
@@ -310,60 +312,13 @@ struct State {
 
 impl Trainer {
     fn new(survey: Survey, options: &TrainOptions) -> Result<Trainer, TrainError> {
-        let loss = options.loss();
-        let (head, outputs) = match loss {
-            Loss::SparseCategoricalCrossentropy => (Head::Softmax, survey.classes),
-            Loss::BinaryCrossentropy if survey.classes == 2 => (Head::Sigmoid, 1),
-            Loss::BinaryCrossentropy => {
-                return Err(TrainError::Option {
-                    option: "loss",
-                    reason: format!(
-                        "binary-crossentropy needs 2 classes, the labels have {}; use sparse-categorical-crossentropy",
-                        survey.classes
-                    ),
-                })
-            }
-            Loss::MeanSquaredError | Loss::MeanAbsoluteError => (Head::Identity, 1),
-        };
-        let mut sizes = vec![survey.features];
-        sizes.extend(&options.hidden_layers);
-        sizes.push(outputs);
-        let device = network::training_device(options.seed);
-        let network = match &options.init {
-            Some(init) => {
-                Network::from_weights(&init.layers, init.activation, options.dropout, &device)
-            }
-            None => Network::new(&sizes, options.activation, options.dropout, &device),
-        };
+        let state = State::new(options, survey.features, survey.classes, &survey.input_name)?;
         let history = History {
             features: survey.features,
             classes: survey.classes,
             rejected: survey.rejected,
             initial: None,
             epochs: Vec::new(),
-        };
-        let state = State {
-            options: options.clone(),
-            loss,
-            head,
-            device,
-            network: Some(network),
-            optimizer: network::optimizer(options.optimizer),
-            input_ops: options
-                .init
-                .as_ref()
-                .map(|m| m.input_ops.clone())
-                .unwrap_or_default(),
-            features: survey.features,
-            input_name: match &options.init {
-                Some(init) => init.input_name.clone(),
-                None => survey.input_name.clone(),
-            },
-            batch: Batch::new(options.batch_size),
-            figures: Figures::default(),
-            epoch: 0,
-            steps: 0,
-            written: None,
         };
         Ok(Trainer {
             survey,
@@ -390,7 +345,7 @@ impl Trainer {
         &mut self,
         source: &mut dyn RecordSource,
         epoch: usize,
-        on_event: &mut dyn FnMut(Event<'_>),
+        on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
     ) -> Result<(), TrainError> {
         let started = Instant::now();
         let state = &mut self.state;
@@ -432,7 +387,7 @@ impl Trainer {
                 .map(Figures::accuracy),
             val_mae: validation.as_ref().filter(|_| !classify).map(Figures::mae),
         };
-        on_event(Event::Epoch(&stats));
+        on_event(Event::Epoch(&stats))?;
         self.history.epochs.push(stats);
         if let Some(path) = self.state.options.checkpoint.clone() {
             let version = self.state.options.first_version + epoch as u64 - 1;
@@ -440,7 +395,7 @@ impl Trainer {
             on_event(Event::Checkpoint {
                 path: &path,
                 version,
-            });
+            })?;
             self.state.written = Some(path);
         }
         Ok(())
@@ -450,7 +405,7 @@ impl Trainer {
     fn evaluate_initial(
         &mut self,
         source: &mut dyn RecordSource,
-        on_event: &mut dyn FnMut(Event<'_>),
+        on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
     ) -> Result<(), TrainError> {
         let started = Instant::now();
         let Some(validation) = self.validate(source)? else {
@@ -470,7 +425,7 @@ impl Trainer {
             val_accuracy: classify.then(|| validation.accuracy()),
             val_mae: (!classify).then(|| validation.mae()),
         };
-        on_event(Event::Epoch(&stats));
+        on_event(Event::Epoch(&stats))?;
         self.history.initial = Some(stats);
         Ok(())
     }
@@ -527,6 +482,92 @@ impl Trainer {
 }
 
 impl State {
+    /// The network for `features` inputs and `classes` classes (0 for regression), fresh or
+    /// from the initial model, with its head and optimizer.
+    pub(crate) fn new(
+        options: &TrainOptions,
+        features: usize,
+        classes: usize,
+        input_name: &str,
+    ) -> Result<State, TrainError> {
+        let loss = options.loss();
+        let (head, outputs) = match loss {
+            Loss::SparseCategoricalCrossentropy => (Head::Softmax, classes),
+            Loss::BinaryCrossentropy if classes == 2 => (Head::Sigmoid, 1),
+            Loss::BinaryCrossentropy => {
+                return Err(TrainError::Option {
+                    option: "loss",
+                    reason: format!(
+                        "binary-crossentropy needs 2 classes, the labels have {classes}; use sparse-categorical-crossentropy"
+                    ),
+                })
+            }
+            Loss::MeanSquaredError | Loss::MeanAbsoluteError => (Head::Identity, 1),
+        };
+        let mut sizes = vec![features];
+        sizes.extend(&options.hidden_layers);
+        sizes.push(outputs);
+        let device = network::training_device(options.seed);
+        let (network, input_ops, input_name) = match &options.init {
+            Some(init) => (
+                Network::from_weights(&init.layers, init.activation, options.dropout, &device),
+                init.input_ops.clone(),
+                init.input_name.clone(),
+            ),
+            None => (
+                Network::new(&sizes, options.activation, options.dropout, &device),
+                Vec::new(),
+                input_name.to_string(),
+            ),
+        };
+        Ok(State {
+            options: options.clone(),
+            loss,
+            head,
+            device,
+            network: Some(network),
+            optimizer: network::optimizer(options.optimizer),
+            input_ops,
+            features,
+            input_name,
+            batch: Batch::new(options.batch_size),
+            figures: Figures::default(),
+            epoch: 0,
+            steps: 0,
+            written: None,
+        })
+    }
+
+    /// Sets the input standardisation (after adapting it on the first records).
+    pub(crate) fn set_input_ops(&mut self, ops: Vec<InputOp>) {
+        self.input_ops = ops;
+    }
+
+    /// Whether the input operations are set (adapted, or from the initial model).
+    pub(crate) fn has_input_ops(&self) -> bool {
+        !self.input_ops.is_empty()
+    }
+
+    /// The figures gathered since the last call.
+    pub(crate) fn take_figures(&mut self) -> Figures {
+        std::mem::take(&mut self.figures)
+    }
+
+    /// Whether the head classifies (accuracy) rather than regresses (MAE).
+    pub(crate) fn is_classifier(&self) -> bool {
+        self.head != Head::Identity
+    }
+
+    /// A checkpoint is at `path`: what a NaN loss leaves in place.
+    pub(crate) fn mark_written(&mut self, path: &std::path::Path) {
+        self.written = Some(path.to_path_buf());
+    }
+
+    /// Rows waiting in the partial batch.
+    pub(crate) fn batched(&self) -> usize {
+        self.batch.labels.len()
+    }
+
     fn network(&self) -> Result<&Network, TrainError> {
         self.network
             .as_ref()
@@ -540,11 +581,11 @@ impl State {
     }
 
     /// Adds a row to the batch, stepping when it is full.
-    fn push(
+    pub(crate) fn push(
         &mut self,
         mut x: Vec<f32>,
         y: f32,
-        on_event: &mut dyn FnMut(Event<'_>),
+        on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
     ) -> Result<(), TrainError> {
         self.normalize(&mut x);
         self.batch.push(x, y);
@@ -556,7 +597,10 @@ impl State {
 
     /// One gradient step on the gathered rows (none when the batch is empty: never an empty
     /// batch).
-    fn step(&mut self, on_event: &mut dyn FnMut(Event<'_>)) -> Result<(), TrainError> {
+    pub(crate) fn step(
+        &mut self,
+        on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
+    ) -> Result<(), TrainError> {
         if self.batch.labels.is_empty() {
             return Ok(());
         }
@@ -589,11 +633,11 @@ impl State {
             epoch: self.epoch,
             batch: self.steps,
             loss,
-        });
+        })?;
         Ok(())
     }
 
-    fn model(&self, version: u64) -> Result<DenseModel, TrainError> {
+    pub(crate) fn model(&self, version: u64) -> Result<DenseModel, TrainError> {
         Ok(DenseModel {
             input_name: self.input_name.clone(),
             features: self.features,
@@ -623,7 +667,7 @@ fn training_rows<'s>(
 
 /// Rows gathered for one step.
 #[derive(Default)]
-struct Batch {
+pub(crate) struct Batch {
     size: usize,
     features: Vec<f32>,
     labels: Vec<f32>,
@@ -650,7 +694,7 @@ impl Batch {
 
 /// Running sums for an epoch's loss and accuracy / MAE.
 #[derive(Debug, Default)]
-struct Figures {
+pub(crate) struct Figures {
     rows: u64,
     loss_sum: f64,
     correct: u64,
@@ -658,6 +702,23 @@ struct Figures {
 }
 
 impl Figures {
+    /// The figures as one epoch's (or online window's) training statistics.
+    pub(crate) fn stats(&self, epoch: usize, seconds: f64, classify: bool) -> EpochStats {
+        EpochStats {
+            epoch,
+            records: self.rows,
+            seconds,
+            records_per_second: self.rows as f64 / seconds.max(1e-9),
+            loss: self.mean_loss(),
+            accuracy: classify.then(|| self.accuracy()),
+            mae: (!classify).then(|| self.mae()),
+            val_records: 0,
+            val_loss: None,
+            val_accuracy: None,
+            val_mae: None,
+        }
+    }
+
     /// Adds a batch: its mean loss and the head's inputs (logits), row-major.
     fn add(&mut self, loss: f32, logits: &[f32], labels: &[f32], head: Head) {
         let n = labels.len();

@@ -31,7 +31,7 @@
 //! let options = TrainOptions::new(Task::Classify { classes: None })
 //!     .hidden_layers([64, 32])
 //!     .epochs(20);
-//! let fitted = fit(&mut records, &rows, &options, &mut |_event| {})?;
+//! let fitted = fit(&mut records, &rows, &options, &mut |_event| Ok(()))?;
 //! fitted.model.write("digits.onnx".as_ref())?;
 //! # Ok(()) }
 //! ```
@@ -41,6 +41,7 @@ mod error;
 mod fit;
 mod init;
 mod network;
+mod online;
 mod onnx;
 mod options;
 
@@ -48,5 +49,6 @@ pub use data::{KafkaRecords, MemoryRecords, Part, RecordSource, RowFormat};
 pub use error::TrainError;
 pub use fit::{fit, EpochStats, Event, Fitted, History};
 pub use network::DenseWeights;
+pub use online::{follow, OnlineOptions, OnlineSummary};
 pub use onnx::{DenseModel, Head, InputOp, Template, OPSET, VERSION_KEY};
 pub use options::{Activation, Loss, Optimizer, Task, TrainOptions, Validation};

@@ -946,3 +946,17 @@ pub fn unique_topic(prefix: &str) -> String {
         N.fetch_add(1, Ordering::SeqCst)
     )
 }
+
+/// Sends SIGTERM to a `streamtract run` started with piped stderr, checks that it exits 0 and
+/// returns its stderr.
+pub fn stop_with_sigterm(child: std::process::Child) -> String {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "SIGTERM should exit 0: {stderr}");
+    stderr
+}
