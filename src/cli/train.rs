@@ -54,8 +54,7 @@ pub struct TrainArgs {
     /// Number of classes; default: the largest label + 1. A label outside 0..C is rejected.
     #[arg(long)]
     classes: Option<usize>,
-    /// Units of the hidden dense layers, input side first, e.g. `64,32`. Empty: no hidden
-    /// layer (multinomial logistic / linear regression).
+    /// Units of the hidden dense layers, input side first, e.g. `64,32`.
     #[arg(long, value_delimiter = ',', default_value = "32")]
     layers: Vec<usize>,
     /// Activation of the hidden layers: relu, tanh, sigmoid, linear.
