@@ -9,8 +9,10 @@ use std::time::Duration;
 use streamtract::codec::InputFormat;
 
 use streamtract::dataset::{
-    BlockingOutputSequence, KafkaDataset, KafkaGroupDataset, Label, OutputItem, SourceRecord,
+    BlockingOutputSequence, DatasetError, KafkaDataset, KafkaGroupDataset, Label, OutputConfig,
+    OutputItem, SourceRecord,
 };
+use streamtract::kafka::{parse_brokers, KafkaConfig};
 use streamtract::pipeline::headers;
 use streamtract::train::{
     fit, follow, Activation, DenseModel, EpochStats, Event, KafkaRecords, Loss, OnlineOptions,
@@ -25,6 +27,9 @@ pub struct TrainArgs {
     /// Bootstrap brokers, `HOST:PORT[,HOST:PORT…]`.
     #[arg(long)]
     brokers: String,
+    /// How long to keep trying to reach a broker at start-up before giving up.
+    #[arg(long, default_value_t = 30_000)]
+    connect_timeout_ms: u64,
     /// Training records: a topic spec `topic[:partition[:offset[:last]]]` (tensorflow-io's);
     /// repeat for several. Each epoch reads every spec to the end it has when the epoch starts.
     #[arg(long, required = true)]
@@ -138,6 +143,13 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
+    /// Connection settings of every Kafka client `train` opens.
+    fn kafka(&self) -> KafkaConfig {
+        let mut kafka = KafkaConfig::new(parse_brokers(&self.brokers));
+        kafka.connect_timeout = Duration::from_millis(self.connect_timeout_ms.max(1));
+        kafka
+    }
+
     fn online(&self) -> Result<OnlineOptions, String> {
         let every = self.checkpoint_every.trim();
         let bad = || {
@@ -266,14 +278,17 @@ pub fn train(args: TrainArgs) -> ExitCode {
     let mut rows = RowFormat::new(format, label);
     rows.input_name = args.input_name.clone();
     let mut records =
-        KafkaRecords::new(KafkaDataset::builder(args.input.clone()).servers(&args.brokers));
+        KafkaRecords::new(KafkaDataset::builder(args.input.clone()).kafka_config(args.kafka()));
     if !args.validation_input.is_empty() {
         records = records.validation(
-            KafkaDataset::builder(args.validation_input.clone()).servers(&args.brokers),
+            KafkaDataset::builder(args.validation_input.clone()).kafka_config(args.kafka()),
         );
     }
     let mut dead_letters = match &args.dlq {
-        Some(topic) => match BlockingOutputSequence::connect(&args.brokers, topic) {
+        Some(topic) => match OutputConfig::new(topic)
+            .map(|c| c.kafka_config(args.kafka()))
+            .and_then(|c| BlockingOutputSequence::open(&c))
+        {
             Ok(sequence) => Some(DeadLetters {
                 sequence,
                 written: 0,
@@ -396,7 +411,7 @@ fn follow_group(
         }
     };
     let dataset = KafkaGroupDataset::builder(args.input.clone(), group)
-        .servers(&args.brokers)
+        .kafka_config(args.kafka())
         .stream_timeout(args.stream_timeout_ms.map(Duration::from_millis))
         .open_blocking();
     let dataset = match dataset {
@@ -450,10 +465,13 @@ fn progress_line(stats: &EpochStats, epochs: usize) -> String {
     line
 }
 
+/// Exit 2 for what is wrong before anything is read (flags, the initial model, a broker or
+/// topic that is not there), as `run` does; 1 for anything else.
 fn failed(e: &TrainError) -> ExitCode {
     eprintln!("error: {e}");
     match e {
         TrainError::Option { .. } | TrainError::Init { .. } => ExitCode::from(2),
+        TrainError::Dataset(DatasetError::Kafka(k)) if k.is_startup() => ExitCode::from(2),
         _ => ExitCode::from(1),
     }
 }
