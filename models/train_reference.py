@@ -41,10 +41,10 @@ Package versions that produced the committed train_reference.json (Python 3.11,
 
 How to run, in a virtualenv OUTSIDE the repository:
 
-    python3 -m venv /work/tfenv
-    /work/tfenv/bin/pip install "tensorflow-cpu==2.16.2" "onnx==1.16.2" scikit-learn "numpy<2"
-    /work/tfenv/bin/python models/train_reference.py            # writes models/train_reference.json
-    /work/tfenv/bin/python models/train_reference.py --out X.json
+    python3 -m venv target/tfenv
+    target/tfenv/bin/pip install "tensorflow-cpu==2.16.2" "onnx==1.16.2" scikit-learn "numpy<2"
+    target/tfenv/bin/python models/train_reference.py            # writes models/train_reference.json
+    target/tfenv/bin/python models/train_reference.py --out X.json
 
 It takes a few minutes on 2 cores. Re-runs on the same machine and library
 versions give the same figures; another CPU or version may differ slightly.

@@ -22,15 +22,16 @@
 #
 # Prerequisites
 #   - scripts/setup-test-env.sh done (tansu in ~/.cargo/bin, target/pyenv with confluent-kafka);
-#   - the release binary: CARGO_TARGET_DIR=/work/bench-target cargo build --release --bin streamtract
+#   - the release binary: cargo build --release --bin streamtract
 #     (or point STREAMTRACT_BIN at one);
 #   - a Python with tensorflow 2.16, keras 3, numpy and tensorflow-io 0.37.1 (TF_PYTHON,
-#     default /work/tfenv/bin/python; pip install tensorflow-io==0.37.1);
+#     default target/tfenv/bin/python, made with: python3 -m venv target/tfenv &&
+#     target/tfenv/bin/pip install tensorflow-cpu==2.16.2 tensorflow-io==0.37.1 'numpy<2');
 #   - GNU time at /usr/bin/time (Debian package `time`).
 #
 # Run (from anywhere; about 3-5 minutes on 2 cores)
 #   scripts/bench-train.sh
-# Env: STREAMTRACT_BIN (default /work/bench-target/release/streamtract), TF_PYTHON,
+# Env: STREAMTRACT_BIN (default target/release/streamtract), TF_PYTHON,
 #   BENCH_DIR (default target/bench-train: logs, models, /usr/bin/time reports, results),
 #   BENCH_BROKER_DIR (default target/bench-train-broker; wiped and used for a private tansu that
 #   is stopped on exit).
@@ -38,8 +39,8 @@ set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 REPO_ROOT="$(cd "$SCRIPT_DIR/.." && pwd)"
-STREAMTRACT_BIN="${STREAMTRACT_BIN:-/work/bench-target/release/streamtract}"
-TF_PYTHON="${TF_PYTHON:-/work/tfenv/bin/python}"
+STREAMTRACT_BIN="${STREAMTRACT_BIN:-$REPO_ROOT/target/release/streamtract}"
+TF_PYTHON="${TF_PYTHON:-$REPO_ROOT/target/tfenv/bin/python}"
 KPYTHON="$REPO_ROOT/target/pyenv/bin/python"
 KCLIENT="$SCRIPT_DIR/kclient.py"
 KERAS_FIT="$SCRIPT_DIR/keras-fit.py"
@@ -52,7 +53,7 @@ say() { printf '[bench-train] %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 # ---- prerequisites ----------------------------------------------------------------------------
-[ -x "$STREAMTRACT_BIN" ] || die "$STREAMTRACT_BIN missing: CARGO_TARGET_DIR=/work/bench-target cargo build --release --bin streamtract (or set STREAMTRACT_BIN)"
+[ -x "$STREAMTRACT_BIN" ] || die "$STREAMTRACT_BIN missing: cargo build --release --bin streamtract (or set STREAMTRACT_BIN)"
 [ -x "$GNU_TIME" ] || die "$GNU_TIME missing: apt-get install time"
 [ -x "$KPYTHON" ] || die "$KPYTHON missing: run scripts/setup-test-env.sh"
 [ -x "$TF_PYTHON" ] || die "$TF_PYTHON missing (set TF_PYTHON)"
