@@ -324,7 +324,7 @@ impl Trainer {
             survey,
             state,
             history,
-            rng: Some(StdRng::seed_from_u64(options.seed)),
+            rng: Some(shuffle_rng(options.seed)),
         })
     }
 
@@ -355,7 +355,7 @@ impl Trainer {
         let rng = self
             .rng
             .take()
-            .unwrap_or_else(|| StdRng::seed_from_u64(state.options.seed));
+            .unwrap_or_else(|| shuffle_rng(state.options.seed));
         let mut shuffle = ShuffleBuffer::new(state.options.shuffle_buffer, rng);
         for row in training_rows(&self.survey, source)? {
             if let Some((x, y)) = shuffle.push(row?) {
@@ -515,7 +515,13 @@ impl State {
                 init.input_name.clone(),
             ),
             None => (
-                Network::new(&sizes, options.activation, options.dropout, &device),
+                Network::new(
+                    &sizes,
+                    options.activation,
+                    options.dropout,
+                    &mut StdRng::seed_from_u64(options.seed),
+                    &device,
+                ),
                 Vec::new(),
                 input_name.to_string(),
             ),
@@ -649,6 +655,11 @@ impl State {
             template: self.options.init.as_ref().and_then(|m| m.template.clone()),
         })
     }
+}
+
+/// The shuffle buffer's generator: seeded apart from the weights' so the two streams differ.
+fn shuffle_rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed ^ 0x5348_5546_464c_4521)
 }
 
 /// The training rows of one pass, in stream order, without the held-out split and without

@@ -4,10 +4,12 @@
 
 use burn::module::{Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{activation, Device, Int, Tensor, TensorData};
+use rand::rngs::StdRng;
+use rand::RngExt;
 
 use super::options::{Activation, Loss, Optimizer};
 use super::TrainError;
@@ -38,28 +40,32 @@ pub(crate) struct Network {
 
 impl Network {
     /// A freshly initialised network: Glorot-uniform kernels and zero biases, as Keras'
-    /// `Dense` defaults, drawn from the device's seeded generator.
+    /// `Dense` defaults. The kernels are drawn from our own seeded generator rather than
+    /// burn's process-wide one, so two trainings in one process do not disturb each other's
+    /// weights.
     pub(crate) fn new(
         sizes: &[usize],
         activation: Activation,
         dropout: f64,
+        rng: &mut StdRng,
         device: &Device,
     ) -> Network {
-        let layers = sizes
+        let weights: Vec<DenseWeights> = sizes
             .windows(2)
             .map(|w| {
-                let mut layer = LinearConfig::new(w[0], w[1])
-                    .with_initializer(Initializer::XavierUniform { gain: 1.0 })
-                    .init(device);
-                layer.bias = Some(Param::from_tensor(Tensor::zeros([w[1]], device)));
-                layer
+                let (inputs, units) = (w[0], w[1]);
+                let limit = (6.0 / (inputs + units) as f64).sqrt() as f32;
+                DenseWeights {
+                    inputs,
+                    units,
+                    kernel: (0..inputs * units)
+                        .map(|_| rng.random_range(-limit..limit))
+                        .collect(),
+                    bias: vec![0.0; units],
+                }
             })
             .collect();
-        Network {
-            layers,
-            dropout: DropoutConfig::new(dropout).init(),
-            activation,
-        }
+        Network::from_weights(&weights, activation, dropout, device)
     }
 
     /// A network holding given weights (fine-tuning a model read from ONNX).
@@ -134,7 +140,9 @@ fn to_vec(data: TensorData) -> Result<Vec<f32>, TrainError> {
         .map_err(|e| TrainError::Framework(format!("reading a parameter: {e:?}")))
 }
 
-/// The device training runs on: burn's pure-Rust CPU backend, with autodiff.
+/// The device training runs on: burn's pure-Rust CPU backend, with autodiff. The seed goes to
+/// burn's generator, which draws the dropout masks; that generator is process-wide, so with
+/// dropout two trainings at once in one process are not reproducible.
 pub(crate) fn training_device(seed: u64) -> Device {
     let device = Device::flex().autodiff();
     device.seed(seed);
