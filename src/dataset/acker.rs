@@ -15,8 +15,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::DatasetError;
 use crate::kafka::group::TopicPartition;
+use crate::kafka::OffsetTracker;
 use crate::kafka::SourceRecord;
-use crate::pipeline::OffsetTracker;
 
 /// A partition as the offset tracker keys it.
 pub(crate) type Tp = (Arc<str>, i32);

@@ -4,6 +4,7 @@
 mod client;
 pub mod group;
 mod lag;
+pub mod offsets;
 mod pacing;
 mod partitioner;
 pub mod security;
@@ -12,6 +13,7 @@ mod source;
 
 pub use client::{connect, parse_brokers, topic_partitions, KafkaConfig};
 pub use lag::{ConsumerLag, PartitionLag};
+pub use offsets::OffsetTracker;
 pub use pacing::FetchEvidence;
 pub use partitioner::{murmur2, partition_for_key};
 pub use security::{Password, SaslConfig, SaslMechanism, SecurityConfig, SecurityError, TlsConfig};

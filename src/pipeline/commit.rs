@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use super::offsets::TopicPartition;
 use crate::kafka::group::{self, GroupConfig, GroupError, GroupMember, OffsetStore};
+use crate::kafka::offsets::TopicPartition;
 use crate::kafka::{KafkaConfig, TopicSelection};
 
 /// How positions are fetched and committed.

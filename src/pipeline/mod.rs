@@ -5,17 +5,15 @@
 //! their results are written in the order the batches were formed, so outputs keep the order
 //! of their input partition.
 
-mod batch;
 mod commit;
 mod latency;
-mod offsets;
 mod reload;
 mod run;
 mod serving;
 
-pub use batch::{split_outputs, Batch};
+pub use crate::kafka::offsets::{OffsetTracker, TopicPartition};
+pub use crate::model::{split_outputs, Batch};
 pub use latency::{Latency, LatencyRecorder};
-pub use offsets::{OffsetTracker, TopicPartition};
 pub use reload::ReloadHandle;
 
 use std::future::Future;

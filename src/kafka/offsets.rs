@@ -38,7 +38,7 @@ impl PartitionState {
 ///
 /// ```
 /// use std::sync::Arc;
-/// use streamtract::pipeline::OffsetTracker;
+/// use streamtract::kafka::OffsetTracker;
 /// let tp: (Arc<str>, i32) = (Arc::from("in"), 0);
 /// let mut t = OffsetTracker::default();
 /// for o in 10..13 { t.read(&tp, o); }
