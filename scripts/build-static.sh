@@ -3,7 +3,6 @@
 # linked and that the stripped size stays under the bound, and prints its size.
 #   scripts/build-static.sh                        -> target/x86_64-unknown-linux-musl/release/streamtract
 #   scripts/build-static.sh --features mimalloc    (extra arguments go to cargo build)
-#   scripts/build-static.sh --profile small        -> target/x86_64-unknown-linux-musl/small/streamtract
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -15,13 +14,11 @@ while [ $# -gt 0 ]; do
         *) cargo_args+=("$1"); shift ;;
     esac
 done
-# Bounds on the stripped size (README "Static binary"): 18,631,640 bytes measured for the
-# release profile, which keeps the math at full speed; the small profile is built for
-# storage and must stay within 15 MB (14,597,080 bytes measured).
-case "$profile" in
-    small) MAX_BYTES=15000000 ;;
-    *) MAX_BYTES=19500000 ;;
-esac
+# Bound on the stripped size: 21,881,080 bytes measured with every default feature at
+# 2bbf2a8 (training, feature `train`, added about 2.9 MB to the inference-only binary's
+# 18,963,416 bytes; docs/training.md). The one shipped build is the release profile (the `small` profile is gone:
+# one binary per target). Getting back under 20 MB is the edge-build issue's work.
+MAX_BYTES=22500000
 # tract's assembly kernels are built by the C compiler of the target: musl's.
 export CC_x86_64_unknown_linux_musl=musl-gcc
 cargo build --profile "$profile" --target x86_64-unknown-linux-musl ${cargo_args[@]+"${cargo_args[@]}"}
