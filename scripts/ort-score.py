@@ -19,6 +19,8 @@ def main():
     session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
     inp = session.get_inputs()[0]
     out = session.get_outputs()[0]
+    # Image models take [N, H, W, C]: the rows are those values, row-major.
+    rows = rows.reshape([-1] + [d for d in inp.shape[1:]])
     result = session.run([out.name], {inp.name: rows})[0]
     json.dump({"input": inp.name, "output": out.name, "rows": result.tolist()}, sys.stdout)
 

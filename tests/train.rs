@@ -76,6 +76,16 @@ fn recipe(name: &str) -> Vec<&'static str> {
         "breast_cancer" => vec!["--layers", "16,8", "--epochs", "30"],
         "wine" => vec!["--layers", "16", "--epochs", "60"],
         "diabetes" => vec!["--layers", "32,16", "--epochs", "200", "--task", "regress"],
+        "digits_cnn" => vec![
+            "--input-shape",
+            "8,8,1",
+            "--conv",
+            "16:3,32:3,pool:2",
+            "--layers",
+            "32",
+            "--epochs",
+            "10",
+        ],
         _ => unreachable!(),
     }
 }
@@ -84,8 +94,14 @@ fn recipe(name: &str) -> Vec<&'static str> {
 fn train(broker: &Broker, dir: &Path, name: &str, seed: u64, extra: &[&str]) -> (Value, PathBuf) {
     let out = dir.join(format!("{name}-{seed}.onnx"));
     let metrics = dir.join(format!("{name}-{seed}.json"));
-    let train_topic = format!("{name}-train");
-    let test_topic = format!("{name}-test");
+    // Recipes named `<data>_<variant>` read the data's topics.
+    let data = name
+        .split('_')
+        .next()
+        .filter(|_| name.ends_with("_cnn"))
+        .unwrap_or(name);
+    let train_topic = format!("{data}-train");
+    let test_topic = format!("{data}-test");
     let seed = seed.to_string();
     let mut args = vec![
         "train",
@@ -156,6 +172,40 @@ fn classifiers_trained_on_the_stream_match_keras_within_two_points() {
     broker.stop();
 }
 
+/// The repo's digits CNN layout trained on the stream: within 2 points of Keras, and the
+/// written `[N, 8, 8, 1]` model agrees in onnxruntime and `streamtract run`.
+#[test]
+fn a_cnn_trained_on_the_stream_matches_keras_and_serves() {
+    let mut broker = Broker::start("train-cnn");
+    let dir = tempfile::tempdir().unwrap();
+    let (_, test_rows) = produce_split(&broker, "digits");
+    // One seed (a CNN epoch is slow in the debug build the tests use), against Keras' mean.
+    let (history, model) = train(&broker, dir.path(), "digits_cnn", 1, &[]);
+    let ours = last_epoch(&history)["val_accuracy"].as_f64().unwrap();
+    let keras = keras_mean("digits_cnn", "test_accuracy");
+    eprintln!("digits_cnn: test accuracy {ours:.4} (seed 1), Keras {keras:.4} (mean of 3 seeds)");
+    assert!(
+        ours >= keras - 0.02,
+        "CNN accuracy {ours:.4} is more than 2 points below Keras' {keras:.4}"
+    );
+    let inspect = run(&["inspect", model.to_str().unwrap()]);
+    assert!(
+        String::from_utf8_lossy(&inspect.stdout).contains("features: float32[N, 8, 8, 1]"),
+        "{}",
+        String::from_utf8_lossy(&inspect.stdout)
+    );
+    serve_and_compare(
+        &mut broker,
+        dir.path(),
+        "digits",
+        &test_rows,
+        &model,
+        &history,
+        10,
+    );
+    broker.stop();
+}
+
 #[test]
 fn a_regression_trained_on_the_stream_is_within_ten_percent_of_keras_mse() {
     let mut broker = Broker::start("train-regression");
@@ -187,8 +237,31 @@ fn the_written_model_agrees_in_onnxruntime_and_streamtract_run() {
     let (_, test_rows) = produce_split(&broker, "wine");
     let (history, model) = train(&broker, dir.path(), "wine", 7, &[]);
 
+    serve_and_compare(
+        &mut broker,
+        dir.path(),
+        "wine",
+        &test_rows,
+        &model,
+        &history,
+        3,
+    );
+    broker.stop();
+}
+
+/// Scores the test rows' features with onnxruntime and with `streamtract run` (through the
+/// broker): equal to 1e-4, and `run`'s accuracy is the trainer's last validation accuracy.
+fn serve_and_compare(
+    broker: &mut Broker,
+    dir: &Path,
+    data: &str,
+    test_rows: &[String],
+    model: &Path,
+    history: &Value,
+    classes: usize,
+) {
     // onnxruntime, on the test rows' features.
-    let features = dir.path().join("rows.csv");
+    let features = dir.join(format!("{data}-rows.csv"));
     let labels: Vec<usize> = test_rows
         .iter()
         .map(|l| l.split(',').next().unwrap().parse().unwrap())
@@ -200,7 +273,7 @@ fn the_written_model_agrees_in_onnxruntime_and_streamtract_run() {
     std::fs::write(&features, rows.join("\n")).unwrap();
     let ort = Command::new(common::python())
         .arg(root().join("scripts/ort-score.py"))
-        .arg(&model)
+        .arg(model)
         .arg(&features)
         .output()
         .unwrap();
@@ -215,24 +288,26 @@ fn the_written_model_agrees_in_onnxruntime_and_streamtract_run() {
     let ort_rows = ort["rows"].as_array().unwrap();
 
     // streamtract run, on a topic holding the features only.
-    broker.create_topic("wine-features", 1);
-    broker.create_topic("wine-predictions", 1);
+    let (features_topic, predictions_topic) =
+        (format!("{data}-features"), format!("{data}-predictions"));
+    broker.create_topic(&features_topic, 1);
+    broker.create_topic(&predictions_topic, 1);
     let recs: Vec<Rec> = rows.iter().map(|r| Rec::unkeyed(r.clone())).collect();
-    broker.produce("wine-features", &recs);
+    broker.produce(&features_topic, &recs);
     let served = run(&[
         "run",
         "--brokers",
         &broker.addr,
         "--input",
-        "wine-features",
+        &features_topic,
         "--output",
-        "wine-predictions",
+        &predictions_topic,
         "--model",
         model.to_str().unwrap(),
         "--until-end",
     ]);
     assert!(served.status.success(), "{}", stderr(&served));
-    let outputs = broker.consume("wine-predictions", rows.len(), Duration::from_secs(30));
+    let outputs = broker.consume(&predictions_topic, rows.len(), Duration::from_secs(30));
     assert_eq!(outputs.len(), rows.len());
     let mut correct = 0;
     for output in &outputs {
@@ -249,23 +324,24 @@ fn the_written_model_agrees_in_onnxruntime_and_streamtract_run() {
             .iter()
             .map(|v| v.as_f64().unwrap())
             .collect();
-        assert_eq!(ours.len(), 3);
+        assert_eq!(ours.len(), classes);
         for (a, b) in ours.iter().zip(&theirs) {
             assert!(
                 (a - b).abs() <= 1e-4,
                 "row {offset}: run {ours:?} vs onnxruntime {theirs:?}"
             );
         }
-        let best = (0..3).max_by(|&i, &j| ours[i].total_cmp(&ours[j])).unwrap();
+        let best = (0..classes)
+            .max_by(|&i, &j| ours[i].total_cmp(&ours[j]))
+            .unwrap();
         correct += usize::from(best == labels[offset]);
     }
     let accuracy = correct as f64 / rows.len() as f64;
-    let trainer = last_epoch(&history)["val_accuracy"].as_f64().unwrap();
+    let trainer = last_epoch(history)["val_accuracy"].as_f64().unwrap();
     assert!(
         (accuracy - trainer).abs() < 1e-9,
         "streamtract run scored {accuracy}, the trainer reported {trainer}"
     );
-    broker.stop();
 }
 
 /// Malformed rows and labels out of range never reach a batch: each goes to the dead-letter

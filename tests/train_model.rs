@@ -232,3 +232,59 @@ fn the_same_seed_gives_the_same_model() {
     };
     assert_eq!(train(), train());
 }
+
+/// A small CNN (the repo's digits CNN layout: two 3×3 convolutions, a 2×2 max pool, a dense
+/// layer) trained on digits rows as 8×8×1 images: accurate, and tract runs the written
+/// `[N, 8, 8, 1]` model as burn does.
+#[test]
+fn a_cnn_on_digit_images_runs_in_tract_as_in_the_framework() {
+    use streamtract::train::ConvBlock;
+    let mut source = MemoryRecords {
+        training: records("data/digits.csv", |i| i % 4 != 0),
+        validation: records("data/digits.csv", |i| i % 4 == 0),
+    };
+    let rows = RowFormat::new(InputFormat::Csv { delimiter: b',' }, Label::CsvColumn(0));
+    let mut options = TrainOptions::new(Task::Classify { classes: None })
+        .hidden_layers([32])
+        .epochs(4)
+        .seed(2);
+    options.input_shape = Some([8, 8, 1]);
+    options.conv = vec![
+        ConvBlock::Conv {
+            filters: 8,
+            kernel: 3,
+        },
+        ConvBlock::Conv {
+            filters: 16,
+            kernel: 3,
+        },
+        ConvBlock::MaxPool { size: 2 },
+    ];
+    options.validation = Validation::Separate;
+    let fitted = fit(&mut source, &rows, &options, &mut |_| Ok(())).unwrap();
+    let last = fitted.history.epochs.last().unwrap();
+    assert!(last.val_accuracy.unwrap() > 0.9, "{last:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("cnn.onnx");
+    fitted.model.write(&path).unwrap();
+    let model = Model::load(&path).unwrap();
+    assert_eq!(
+        model.signature().inputs[0].to_string(),
+        "features: float32[N, 8, 8, 1]"
+    );
+    let (x, labels) = features(&source.validation);
+    let n = labels.len();
+    let expected = fitted.predict(&x).unwrap();
+    let input = tract_ndarray::Array4::from_shape_vec((n, 8, 8, 1), x)
+        .unwrap()
+        .into_tensor();
+    let out = model.run(vec![input]).unwrap();
+    let got = out[0].to_plain_array_view::<f32>().unwrap();
+    let worst = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(worst <= 1e-5, "tract and burn differ by {worst}");
+}

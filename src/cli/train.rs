@@ -15,8 +15,8 @@ use streamtract::dataset::{
 use streamtract::kafka::{parse_brokers, KafkaConfig};
 use streamtract::pipeline::headers;
 use streamtract::train::{
-    fit, follow, Activation, DenseModel, EpochStats, Event, KafkaRecords, Loss, OnlineOptions,
-    Optimizer, RowFormat, Task, TrainError, TrainOptions, Validation,
+    fit, follow, Activation, ConvBlock, DenseModel, EpochStats, Event, KafkaRecords, Loss,
+    OnlineOptions, Optimizer, RowFormat, Task, TrainError, TrainOptions, Validation,
 };
 
 /// Flags of `streamtract train`. A flag given twice takes its last value, so a recipe in a
@@ -62,6 +62,15 @@ pub struct TrainArgs {
     /// Units of the hidden dense layers, input side first, e.g. `64,32`.
     #[arg(long, value_delimiter = ',', default_value = "32")]
     layers: Vec<usize>,
+    /// Each row as an image `HEIGHT,WIDTH,CHANNELS` (channels last, as Keras), for --conv; the
+    /// written model then takes `[N, HEIGHT, WIDTH, CHANNELS]`.
+    #[arg(long, value_delimiter = ',')]
+    input_shape: Vec<usize>,
+    /// Convolution blocks before the dense layers, in order: `FILTERS:KERNEL` is a Conv2D with
+    /// "same" padding and the activation, `pool:SIZE` a max pooling; e.g. `16:3,32:3,pool:2`
+    /// (the repo's digits CNN). Needs --input-shape.
+    #[arg(long, value_delimiter = ',')]
+    conv: Vec<ConvBlock>,
     /// Activation of the hidden layers: relu, tanh, sigmoid, linear.
     #[arg(long, default_value = "relu")]
     activation: Activation,
@@ -242,6 +251,17 @@ impl TrainArgs {
             .hidden_layers(self.layers.iter().copied())
             .epochs(self.epochs)
             .seed(self.seed);
+        options.input_shape = match self.input_shape.as_slice() {
+            [] => None,
+            [h, w, c] => Some([*h, *w, *c]),
+            other => {
+                return Err(format!(
+                    "--input-shape: expected HEIGHT,WIDTH,CHANNELS, found {} values",
+                    other.len()
+                ))
+            }
+        };
+        options.conv = self.conv.clone();
         options.activation = self.activation;
         options.dropout = self.dropout;
         options.normalize = self.normalize;

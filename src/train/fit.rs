@@ -13,7 +13,7 @@ use super::data::{
 };
 use super::network::{self, DeviceBatch, Network};
 use super::onnx::{DenseModel, Head, InputOp};
-use super::options::{Loss, Task, TrainOptions, Validation};
+use super::options::{ConvBlock, Loss, Task, TrainOptions, Validation};
 use super::TrainError;
 use crate::dataset::SourceRecord;
 
@@ -504,18 +504,42 @@ impl State {
             }
             Loss::MeanSquaredError | Loss::MeanAbsoluteError => (Head::Identity, 1),
         };
-        let mut sizes = vec![features];
+        let image = match options.input_shape {
+            Some(shape) if shape.iter().product::<usize>() != features => {
+                return Err(TrainError::Option {
+                    option: "input_shape",
+                    reason: format!(
+                        "{shape:?} holds {} values, the records have {features} features",
+                        shape.iter().product::<usize>()
+                    ),
+                })
+            }
+            Some(shape) => Some((shape, options.conv.as_slice())),
+            None => None,
+        };
+        let flattened = match image {
+            Some((shape, blocks)) => flattened(shape, blocks),
+            None => features,
+        };
+        let mut sizes = vec![flattened];
         sizes.extend(&options.hidden_layers);
         sizes.push(outputs);
         let device = network::training_device(options.seed);
         let (network, input_ops, input_name) = match &options.init {
             Some(init) => (
-                Network::from_weights(&init.layers, init.activation, options.dropout, &device),
+                Network::from_weights(
+                    init.image.as_ref(),
+                    &init.layers,
+                    init.activation,
+                    options.dropout,
+                    &device,
+                ),
                 init.input_ops.clone(),
                 init.input_name.clone(),
             ),
             None => (
                 Network::new(
+                    image,
                     &sizes,
                     options.activation,
                     options.dropout,
@@ -648,6 +672,7 @@ impl State {
             input_name: self.input_name.clone(),
             features: self.features,
             input_ops: self.input_ops.clone(),
+            image: self.network()?.image_weights()?,
             layers: self.network()?.weights()?,
             activation: self.options.activation,
             head: self.head,
@@ -655,6 +680,18 @@ impl State {
             template: self.options.init.as_ref().and_then(|m| m.template.clone()),
         })
     }
+}
+
+/// Values per row after the conv and pool blocks.
+fn flattened(shape: [usize; 3], blocks: &[ConvBlock]) -> usize {
+    let [mut h, mut w, mut c] = shape;
+    for block in blocks {
+        match *block {
+            ConvBlock::Conv { filters, .. } => c = filters,
+            ConvBlock::MaxPool { size } => (h, w) = (h / size, w / size),
+        }
+    }
+    h * w * c
 }
 
 /// The shuffle buffer's generator: seeded apart from the weights' so the two streams differ.
@@ -792,7 +829,13 @@ pub(crate) fn predict(model: &DenseModel, rows: &[f32]) -> Result<Vec<f32>, Trai
         }
     }
     let device = burn::tensor::Device::flex();
-    let network = Network::from_weights(&model.layers, model.activation, 0.0, &device);
+    let network = Network::from_weights(
+        model.image.as_ref(),
+        &model.layers,
+        model.activation,
+        0.0,
+        &device,
+    );
     let n = rows.len() / width;
     let x = Tensor::<2>::from_data(TensorData::new(rows, [n, width]), &device);
     let logits = network.forward(x);

@@ -177,6 +177,7 @@ impl<'p> Reader<'p> {
             input_name: self.input.clone(),
             features: self.features,
             input_ops,
+            image: None,
             layers,
             activation: activation.unwrap_or(Activation::Linear),
             head,

@@ -50,5 +50,7 @@ pub use error::TrainError;
 pub use fit::{fit, EpochStats, Event, Fitted, History};
 pub use network::DenseWeights;
 pub use online::{follow, OnlineOptions, OnlineSummary};
-pub use onnx::{DenseModel, Head, InputOp, Template, OPSET, VERSION_KEY};
-pub use options::{Activation, Loss, Optimizer, Task, TrainOptions, Validation};
+pub use onnx::{
+    ConvWeights, DenseModel, Head, ImageBlock, ImageLayers, InputOp, Template, OPSET, VERSION_KEY,
+};
+pub use options::{Activation, ConvBlock, Loss, Optimizer, Task, TrainOptions, Validation};

@@ -3,15 +3,18 @@
 //! `f32` slices and [`DenseWeights`].
 
 use burn::module::{Module, Param};
+use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Dropout, DropoutConfig, Linear, PaddingConfig2d};
 use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::tensor::{activation, Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::RngExt;
 
-use super::options::{Activation, Loss, Optimizer};
+use super::onnx::{ConvWeights, ImageBlock, ImageLayers};
+use super::options::{Activation, ConvBlock, Loss, Optimizer};
 use super::TrainError;
 
 /// One dense layer's parameters, as ONNX `MatMul` + `Add` take them.
@@ -32,44 +35,74 @@ pub struct DenseWeights {
 /// of the written graph there).
 #[derive(Module, Debug)]
 pub(crate) struct Network {
+    convs: Vec<Conv2d>,
+    pools: Vec<MaxPool2d>,
     layers: Vec<Linear>,
     dropout: Dropout,
     #[module(skip)]
     activation: Activation,
+    /// For image rows: their shape and the order of the conv (`true`) and pool blocks.
+    #[module(skip)]
+    image: Option<([usize; 3], Vec<bool>)>,
 }
 
 impl Network {
     /// A freshly initialised network: Glorot-uniform kernels and zero biases, as Keras'
-    /// `Dense` defaults. The kernels are drawn from our own seeded generator rather than
-    /// burn's process-wide one, so two trainings in one process do not disturb each other's
-    /// weights.
+    /// `Dense` and `Conv2D` defaults. The kernels are drawn from our own seeded generator
+    /// rather than burn's process-wide one, so two trainings in one process do not disturb
+    /// each other's weights. `sizes` are the dense layers' widths, input side first (the first
+    /// is the flattened output of `image`, if any).
     pub(crate) fn new(
+        image: Option<([usize; 3], &[ConvBlock])>,
         sizes: &[usize],
         activation: Activation,
         dropout: f64,
         rng: &mut StdRng,
         device: &Device,
     ) -> Network {
+        let mut glorot = |fan_in: usize, fan_out: usize, n: usize| -> Vec<f32> {
+            let limit = (6.0 / (fan_in + fan_out) as f64).sqrt() as f32;
+            (0..n).map(|_| rng.random_range(-limit..limit)).collect()
+        };
+        let image = image.map(|(shape, blocks)| {
+            let mut channels = shape[2];
+            let blocks = blocks
+                .iter()
+                .map(|block| match *block {
+                    ConvBlock::Conv { filters, kernel } => {
+                        let area = kernel * kernel;
+                        let weight =
+                            glorot(channels * area, filters * area, filters * channels * area);
+                        let conv = ConvWeights {
+                            filters,
+                            channels,
+                            kernel,
+                            weight,
+                            bias: vec![0.0; filters],
+                        };
+                        channels = filters;
+                        ImageBlock::Conv(conv)
+                    }
+                    ConvBlock::MaxPool { size } => ImageBlock::MaxPool(size),
+                })
+                .collect();
+            ImageLayers { shape, blocks }
+        });
         let weights: Vec<DenseWeights> = sizes
             .windows(2)
-            .map(|w| {
-                let (inputs, units) = (w[0], w[1]);
-                let limit = (6.0 / (inputs + units) as f64).sqrt() as f32;
-                DenseWeights {
-                    inputs,
-                    units,
-                    kernel: (0..inputs * units)
-                        .map(|_| rng.random_range(-limit..limit))
-                        .collect(),
-                    bias: vec![0.0; units],
-                }
+            .map(|w| DenseWeights {
+                inputs: w[0],
+                units: w[1],
+                kernel: glorot(w[0], w[1], w[0] * w[1]),
+                bias: vec![0.0; w[1]],
             })
             .collect();
-        Network::from_weights(&weights, activation, dropout, device)
+        Network::from_weights(image.as_ref(), &weights, activation, dropout, device)
     }
 
-    /// A network holding given weights (fine-tuning a model read from ONNX).
+    /// A network holding given weights (fine-tuning, or the forward pass of a written model).
     pub(crate) fn from_weights(
+        image: Option<&ImageLayers>,
         weights: &[DenseWeights],
         activation: Activation,
         dropout: f64,
@@ -78,39 +111,113 @@ impl Network {
         let layers = weights
             .iter()
             .map(|w| Linear {
-                weight: Param::from_tensor(Tensor::from_data(
-                    TensorData::new(w.kernel.clone(), [w.inputs, w.units]),
-                    device,
-                )),
-                bias: Some(Param::from_tensor(Tensor::from_data(
-                    TensorData::new(w.bias.clone(), [w.units]),
-                    device,
-                ))),
+                weight: param(&w.kernel, [w.inputs, w.units], device),
+                bias: Some(param(&w.bias, [w.units], device)),
             })
             .collect();
+        let (mut convs, mut pools, mut order) = (Vec::new(), Vec::new(), Vec::new());
+        for block in image.map_or(&[][..], |i| &i.blocks) {
+            match block {
+                ImageBlock::Conv(c) => {
+                    let k = c.kernel;
+                    let mut conv = Conv2dConfig::new([c.channels, c.filters], [k, k])
+                        .with_padding(PaddingConfig2d::Same)
+                        .init(device);
+                    conv.weight = param(&c.weight, [c.filters, c.channels, k, k], device);
+                    conv.bias = Some(param(&c.bias, [c.filters], device));
+                    convs.push(conv);
+                    order.push(true);
+                }
+                ImageBlock::MaxPool(size) => {
+                    pools.push(MaxPool2dConfig::new([*size, *size]).init());
+                    order.push(false);
+                }
+            }
+        }
         Network {
+            convs,
+            pools,
             layers,
             dropout: DropoutConfig::new(dropout).init(),
             activation,
+            image: image.map(|i| (i.shape, order)),
         }
     }
 
+    fn activate<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self.activation {
+            Activation::Relu => activation::relu(x),
+            Activation::Tanh => activation::tanh(x),
+            Activation::Sigmoid => activation::sigmoid(x),
+            Activation::Linear => x,
+        }
+    }
+
+    /// Image rows `[rows, h·w·c]` (channels-last) through the conv and pool blocks, flattened
+    /// channels-first as the written graph's `Flatten` does.
+    fn image_forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let Some(([h, w, c], order)) = &self.image else {
+            return x;
+        };
+        let rows = x.dims()[0];
+        let mut t: Tensor<4> = x.reshape([rows, *h, *w, *c]).permute([0, 3, 1, 2]);
+        let (mut conv, mut pool) = (self.convs.iter(), self.pools.iter());
+        for &is_conv in order {
+            if is_conv {
+                if let Some(layer) = conv.next() {
+                    t = self.activate(layer.forward(t));
+                }
+            } else if let Some(layer) = pool.next() {
+                t = layer.forward(t);
+            }
+        }
+        t.flatten(1, 3)
+    }
+
     /// Logits for a `[rows, features]` batch.
-    pub(crate) fn forward(&self, mut x: Tensor<2>) -> Tensor<2> {
+    pub(crate) fn forward(&self, x: Tensor<2>) -> Tensor<2> {
+        let mut x = self.image_forward(x);
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
             x = layer.forward(x);
             if i < last {
-                x = match self.activation {
-                    Activation::Relu => activation::relu(x),
-                    Activation::Tanh => activation::tanh(x),
-                    Activation::Sigmoid => activation::sigmoid(x),
-                    Activation::Linear => x,
-                };
+                x = self.activate(x);
                 x = self.dropout.forward(x);
             }
         }
         x
+    }
+
+    /// The convolutional part's parameters, if any.
+    pub(crate) fn image_weights(&self) -> Result<Option<ImageLayers>, TrainError> {
+        let Some((shape, order)) = &self.image else {
+            return Ok(None);
+        };
+        let (mut convs, mut pools) = (self.convs.iter(), self.pools.iter());
+        let mut blocks = Vec::new();
+        for &is_conv in order {
+            if is_conv {
+                let Some(conv) = convs.next() else { break };
+                let [filters, channels, kernel, _] = conv.weight.val().dims();
+                let bias = match &conv.bias {
+                    Some(b) => to_vec(b.val().into_data())?,
+                    None => vec![0.0; filters],
+                };
+                blocks.push(ImageBlock::Conv(ConvWeights {
+                    filters,
+                    channels,
+                    kernel,
+                    weight: to_vec(conv.weight.val().into_data())?,
+                    bias,
+                }));
+            } else if let Some(pool) = pools.next() {
+                blocks.push(ImageBlock::MaxPool(pool.kernel_size[0]));
+            }
+        }
+        Ok(Some(ImageLayers {
+            shape: *shape,
+            blocks,
+        }))
     }
 
     /// The layers' parameters, input side first.
@@ -133,6 +240,14 @@ impl Network {
             })
             .collect()
     }
+}
+
+/// A trainable parameter holding `values` in `shape`.
+fn param<const D: usize>(values: &[f32], shape: [usize; D], device: &Device) -> Param<Tensor<D>> {
+    Param::from_tensor(Tensor::from_data(
+        TensorData::new(values.to_vec(), shape),
+        device,
+    ))
 }
 
 fn to_vec(data: TensorData) -> Result<Vec<f32>, TrainError> {

@@ -103,6 +103,54 @@ pub struct Template {
     pub(crate) layers: Vec<(String, String, bool)>,
 }
 
+/// One trained convolution: ONNX `Conv` weights `[filters, channels, kernel, kernel]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvWeights {
+    /// Output channels.
+    pub filters: usize,
+    /// Input channels.
+    pub channels: usize,
+    /// Square kernel size (odd; "same" padding).
+    pub kernel: usize,
+    /// Row-major `[filters, channels, kernel, kernel]`.
+    pub weight: Vec<f32>,
+    /// `[filters]`.
+    pub bias: Vec<f32>,
+}
+
+/// A step of the convolutional part, with its weights.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ImageBlock {
+    /// A convolution followed by the model's activation.
+    Conv(ConvWeights),
+    /// Max pooling over `size` × `size` windows, stride `size`.
+    MaxPool(usize),
+}
+
+/// The convolutional part of a model: rows are images `[height, width, channels]`
+/// (channels-last, as Keras), convolved and pooled, then flattened for the dense layers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageLayers {
+    /// `[height, width, channels]` of one row.
+    pub shape: [usize; 3],
+    /// The blocks, input side first.
+    pub blocks: Vec<ImageBlock>,
+}
+
+impl ImageLayers {
+    /// Values per row after the blocks (what the first dense layer takes).
+    pub fn flattened(&self) -> usize {
+        let [mut h, mut w, mut c] = self.shape;
+        for block in &self.blocks {
+            match block {
+                ImageBlock::Conv(conv) => c = conv.filters,
+                ImageBlock::MaxPool(size) => (h, w) = (h / size, w / size),
+            }
+        }
+        h * w * c
+    }
+}
+
 /// A dense network with everything needed to write it: the graph `streamtract train` writes
 /// and `streamtract run` serves.
 #[derive(Debug, Clone, PartialEq)]
@@ -113,6 +161,8 @@ pub struct DenseModel {
     pub features: usize,
     /// Fixed operations on the input before the first layer (standardisation, rescaling).
     pub input_ops: Vec<InputOp>,
+    /// Convolution and pooling blocks before the dense layers, for image rows.
+    pub image: Option<ImageLayers>,
     /// Dense layers, input side first.
     pub layers: Vec<DenseWeights>,
     /// Activation after every layer but the last.
@@ -178,11 +228,18 @@ impl DenseModel {
     fn new_graph(&self) -> ModelProto {
         let mut graph = GraphBuilder::default();
         let mut x = self.input_name.clone();
+        let row_dims: Vec<usize> = match &self.image {
+            Some(image) => image.shape.to_vec(),
+            None => vec![self.features],
+        };
         for (i, op) in self.input_ops.iter().enumerate() {
             let (name, values) = op.onnx();
             let node = format!("input_{i}/{}", name.to_lowercase());
-            let constant = graph.constant(&format!("{node}/value"), &[self.features], values);
+            let constant = graph.constant(&format!("{node}/value"), &row_dims, values);
             x = graph.node(name, &node, [x, constant], None);
+        }
+        if let Some(image) = &self.image {
+            x = self.image_nodes(&mut graph, image, x);
         }
         let last = self.layers.len().saturating_sub(1);
         for (i, layer) in self.layers.iter().enumerate() {
@@ -221,8 +278,8 @@ impl DenseModel {
             name: "streamtract_dense".into(),
             node: graph.nodes,
             initializer: graph.initializers,
-            input: vec![value_info(&self.input_name, self.features)],
-            output: vec![value_info(output, units)],
+            input: vec![value_info(&self.input_name, &row_dims)],
+            output: vec![value_info(output, &[units])],
             ..Default::default()
         };
         ModelProto {
@@ -241,6 +298,82 @@ impl DenseModel {
             }],
             ..Default::default()
         }
+    }
+}
+
+impl DenseModel {
+    /// NHWC → NCHW, each block, then `Flatten`: what burn's forward pass does.
+    fn image_nodes(&self, graph: &mut GraphBuilder, image: &ImageLayers, x: String) -> String {
+        let mut x = graph.node(
+            "Transpose",
+            "image/to_nchw",
+            [x],
+            Some(ints("perm", &[0, 3, 1, 2])),
+        );
+        for (i, block) in image.blocks.iter().enumerate() {
+            let name = format!("image_{i}");
+            match block {
+                ImageBlock::Conv(conv) => {
+                    let k = conv.kernel;
+                    let w = graph.constant(
+                        &format!("{name}/kernel"),
+                        &[conv.filters, conv.channels, k, k],
+                        &conv.weight,
+                    );
+                    let b = graph.constant(&format!("{name}/bias"), &[conv.filters], &conv.bias);
+                    let pad = (k as i64 - 1) / 2;
+                    let node = NodeProto {
+                        op_type: "Conv".into(),
+                        name: format!("{name}/conv"),
+                        input: vec![x, w, b],
+                        output: vec![format!("{name}/conv")],
+                        attribute: vec![
+                            ints("kernel_shape", &[k as i64, k as i64]),
+                            ints("pads", &[pad, pad, pad, pad]),
+                            ints("strides", &[1, 1]),
+                        ],
+                        ..Default::default()
+                    };
+                    graph.nodes.push(node);
+                    x = format!("{name}/conv");
+                    if let Some(op) = self.activation.onnx_op() {
+                        x = graph.node(op, &format!("{name}/{}", op.to_lowercase()), [x], None);
+                    }
+                }
+                ImageBlock::MaxPool(size) => {
+                    let size = *size as i64;
+                    let node = NodeProto {
+                        op_type: "MaxPool".into(),
+                        name: format!("{name}/maxpool"),
+                        input: vec![x],
+                        output: vec![format!("{name}/maxpool")],
+                        attribute: vec![
+                            ints("kernel_shape", &[size, size]),
+                            ints("strides", &[size, size]),
+                        ],
+                        ..Default::default()
+                    };
+                    graph.nodes.push(node);
+                    x = format!("{name}/maxpool");
+                }
+            }
+        }
+        let axis = AttributeProto {
+            name: "axis".into(),
+            r#type: tract_onnx::pb::attribute_proto::AttributeType::Int as i32,
+            i: 1,
+            ..Default::default()
+        };
+        graph.node("Flatten", "image/flatten", [x], Some(axis))
+    }
+}
+
+fn ints(name: &str, values: &[i64]) -> AttributeProto {
+    AttributeProto {
+        name: name.into(),
+        r#type: tract_onnx::pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
     }
 }
 
@@ -304,7 +437,7 @@ pub(crate) fn transpose(values: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     out
 }
 
-fn value_info(name: &str, width: usize) -> ValueInfoProto {
+fn value_info(name: &str, row: &[usize]) -> ValueInfoProto {
     let dim = |value| Dimension {
         value: Some(value),
         ..Default::default()
@@ -315,10 +448,12 @@ fn value_info(name: &str, width: usize) -> ValueInfoProto {
             value: Some(type_proto::Value::TensorType(type_proto::Tensor {
                 elem_type: DataType::Float as i32,
                 shape: Some(TensorShapeProto {
-                    dim: vec![
-                        dim(dimension::Value::DimParam(BATCH.into())),
-                        dim(dimension::Value::DimValue(width as i64)),
-                    ],
+                    dim: std::iter::once(dim(dimension::Value::DimParam(BATCH.into())))
+                        .chain(
+                            row.iter()
+                                .map(|&d| dim(dimension::Value::DimValue(d as i64))),
+                        )
+                        .collect(),
                 }),
             })),
             ..Default::default()

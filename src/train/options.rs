@@ -58,6 +58,40 @@ impl fmt::Display for Activation {
     }
 }
 
+/// One step of the convolutional part of a network, which runs on image-shaped rows
+/// ([`TrainOptions::input_shape`]) before the dense layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvBlock {
+    /// Keras' `Conv2D(filters, kernel, padding="same")` followed by the hidden activation.
+    Conv {
+        /// Output channels.
+        filters: usize,
+        /// Square kernel size, odd (so "same" padding is symmetric, as ONNX writes it).
+        kernel: usize,
+    },
+    /// Keras' `MaxPooling2D(size)`: windows of `size` × `size`, stride `size`.
+    MaxPool {
+        /// Window size and stride.
+        size: usize,
+    },
+}
+
+impl FromStr for ConvBlock {
+    type Err = String;
+    /// `FILTERS:KERNEL` (`16:3`) or `pool:SIZE` (`pool:2`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad =
+            || format!("`{s}`: expected FILTERS:KERNEL (e.g. 16:3) or pool:SIZE (e.g. pool:2)");
+        let (a, b) = s.split_once(':').ok_or_else(bad)?;
+        let b: usize = b.trim().parse().map_err(|_| bad())?;
+        if a.trim() == "pool" {
+            return Ok(ConvBlock::MaxPool { size: b });
+        }
+        let filters: usize = a.trim().parse().map_err(|_| bad())?;
+        Ok(ConvBlock::Conv { filters, kernel: b })
+    }
+}
+
 /// What the model learns to predict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Task {
@@ -212,6 +246,13 @@ pub struct TrainOptions {
     pub task: Task,
     /// Units of each hidden dense layer, input side first. Empty: a linear (or logistic) model.
     pub hidden_layers: Vec<usize>,
+    /// The shape of one row as an image, `[height, width, channels]` (Keras' channels-last),
+    /// for a network with [`conv`](Self::conv) blocks; the written model takes
+    /// `[N, height, width, channels]`.
+    pub input_shape: Option<[usize; 3]>,
+    /// Convolution and pooling blocks before the dense layers (a small CNN); empty for a dense
+    /// network.
+    pub conv: Vec<ConvBlock>,
     /// Activation after each hidden layer.
     pub activation: Activation,
     /// Dropout rate after each hidden layer while training (0 disables it).
@@ -256,6 +297,8 @@ impl TrainOptions {
         TrainOptions {
             task,
             hidden_layers: Vec::new(),
+            input_shape: None,
+            conv: Vec::new(),
             activation: Activation::Relu,
             dropout: 0.0,
             normalize: true,
@@ -375,6 +418,45 @@ impl TrainOptions {
         }
         if self.hidden_layers.contains(&0) {
             return invalid("layers", "every layer needs at least one unit");
+        }
+        if !self.conv.is_empty() && self.input_shape.is_none() {
+            return invalid(
+                "conv",
+                "convolution blocks need input_shape (height, width, channels)",
+            );
+        }
+        if self.input_shape.is_some_and(|s| s.contains(&0)) {
+            return invalid("input_shape", "every dimension must be at least 1");
+        }
+        if let Some([h, w, _]) = self.input_shape {
+            let (mut h, mut w) = (h, w);
+            for block in &self.conv {
+                match *block {
+                    ConvBlock::Conv { filters, kernel } => {
+                        if filters == 0 || kernel % 2 == 0 {
+                            return invalid(
+                                "conv",
+                                "a convolution needs filters and an odd kernel size (same padding)",
+                            );
+                        }
+                    }
+                    ConvBlock::MaxPool { size } => {
+                        if size == 0 || size > h || size > w {
+                            return invalid(
+                                "conv",
+                                "a pool window must fit the image at that point",
+                            );
+                        }
+                        (h, w) = (h / size, w / size);
+                    }
+                }
+            }
+        }
+        if self.init.is_some() && (!self.conv.is_empty() || self.input_shape.is_some()) {
+            return invalid(
+                "init",
+                "fine-tuning takes dense models; leave out conv and input_shape",
+            );
         }
         if let Optimizer::Sgd { momentum } = self.optimizer {
             if !(0.0..1.0).contains(&momentum) {
