@@ -235,7 +235,11 @@ fn the_written_model_agrees_in_onnxruntime_and_streamtract_run() {
     let mut broker = Broker::start("train-serve");
     let dir = tempfile::tempdir().unwrap();
     let (_, test_rows) = produce_split(&broker, "wine");
-    let (history, model) = train(&broker, dir.path(), "wine", 7, &[]);
+    // The label named through --csv-header (the records have no header line).
+    let header = "cultivar,alcohol,malic_acid,ash,alcalinity,magnesium,phenols,flavanoids,\
+                  nonflavanoid,proanthocyanins,color,hue,od280,proline";
+    let named = ["--csv-header", header, "--label-column", "cultivar"];
+    let (history, model) = train(&broker, dir.path(), "wine", 7, &named);
 
     serve_and_compare(
         &mut broker,

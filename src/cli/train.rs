@@ -41,9 +41,14 @@ pub struct TrainArgs {
     /// CSV field separator, one ASCII character.
     #[arg(long, default_value = ",")]
     delimiter: char,
-    /// The CSV column holding the label: `last`, `first` or a 0-based index.
+    /// The CSV column holding the label: `last`, `first`, a 0-based index, or a name from
+    /// --csv-header.
     #[arg(long, conflicts_with_all = ["label_field", "label_key"])]
     label_column: Option<String>,
+    /// Names of the CSV columns, comma separated (the records carry no header line), so
+    /// --label-column can name one.
+    #[arg(long, value_delimiter = ',')]
+    csv_header: Vec<String>,
     /// The JSON field holding the label.
     #[arg(long, conflicts_with = "label_key")]
     label_field: Option<String>,
@@ -202,9 +207,19 @@ impl TrainArgs {
             }
             None | Some("last") => Ok(Label::CsvLastColumn),
             Some("first") => Ok(Label::CsvColumn(0)),
-            Some(index) => index.parse().map(Label::CsvColumn).map_err(|_| {
-                format!("--label-column: expected last, first or a column index, found `{index}`")
-            }),
+            Some(column) => match column.parse() {
+                Ok(index) => Ok(Label::CsvColumn(index)),
+                Err(_) => match self.csv_header.iter().position(|h| h.trim() == column) {
+                    Some(index) => Ok(Label::CsvColumn(index)),
+                    None if self.csv_header.is_empty() => Err(format!(
+                        "--label-column: `{column}` is not last, first or a column index; to name a column, give the names with --csv-header"
+                    )),
+                    None => Err(format!(
+                        "--label-column: no column `{column}` in --csv-header ({})",
+                        self.csv_header.join(", ")
+                    )),
+                },
+            },
         }
     }
 
