@@ -39,22 +39,7 @@ fn csv_line(values: &[f32]) -> String {
 
 /// Runs `streamtract ARGS` with a time limit; returns its output.
 fn streamtract(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
-        .args(args)
-        .current_dir(root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    common::streamtract_within(args, Duration::from_secs(180))
 }
 
 /// `streamtract run` from `input` to `output` on `broker` with `model`, then `extra` flags.

@@ -47,22 +47,7 @@ fn produce_split(broker: &Broker, name: &str) -> (Vec<String>, Vec<String>) {
 }
 
 fn run(args: &[&str]) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
-        .args(args)
-        .current_dir(root())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(600);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    child.wait_with_output().unwrap()
+    common::streamtract_within(args, Duration::from_secs(600))
 }
 
 fn stderr(out: &Output) -> String {

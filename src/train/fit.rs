@@ -83,6 +83,19 @@ pub struct EpochStats {
     pub val_mae: Option<f64>,
 }
 
+impl EpochStats {
+    /// Adds the validation figures, if any.
+    fn with_validation(mut self, validation: Option<&Figures>, classify: bool) -> EpochStats {
+        if let Some(v) = validation {
+            self.val_records = v.rows;
+            self.val_loss = Some(v.mean_loss());
+            self.val_accuracy = classify.then(|| v.accuracy());
+            self.val_mae = (!classify).then(|| v.mae());
+        }
+        self
+    }
+}
+
 /// What a training run saw, for `--metrics-json` and for programs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct History {
@@ -370,23 +383,10 @@ impl Trainer {
         let train = std::mem::take(&mut state.figures);
         let validation = self.validate(source)?;
         let seconds = started.elapsed().as_secs_f64();
-        let classify = self.state.head != Head::Identity;
-        let stats = EpochStats {
-            epoch,
-            records: train.rows,
-            seconds,
-            records_per_second: train.rows as f64 / seconds.max(1e-9),
-            loss: train.mean_loss(),
-            accuracy: classify.then(|| train.accuracy()),
-            mae: (!classify).then(|| train.mae()),
-            val_records: validation.as_ref().map_or(0, |v| v.rows),
-            val_loss: validation.as_ref().map(Figures::mean_loss),
-            val_accuracy: validation
-                .as_ref()
-                .filter(|_| classify)
-                .map(Figures::accuracy),
-            val_mae: validation.as_ref().filter(|_| !classify).map(Figures::mae),
-        };
+        let classify = self.state.is_classifier();
+        let stats = train
+            .stats(epoch, seconds, classify)
+            .with_validation(validation.as_ref(), classify);
         on_event(Event::Epoch(&stats))?;
         self.history.epochs.push(stats);
         if let Some(path) = self.state.options.checkpoint.clone() {
@@ -411,20 +411,12 @@ impl Trainer {
         let Some(validation) = self.validate(source)? else {
             return Ok(());
         };
-        let classify = self.state.head != Head::Identity;
-        let stats = EpochStats {
-            epoch: 0,
-            records: 0,
-            seconds: started.elapsed().as_secs_f64(),
-            records_per_second: 0.0,
-            loss: f64::NAN,
-            accuracy: None,
-            mae: None,
-            val_records: validation.rows,
-            val_loss: Some(validation.mean_loss()),
-            val_accuracy: classify.then(|| validation.accuracy()),
-            val_mae: (!classify).then(|| validation.mae()),
-        };
+        let classify = self.state.is_classifier();
+        let mut stats = Figures::default()
+            .stats(0, started.elapsed().as_secs_f64(), classify)
+            .with_validation(Some(&validation), classify);
+        // No training happened: no training figures.
+        (stats.loss, stats.accuracy, stats.mae) = (f64::NAN, None, None);
         on_event(Event::Epoch(&stats))?;
         self.history.initial = Some(stats);
         Ok(())

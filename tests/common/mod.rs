@@ -960,3 +960,24 @@ pub fn stop_with_sigterm(child: std::process::Child) -> String {
     assert!(out.status.success(), "SIGTERM should exit 0: {stderr}");
     stderr
 }
+
+/// Runs `streamtract ARGS` from the repository root, killing it after `limit`; returns its
+/// output.
+pub fn streamtract_within(args: &[&str], limit: Duration) -> std::process::Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
+        .args(args)
+        .current_dir(repo_root())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + limit;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
