@@ -14,7 +14,7 @@ use prost::Message;
 use tract_onnx::pb::tensor_proto::DataType;
 use tract_onnx::pb::{ModelProto, NodeProto, TensorProto};
 
-use super::network::DenseWeights;
+use super::onnx::DenseWeights;
 use super::onnx::{transpose, DenseModel, Head, InputOp, Template, VERSION_KEY};
 use super::options::Activation;
 use super::TrainError;

@@ -48,9 +48,9 @@ mod options;
 pub use data::{KafkaRecords, MemoryRecords, Part, RecordSource, RowFormat};
 pub use error::TrainError;
 pub use fit::{fit, EpochStats, Event, Fitted, History};
-pub use network::DenseWeights;
 pub use online::{follow, OnlineOptions, OnlineSummary};
 pub use onnx::{
-    ConvWeights, DenseModel, Head, ImageBlock, ImageLayers, InputOp, Template, OPSET, VERSION_KEY,
+    ConvWeights, DenseModel, DenseWeights, Head, ImageBlock, ImageLayers, InputOp, Template, OPSET,
+    VERSION_KEY,
 };
 pub use options::{Activation, ConvBlock, Loss, Optimizer, Task, TrainOptions, Validation};

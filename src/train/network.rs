@@ -13,22 +13,9 @@ use burn::tensor::{activation, Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::RngExt;
 
-use super::onnx::{ConvWeights, ImageBlock, ImageLayers};
+use super::onnx::{ConvWeights, DenseWeights, ImageBlock, ImageLayers};
 use super::options::{Activation, ConvBlock, Loss, Optimizer};
 use super::TrainError;
-
-/// One dense layer's parameters, as ONNX `MatMul` + `Add` take them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DenseWeights {
-    /// Inputs of the layer.
-    pub inputs: usize,
-    /// Units (outputs) of the layer.
-    pub units: usize,
-    /// Row-major `[inputs, units]` (the ONNX `MatMul` right operand, Keras' kernel layout).
-    pub kernel: Vec<f32>,
-    /// `[units]`.
-    pub bias: Vec<f32>,
-}
 
 /// Dense layers with an activation between them and dropout after each hidden layer; the last
 /// layer's output is left as logits (the head's softmax/sigmoid is part of the loss here and

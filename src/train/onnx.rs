@@ -14,7 +14,6 @@ use tract_onnx::pb::{
     StringStringEntryProto, TensorProto, TensorShapeProto, TypeProto, ValueInfoProto,
 };
 
-use super::network::DenseWeights;
 use super::options::Activation;
 use super::TrainError;
 
@@ -101,6 +100,19 @@ pub struct Template {
     /// Per dense layer: the kernel's and the bias's initializer names, and whether the kernel
     /// is stored transposed (`Gemm` with `transB = 1`).
     pub(crate) layers: Vec<(String, String, bool)>,
+}
+
+/// One dense layer's parameters, as ONNX `MatMul` + `Add` take them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DenseWeights {
+    /// Inputs of the layer.
+    pub inputs: usize,
+    /// Units (outputs) of the layer.
+    pub units: usize,
+    /// Row-major `[inputs, units]` (the ONNX `MatMul` right operand, Keras' kernel layout).
+    pub kernel: Vec<f32>,
+    /// `[units]`.
+    pub bias: Vec<f32>,
 }
 
 /// One trained convolution: ONNX `Conv` weights `[filters, channels, kernel, kernel]`.
