@@ -12,7 +12,7 @@ use super::preprocess::Preprocess;
 use super::timer::QuietTimer;
 use super::DatasetError;
 use crate::kafka::SourceRecord;
-use crate::model::Batch;
+use crate::codec::Batch;
 
 /// A batch of decoded records, ready for a model or a trainer.
 ///

@@ -13,7 +13,6 @@
 //! # Ok::<(), streamtract::Error>(())
 //! ```
 
-mod batch;
 mod fused_copies;
 mod rewrite;
 mod runner;
@@ -22,7 +21,6 @@ mod signature;
 mod softmax;
 mod tiled_max_pool;
 
-pub use batch::{split_outputs, Batch};
 pub use fused_copies::fuse_wide_copies;
 pub use rewrite::{rewrite_for_batch, REWRITES_ENV};
 pub use runner::{InferencePool, PendingBatch};

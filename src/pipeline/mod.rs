@@ -12,7 +12,7 @@ mod run;
 mod serving;
 
 pub use crate::kafka::offsets::{OffsetTracker, TopicPartition};
-pub use crate::model::{split_outputs, Batch};
+pub use crate::codec::{split_outputs, Batch};
 pub use latency::{Latency, LatencyRecorder};
 pub use reload::ReloadHandle;
 

@@ -20,7 +20,7 @@ use crate::error::{Error, ModelError, Result};
 use crate::kafka::offsets::{OffsetTracker, TopicPartition};
 use crate::kafka::{OutputRecord, Sink, Source, SourceCoordinates, SourceRecord};
 use crate::metrics::{Metrics, Stage};
-use crate::model::{split_outputs, Batch};
+use crate::codec::{split_outputs, Batch};
 
 /// A batch back from the model: its records (kept whole, so that a record the model fails on
 /// can still be dead-lettered unchanged), its input tensors (to re-run rows one by one after

@@ -2,7 +2,7 @@
 
 use tract_onnx::prelude::Tensor;
 
-use crate::codec::Row;
+use super::Row;
 use crate::error::ModelError;
 
 /// Rows waiting to become one batch, plus whatever the caller keeps per row.
