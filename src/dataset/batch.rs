@@ -11,8 +11,8 @@ use tract_onnx::prelude::Tensor;
 use super::preprocess::Preprocess;
 use super::timer::QuietTimer;
 use super::DatasetError;
-use crate::kafka::SourceRecord;
 use crate::codec::Batch;
+use crate::kafka::SourceRecord;
 
 /// A batch of decoded records, ready for a model or a trainer.
 ///

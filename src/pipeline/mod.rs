@@ -11,8 +11,8 @@ mod reload;
 mod run;
 mod serving;
 
-pub use crate::kafka::offsets::{OffsetTracker, TopicPartition};
 pub use crate::codec::{split_outputs, Batch};
+pub use crate::kafka::offsets::{OffsetTracker, TopicPartition};
 pub use latency::{Latency, LatencyRecorder};
 pub use reload::ReloadHandle;
 
