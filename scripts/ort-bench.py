@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """onnxruntime's time per batch for one of our models: the other side of the figures in
-README "Batch inference". Not part of the tests; needs a virtualenv with onnxruntime and
+docs/performance.md "Batch inference". Not part of the tests; needs a virtualenv with onnxruntime and
 numpy (models/README.md has one):
 
     /tmp/tfenv/bin/python scripts/ort-bench.py models/digits_cnn.onnx [BATCH] [THREADS]

@@ -20,7 +20,7 @@
 //! Why it matters: tract allocates every intermediate tensor of every run and frees it at the
 //! end. musl's malloc hands large blocks back to the kernel on free, so the static binary paid
 //! page faults and TLB shootdowns on every batch and ran the digits MLP about 2× slower than a
-//! glibc build (README, "Allocator"). The static binary therefore uses
+//! glibc build (docs/performance.md "Allocator"). The static binary therefore uses
 //! [dlmalloc](https://docs.rs/dlmalloc), a pure-Rust port of Doug Lea's allocator that keeps
 //! freed memory for reuse (and trims it back above 2 MiB of free space at the top of its heap).
 //!

@@ -70,7 +70,7 @@ enum Command {
 }
 
 /// `--version`: the crate version, the allocator and the memory copies this binary was built
-/// with, since both change inference speed (README, "Allocator" and "Static binary").
+/// with, since both change inference speed (docs/performance.md "Allocator" and "Static binary").
 fn version_line() -> &'static str {
     static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     LINE.get_or_init(|| {

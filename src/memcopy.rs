@@ -9,7 +9,7 @@
 //! no loop, up to 511 bytes in a 32-byte loop, and hand larger blocks to `rep movsq` as musl
 //! does. They use general-purpose registers only: tract's AVX kernels leave the vector
 //! registers' upper halves dirty, and an SSE2 version paid a transition penalty on every copy
-//! (the MLP ran 18% slower with it). README, "Memory copies", has the figures: the CNN runs
+//! (the MLP ran 18% slower with it). docs/performance.md "Memory copies", has the figures: the CNN runs
 //! 2× faster, as fast as the glibc build.
 //!
 //! Like the allocator (see [`crate::allocator`]), a library does not choose these for the

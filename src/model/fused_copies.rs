@@ -7,7 +7,7 @@
 //! copied again into the second convolution's wide image; its outputs are copied back, the
 //! ReLU goes over them, and the pool reads them. Each walk is cheap, but together they took
 //! about 160 µs of a 757 µs batch of 64 rows (glibc build without page faults; 70 µs fused,
-//! and the static binary's 256-row batch went from 2.8–3.0 to 2.5–2.6 ms, README "Batch
+//! and the static binary's 256-row batch went from 2.8–3.0 to 2.5–2.6 ms, docs/performance.md "Batch
 //! inference"). [`fuse_wide_copies`] makes each chain one walk:
 //!
 //! - `BackToImages → ReLU → SideBySide` becomes [`Rewiden`], which copies each image's output

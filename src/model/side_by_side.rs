@@ -23,7 +23,7 @@
 //! image reads a pixel of its neighbour: the results are those of the original convolution,
 //! up to the order of the float additions. The two copies move about as many bytes as the
 //! convolution reads and writes once; on the digits CNN they made the static binary's
-//! 256-row batch 1.45× faster (5.6 → 3.85 ms, README "Batch inference").
+//! 256-row batch 1.45× faster (5.6 → 3.85 ms, docs/performance.md "Batch inference").
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
