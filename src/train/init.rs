@@ -20,7 +20,11 @@ use super::options::Activation;
 use super::TrainError;
 
 impl DenseModel {
-    /// Reads a dense model to fine-tune (see the [module docs](self) for the graphs it takes).
+    /// Reads a dense model to fine-tune: one chain from a single `[N, F]` float input to a
+    /// single output of per-feature constant operations (`Sub`, `Div`, `Mul`, `Add`), dense
+    /// layers (`MatMul` + `Add`, or `Gemm`) with one activation between them, and an optional
+    /// `Softmax` or `Sigmoid` head. Anything else fails with [`TrainError::Init`] naming the
+    /// operator and the node.
     pub fn read(path: &Path) -> Result<DenseModel, TrainError> {
         let fail = |reason: String| TrainError::Init {
             path: path.to_path_buf(),
