@@ -268,3 +268,31 @@ fn a_cnn_on_digit_images_runs_in_tract_as_in_the_framework() {
     let worst = max_diff(&model, &fitted, x, &[8, 8, 1]);
     assert!(worst <= 1e-5, "tract and burn differ by {worst}");
 }
+
+/// docs/training.md names every flag `streamtract train --help` lists, so the reference cannot
+/// drift from the binary.
+#[test]
+fn the_training_docs_name_every_flag_of_train_help() {
+    let help = std::process::Command::new(env!("CARGO_BIN_EXE_streamtract"))
+        .args(["train", "--help"])
+        .output()
+        .unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8(help.stdout).unwrap();
+    let docs = std::fs::read_to_string("docs/training.md").unwrap();
+    let flags: Vec<&str> = help
+        .lines()
+        .filter_map(|l| l.trim_start().strip_prefix("--"))
+        .map(|l| l.split([' ', '<', '[']).next().unwrap_or(""))
+        .filter(|f| !f.is_empty() && *f != "help")
+        .collect();
+    assert!(flags.len() > 30, "{flags:?}");
+    let missing: Vec<&&str> = flags
+        .iter()
+        .filter(|f| !docs.contains(&format!("--{f}")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "docs/training.md does not name: {missing:?}"
+    );
+}
