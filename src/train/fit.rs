@@ -483,32 +483,8 @@ impl State {
         input_name: &str,
     ) -> Result<State, TrainError> {
         let loss = options.loss();
-        let (head, outputs) = match loss {
-            Loss::SparseCategoricalCrossentropy => (Head::Softmax, classes),
-            Loss::BinaryCrossentropy if classes == 2 => (Head::Sigmoid, 1),
-            Loss::BinaryCrossentropy => {
-                return Err(TrainError::Option {
-                    option: "loss",
-                    reason: format!(
-                        "binary-crossentropy needs 2 classes, the labels have {classes}; use sparse-categorical-crossentropy"
-                    ),
-                })
-            }
-            Loss::MeanSquaredError | Loss::MeanAbsoluteError => (Head::Identity, 1),
-        };
-        let image = match options.input_shape {
-            Some(shape) if shape.iter().product::<usize>() != features => {
-                return Err(TrainError::Option {
-                    option: "input_shape",
-                    reason: format!(
-                        "{shape:?} holds {} values, the records have {features} features",
-                        shape.iter().product::<usize>()
-                    ),
-                })
-            }
-            Some(shape) => Some((shape, options.conv.as_slice())),
-            None => None,
-        };
+        let (head, outputs) = head_for(loss, classes)?;
+        let image = image_plan(options, features)?;
         let flattened = match image {
             Some((shape, blocks)) => flattened(shape, blocks),
             None => features,
@@ -671,6 +647,42 @@ impl State {
             version,
             template: self.options.init.as_ref().and_then(|m| m.template.clone()),
         })
+    }
+}
+
+/// The head a loss trains, and the last layer's width.
+fn head_for(loss: Loss, classes: usize) -> Result<(Head, usize), TrainError> {
+    match loss {
+        Loss::SparseCategoricalCrossentropy => Ok((Head::Softmax, classes)),
+        Loss::BinaryCrossentropy if classes == 2 => Ok((Head::Sigmoid, 1)),
+        Loss::BinaryCrossentropy => Err(TrainError::Option {
+            option: "loss",
+            reason: format!(
+                "binary-crossentropy needs 2 classes, the labels have {classes}; use sparse-categorical-crossentropy"
+            ),
+        }),
+        Loss::MeanSquaredError | Loss::MeanAbsoluteError => Ok((Head::Identity, 1)),
+    }
+}
+
+/// A row's image shape and the conv blocks to run on it.
+type ImagePlan<'a> = ([usize; 3], &'a [ConvBlock]);
+
+/// The image shape and conv blocks, checked against the records' feature count.
+fn image_plan(
+    options: &TrainOptions,
+    features: usize,
+) -> Result<Option<ImagePlan<'_>>, TrainError> {
+    match options.input_shape {
+        Some(shape) if shape.iter().product::<usize>() != features => Err(TrainError::Option {
+            option: "input_shape",
+            reason: format!(
+                "{shape:?} holds {} values, the records have {features} features",
+                shape.iter().product::<usize>()
+            ),
+        }),
+        Some(shape) => Ok(Some((shape, options.conv.as_slice()))),
+        None => Ok(None),
     }
 }
 

@@ -104,34 +104,9 @@ impl<'p> Reader<'p> {
         let mut current = self.input.clone();
         while current != self.output {
             let node = self.next(&current)?;
-            let other = |node: &NodeProto| {
-                node.input
-                    .iter()
-                    .find(|i| **i != current)
-                    .and_then(|i| self.constants.get(i.as_str()).copied())
-            };
             match node.op_type.as_str() {
                 "Sub" | "Div" | "Mul" | "Add" if layers.is_empty() => {
-                    if node.input.first() != Some(&current)
-                        && node.op_type != "Mul"
-                        && node.op_type != "Add"
-                    {
-                        return Err(unsupported(node, "the input must be the left operand"));
-                    }
-                    let c = other(node)
-                        .ok_or_else(|| unsupported(node, "the other operand is not a constant"))?;
-                    let values = per_feature(c, self.features).ok_or_else(|| {
-                        unsupported(
-                            node,
-                            "the constant is not a scalar or one value per feature",
-                        )
-                    })?;
-                    input_ops.push(match node.op_type.as_str() {
-                        "Sub" => InputOp::Sub(values),
-                        "Div" => InputOp::Div(values),
-                        "Mul" => InputOp::Mul(values),
-                        _ => InputOp::Add(values),
-                    });
+                    input_ops.push(self.input_op(node, &current)?);
                     current = node.output[0].clone();
                 }
                 "MatMul" | "Gemm" => {
@@ -190,6 +165,32 @@ impl<'p> Reader<'p> {
                 proto: proto.clone(),
                 layers: names,
             }),
+        })
+    }
+
+    /// A per-feature constant operation on `current` (before the first dense layer).
+    fn input_op(&self, node: &NodeProto, current: &str) -> Result<InputOp, String> {
+        let commutes = matches!(node.op_type.as_str(), "Mul" | "Add");
+        if node.input.first().map(String::as_str) != Some(current) && !commutes {
+            return Err(unsupported(node, "the input must be the left operand"));
+        }
+        let constant = node
+            .input
+            .iter()
+            .find(|i| i.as_str() != current)
+            .and_then(|i| self.constants.get(i.as_str()).copied())
+            .ok_or_else(|| unsupported(node, "the other operand is not a constant"))?;
+        let values = per_feature(constant, self.features).ok_or_else(|| {
+            unsupported(
+                node,
+                "the constant is not a scalar or one value per feature",
+            )
+        })?;
+        Ok(match node.op_type.as_str() {
+            "Sub" => InputOp::Sub(values),
+            "Div" => InputOp::Div(values),
+            "Mul" => InputOp::Mul(values),
+            _ => InputOp::Add(values),
         })
     }
 
