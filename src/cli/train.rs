@@ -312,13 +312,6 @@ pub fn train(args: TrainArgs) -> ExitCode {
     }
     let mut rows = RowFormat::new(format, label);
     rows.input_name = args.input_name.clone();
-    let mut records =
-        KafkaRecords::new(KafkaDataset::builder(args.input.clone()).kafka_config(args.kafka()));
-    if !args.validation_input.is_empty() {
-        records = records.validation(
-            KafkaDataset::builder(args.validation_input.clone()).kafka_config(args.kafka()),
-        );
-    }
     let mut dead_letters = match &args.dlq {
         Some(topic) => match OutputConfig::new(topic)
             .map(|c| c.kafka_config(args.kafka()))
@@ -356,6 +349,13 @@ pub fn train(args: TrainArgs) -> ExitCode {
     };
     if args.follow {
         return follow_group(&args, &rows, &options, &mut on_event);
+    }
+    let mut records =
+        KafkaRecords::new(KafkaDataset::builder(args.input.clone()).kafka_config(args.kafka()));
+    if !args.validation_input.is_empty() {
+        records = records.validation(
+            KafkaDataset::builder(args.validation_input.clone()).kafka_config(args.kafka()),
+        );
     }
     let result = fit(&mut records, &rows, &options, &mut on_event);
     let dlq_written = dead_letters.as_ref().map_or(0, |d| d.written);
@@ -408,18 +408,12 @@ struct DeadLetters {
 impl DeadLetters {
     /// The rejected record, unchanged, with `dlq.*` headers saying where it came from and why.
     fn write(&mut self, record: &SourceRecord, reason: &str) -> Result<(), TrainError> {
-        let mut item = OutputItem::new(record.value.clone().unwrap_or_default())
-            .maybe_key(record.key.clone())
-            .timestamp(record.timestamp);
-        for (name, value) in &record.headers {
-            item = item.header(name.clone(), value.clone());
-        }
-        let item = item
-            .header(headers::DLQ_SOURCE_TOPIC, record.topic.as_bytes().to_vec())
-            .header(headers::DLQ_SOURCE_PARTITION, record.partition.to_string())
-            .header(headers::DLQ_SOURCE_OFFSET, record.offset.to_string())
-            .header(headers::DLQ_STAGE, "train")
-            .header(headers::DLQ_REASON, reason.replace(['\n', '\r'], " "));
+        let item = OutputItem {
+            value: record.value.clone().unwrap_or_default(),
+            key: record.key.clone(),
+            headers: headers::dead_letter(record, "train", reason),
+            timestamp: Some(record.timestamp),
+        };
         self.sequence.set(self.written, item)?;
         self.written += 1;
         Ok(())

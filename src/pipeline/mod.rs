@@ -65,6 +65,31 @@ pub mod headers {
     pub const DLQ_STAGE: &str = "dlq.stage";
     /// On a dead letter: a one-line reason.
     pub const DLQ_REASON: &str = "dlq.reason";
+
+    /// A rejected record's headers as its dead letter carries them: its own, then where it
+    /// came from, the stage that rejected it and why (on one line, as people and tools read
+    /// it). Used by `run` and by `train`.
+    pub fn dead_letter(
+        record: &crate::kafka::SourceRecord,
+        stage: &str,
+        reason: &str,
+    ) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let mut h = record.headers.clone();
+        let reason = reason.replace(['\n', '\r'], " ");
+        for (name, value) in [
+            (DLQ_SOURCE_TOPIC, record.topic.as_bytes().to_vec()),
+            (
+                DLQ_SOURCE_PARTITION,
+                record.partition.to_string().into_bytes(),
+            ),
+            (DLQ_SOURCE_OFFSET, record.offset.to_string().into_bytes()),
+            (DLQ_STAGE, stage.as_bytes().to_vec()),
+            (DLQ_REASON, reason.into_bytes()),
+        ] {
+            h.insert(name.to_string(), value);
+        }
+        h
+    }
 }
 
 /// What to do with a record that cannot be decoded.

@@ -686,22 +686,7 @@ fn decode(
 
 /// The rejected record, unchanged, plus headers naming its source, the stage and the reason.
 fn dead_letter(record: SourceRecord, why: &Rejection) -> OutputRecord {
-    // One line, as the header is read by people and by tools.
-    let reason = why.to_string().replace(['\n', '\r'], " ");
-    let mut h = record.headers;
-    h.extend(header_map([
-        (headers::DLQ_SOURCE_TOPIC, record.topic.as_bytes().to_vec()),
-        (
-            headers::DLQ_SOURCE_PARTITION,
-            record.partition.to_string().into_bytes(),
-        ),
-        (
-            headers::DLQ_SOURCE_OFFSET,
-            record.offset.to_string().into_bytes(),
-        ),
-        (headers::DLQ_STAGE, why.stage().as_str().as_bytes().to_vec()),
-        (headers::DLQ_REASON, reason.into_bytes()),
-    ]));
+    let h = headers::dead_letter(&record, why.stage().as_str(), &why.to_string());
     let source = SourceCoordinates {
         topic: record.topic,
         partition: record.partition,

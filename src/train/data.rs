@@ -302,14 +302,14 @@ impl SplitPoints {
 /// tf.data's `shuffle(buffer_size)`: holds up to `capacity` items and hands out a random one
 /// for each new one; at the end of the stream the rest come out in random order. Memory is
 /// bounded by the buffer, whatever the length of the stream.
-pub(crate) struct ShuffleBuffer<T> {
+pub(crate) struct ShuffleBuffer<'r, T> {
     items: Vec<T>,
     capacity: usize,
-    rng: StdRng,
+    rng: &'r mut StdRng,
 }
 
-impl<T> ShuffleBuffer<T> {
-    pub(crate) fn new(capacity: usize, rng: StdRng) -> ShuffleBuffer<T> {
+impl<'r, T> ShuffleBuffer<'r, T> {
+    pub(crate) fn new(capacity: usize, rng: &'r mut StdRng) -> ShuffleBuffer<'r, T> {
         ShuffleBuffer {
             items: Vec::with_capacity(capacity.min(1 << 16)),
             capacity,
@@ -337,11 +337,6 @@ impl<T> ShuffleBuffer<T> {
         }
         let i = self.rng.random_range(0..self.items.len());
         Some(self.items.swap_remove(i))
-    }
-
-    /// Hands back the generator for the next epoch.
-    pub(crate) fn into_rng(self) -> StdRng {
-        self.rng
     }
 }
 
@@ -402,7 +397,8 @@ mod tests {
 
     #[test]
     fn shuffle_buffer_hands_out_every_item_once() {
-        let mut buffer = ShuffleBuffer::new(8, StdRng::seed_from_u64(7));
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut buffer = ShuffleBuffer::new(8, &mut rng);
         let mut out: Vec<u32> = (0..100).filter_map(|i| buffer.push(i)).collect();
         while let Some(x) = buffer.pop() {
             out.push(x);
@@ -414,7 +410,8 @@ mod tests {
 
     #[test]
     fn a_buffer_of_one_keeps_the_order() {
-        let mut buffer = ShuffleBuffer::new(1, StdRng::seed_from_u64(7));
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut buffer = ShuffleBuffer::new(1, &mut rng);
         let out: Vec<u32> = (0..10).filter_map(|i| buffer.push(i)).collect();
         assert_eq!(out, (0..10).collect::<Vec<_>>());
         assert!(buffer.pop().is_none());

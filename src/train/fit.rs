@@ -149,19 +149,7 @@ pub fn fit(
         });
     }
     let survey = survey(source, rows, options, on_event)?;
-    if let Some(init) = &options.init {
-        if init.features != survey.features {
-            return Err(TrainError::Option {
-                option: "init",
-                reason: format!(
-                    "the model takes {} features, the records of {} have {}",
-                    init.features,
-                    source.describe(),
-                    survey.features
-                ),
-            });
-        }
-    }
+    options.check_init_features(survey.features, &source.describe())?;
     let mut trainer = Trainer::new(survey, options)?;
     if options.normalize {
         trainer.adapt(source)?;
@@ -177,6 +165,16 @@ pub fn fit(
         model,
         history: trainer.history,
     })
+}
+
+/// Logs a record training leaves out and reports it ([`Event::Rejected`]): once per record.
+pub(crate) fn report_rejected(
+    record: &SourceRecord,
+    reason: &str,
+    on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "record left out of training");
+    on_event(Event::Rejected { record, reason })
 }
 
 /// What the first pass found.
@@ -215,11 +213,7 @@ fn survey(
             }
             Err(reason) => {
                 rejected += 1;
-                tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "record left out of training");
-                on_event(Event::Rejected {
-                    record,
-                    reason: &reason,
-                })?;
+                report_rejected(record, &reason, on_event)?;
             }
         }
         Ok(())
@@ -300,7 +294,8 @@ struct Trainer {
     survey: Survey,
     state: State,
     history: History,
-    rng: Option<StdRng>,
+    /// The shuffle buffer's generator, carried from epoch to epoch.
+    rng: StdRng,
 }
 
 /// What a gradient step changes, apart from the survey the record iterator borrows.
@@ -337,7 +332,7 @@ impl Trainer {
             survey,
             state,
             history,
-            rng: Some(shuffle_rng(options.seed)),
+            rng: shuffle_rng(options.seed),
         })
     }
 
@@ -365,11 +360,7 @@ impl Trainer {
         state.epoch = epoch;
         state.steps = 0;
         state.figures = Figures::default();
-        let rng = self
-            .rng
-            .take()
-            .unwrap_or_else(|| shuffle_rng(state.options.seed));
-        let mut shuffle = ShuffleBuffer::new(state.options.shuffle_buffer, rng);
+        let mut shuffle = ShuffleBuffer::new(state.options.shuffle_buffer, &mut self.rng);
         for row in training_rows(&self.survey, source)? {
             if let Some((x, y)) = shuffle.push(row?) {
                 state.push(x, y, on_event)?;
@@ -379,7 +370,6 @@ impl Trainer {
             state.push(x, y, on_event)?;
         }
         state.step(on_event)?;
-        self.rng = Some(shuffle.into_rng());
         let train = std::mem::take(&mut state.figures);
         let validation = self.validate(source)?;
         let seconds = started.elapsed().as_secs_f64();
@@ -573,9 +563,7 @@ impl State {
     }
 
     fn normalize(&self, row: &mut [f32]) {
-        for op in &self.input_ops {
-            op.apply(row);
-        }
+        InputOp::apply_all(&self.input_ops, row);
     }
 
     /// Adds a row to the batch, stepping when it is full.
@@ -828,9 +816,7 @@ pub(crate) fn predict(model: &DenseModel, rows: &[f32]) -> Result<Vec<f32>, Trai
     }
     let mut rows = rows.to_vec();
     for row in rows.chunks_mut(width) {
-        for op in &model.input_ops {
-            op.apply(row);
-        }
+        InputOp::apply_all(&model.input_ops, row);
     }
     let device = burn::tensor::Device::flex();
     let network = Network::from_weights(

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::data::{FeatureStats, RowDecoder, RowFormat};
-use super::fit::{Event, State};
+use super::fit::{report_rejected, Event, State};
 use super::onnx::{DenseModel, InputOp};
 use super::options::{Task, TrainOptions};
 use super::TrainError;
@@ -116,7 +116,7 @@ pub fn follow(
     };
     let acker = dataset.acker();
     let mut run = Online {
-        rows_format: rows,
+        rows,
         options: &options,
         online,
         path: &path,
@@ -129,8 +129,6 @@ pub fn follow(
         done: Vec::new(),
         since_checkpoint: 0,
         last_checkpoint: Instant::now(),
-        window_started: Instant::now(),
-        version: options.init.as_ref().map_or(0, |m| m.version),
         summary: OnlineSummary {
             trained: 0,
             rejected: 0,
@@ -152,7 +150,7 @@ pub fn follow(
 }
 
 struct Online<'a> {
-    rows_format: &'a RowFormat,
+    rows: &'a RowFormat,
     options: &'a TrainOptions,
     online: &'a OnlineOptions,
     path: &'a Path,
@@ -167,9 +165,9 @@ struct Online<'a> {
     /// Records trained on (or rejected) since the last checkpoint: committed with the next.
     done: Vec<Coordinates>,
     since_checkpoint: u64,
+    /// When the last version was written (or the run started): the window's figures and the
+    /// time-based checkpoint count from here.
     last_checkpoint: Instant,
-    window_started: Instant,
-    version: u64,
     summary: OnlineSummary,
 }
 
@@ -202,30 +200,14 @@ impl Online<'_> {
 
     /// The first record: the feature count, the decoder, the network.
     fn start(&mut self, record: &SourceRecord) -> Result<(), TrainError> {
-        let Some(features) = self.rows_features(record) else {
+        let Some(features) = self.rows.feature_count(record) else {
             return Ok(());
         };
-        let mut decoder = RowDecoder::new(self.rows().preprocess(features)?, self.options.task);
-        if self.classes > 0 {
-            decoder.set_classes(self.classes);
-        }
-        if let Some(init) = &self.options.init {
-            if init.features != features {
-                return Err(TrainError::Option {
-                    option: "init",
-                    reason: format!(
-                        "the model takes {} features, the records have {features}",
-                        init.features
-                    ),
-                });
-            }
-        }
-        let state = State::new(
-            self.options,
-            features,
-            self.classes,
-            &self.rows().input_name,
-        )?;
+        self.options
+            .check_init_features(features, "the group's topics")?;
+        // The task carries the classes (required online), so the decoder rejects labels past them.
+        let decoder = RowDecoder::new(self.rows.preprocess(features)?, self.options.task);
+        let state = State::new(self.options, features, self.classes, &self.rows.input_name)?;
         if self.options.normalize && !state.has_input_ops() {
             self.stats = Some(FeatureStats::new(features));
         }
@@ -234,25 +216,13 @@ impl Online<'_> {
         Ok(())
     }
 
-    fn rows(&self) -> &RowFormat {
-        self.rows_format
-    }
-
-    fn rows_features(&self, record: &SourceRecord) -> Option<usize> {
-        self.rows().feature_count(record)
-    }
-
     fn reject(
         &mut self,
         record: SourceRecord,
         reason: &str,
         on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
     ) -> Result<(), TrainError> {
-        tracing::warn!(topic = %record.topic, partition = record.partition, offset = record.offset, %reason, "record left out of training");
-        on_event(Event::Rejected {
-            record: &record,
-            reason,
-        })?;
+        report_rejected(&record, reason, on_event)?;
         self.summary.rejected += 1;
         self.done.push(coordinates(&record));
         self.since_checkpoint += 1;
@@ -325,31 +295,30 @@ impl Online<'_> {
         let Some(state) = &mut self.state else {
             return Ok(());
         };
-        self.version += 1;
+        let version = self.summary.version + 1;
         let figures = state.take_figures();
-        let seconds = self.window_started.elapsed().as_secs_f64();
+        let seconds = self.last_checkpoint.elapsed().as_secs_f64();
         let stats = figures.stats(
             self.summary.checkpoints as usize + 1,
             seconds,
             state.is_classifier(),
         );
         on_event(Event::Epoch(&stats))?;
-        state.model(self.version)?.write(self.path)?;
+        state.model(version)?.write(self.path)?;
         state.mark_written(self.path);
         // The caller's dead letters are flushed here, before the records are committed.
         on_event(Event::Checkpoint {
             path: self.path,
-            version: self.version,
+            version,
         })?;
         for (topic, partition, offset) in self.done.drain(..) {
             acker.ack_offset(&topic, partition, offset);
         }
         acker.commit_blocking()?;
         self.summary.checkpoints += 1;
-        self.summary.version = self.version;
+        self.summary.version = version;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
-        self.window_started = Instant::now();
         Ok(())
     }
 

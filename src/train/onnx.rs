@@ -77,6 +77,13 @@ impl InputOp {
         }
     }
 
+    /// Applies `ops` to one row, in order: what the graph computes before its first layer.
+    pub fn apply_all(ops: &[InputOp], row: &mut [f32]) {
+        for op in ops {
+            op.apply(row);
+        }
+    }
+
     /// Applies the operation to one row, in f32 as the graph's operator does, so the trainer's
     /// inputs are bit for bit what the served model computes.
     pub fn apply(&self, row: &mut [f32]) {
@@ -147,20 +154,6 @@ pub struct ImageLayers {
     pub shape: [usize; 3],
     /// The blocks, input side first.
     pub blocks: Vec<ImageBlock>,
-}
-
-impl ImageLayers {
-    /// Values per row after the blocks (what the first dense layer takes).
-    pub fn flattened(&self) -> usize {
-        let [mut h, mut w, mut c] = self.shape;
-        for block in &self.blocks {
-            match block {
-                ImageBlock::Conv(conv) => c = conv.filters,
-                ImageBlock::MaxPool(size) => (h, w) = (h / size, w / size),
-            }
-        }
-        h * w * c
-    }
 }
 
 /// A dense network with everything needed to write it: the graph `streamtract train` writes

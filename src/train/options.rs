@@ -396,6 +396,24 @@ impl TrainOptions {
         Ok(options)
     }
 
+    /// Checks that the initial model, if any, takes the `features` the records of `what` have.
+    pub(crate) fn check_init_features(
+        &self,
+        features: usize,
+        what: &str,
+    ) -> Result<(), TrainError> {
+        match &self.init {
+            Some(init) if init.features != features => Err(TrainError::Option {
+                option: "init",
+                reason: format!(
+                    "the model takes {} features, the records of {what} have {features}",
+                    init.features
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// Checks every option before a record is read; the error names the option.
     pub(crate) fn check(&self) -> Result<(), TrainError> {
         let invalid = |option, reason: &str| {
