@@ -26,7 +26,7 @@ use clap::Args;
 use serde::Deserialize;
 
 use crate::codec::{InputFormat, OutputFormat};
-use crate::error::ConfigError;
+use crate::pipeline::ConfigError;
 use crate::kafka::group::{Assignor, GroupConfig};
 use crate::kafka::{Password, SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
 use crate::kafka::{StartPosition, TopicSelection};
@@ -331,7 +331,7 @@ impl RunArgs {
         }
         let topics = inputs
             .iter()
-            .map(|s| TopicSelection::from_str(s))
+            .map(|s| parse::<TopicSelection>("input", s))
             .collect::<Result<Vec<_>, _>>()?;
         let output = required(self.output, "output", "output")?;
         if output.is_empty() {

@@ -36,7 +36,6 @@ pub mod allocator;
 pub mod codec;
 pub mod config;
 pub mod dataset;
-mod error;
 pub mod kafka;
 pub mod memcopy;
 pub mod metrics;
@@ -45,4 +44,6 @@ pub mod pipeline;
 #[cfg(feature = "train")]
 pub mod train;
 
-pub use error::{ConfigError, Error, KafkaError, ModelError, Result};
+pub use kafka::KafkaError;
+pub use model::ModelError;
+pub use pipeline::{ConfigError, Error, Result};

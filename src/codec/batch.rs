@@ -3,7 +3,7 @@
 use tract_onnx::prelude::Tensor;
 
 use super::Row;
-use crate::error::ModelError;
+use crate::model::ModelError;
 
 /// Rows waiting to become one batch, plus whatever the caller keeps per row.
 #[derive(Debug)]

@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
-use crate::error::ModelError;
+use crate::model::ModelError;
 use crate::model::Signature;
 
 /// How record values are laid out.

@@ -3,7 +3,7 @@
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
-use crate::error::ModelError;
+use crate::model::ModelError;
 use crate::model::Signature;
 
 /// How output record values are written.

@@ -1,7 +1,8 @@
 //! The one error type of the dataset API.
 
 use crate::codec::DecodeError;
-use crate::error::{KafkaError, ModelError};
+use crate::kafka::KafkaError;
+use crate::model::ModelError;
 use crate::kafka::group::GroupError;
 
 /// What can go wrong reading a [`KafkaDataset`](super::KafkaDataset), preparing its records for

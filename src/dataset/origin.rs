@@ -19,7 +19,7 @@ use rskafka::client::Client;
 
 use super::spec::{SpecOffset, TopicSpec};
 use super::DatasetError;
-use crate::error::KafkaError;
+use crate::kafka::KafkaError;
 use crate::kafka::{
     topic_partitions, KafkaConfig, Source, SourceConfig, SourceRecord, StartPosition,
     TopicSelection,

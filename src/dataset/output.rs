@@ -244,7 +244,7 @@ impl KafkaWriter {
         if let Some(p) = config.partition {
             if p >= partitions {
                 let _ = sink.close().await;
-                return Err(crate::error::KafkaError::UnknownPartition {
+                return Err(crate::kafka::KafkaError::UnknownPartition {
                     topic: config.topic.clone(),
                     partition: p,
                     count: partitions as usize,

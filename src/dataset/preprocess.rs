@@ -222,7 +222,7 @@ impl Preprocess {
         let mut features = Vec::with_capacity(row.values.len());
         for (values, shape) in row.values.into_iter().zip(&self.row_shapes) {
             let array = ArrayD::from_shape_vec(IxDyn(shape), values).map_err(|e| {
-                DatasetError::Model(crate::error::ModelError::Run(format!(
+                DatasetError::Model(crate::model::ModelError::Run(format!(
                     "row of shape {shape:?}: {e}"
                 )))
             })?;

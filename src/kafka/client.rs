@@ -8,7 +8,7 @@ use rskafka::client::{Client, ClientBuilder};
 use rskafka::BackoffConfig;
 
 use super::security::{SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
-use crate::error::KafkaError;
+use super::KafkaError;
 
 /// How to reach the cluster.
 #[derive(Debug, Clone)]

@@ -2,6 +2,7 @@
 //! ordered, acknowledged output ([`Sink`]).
 
 mod client;
+mod error;
 pub mod group;
 mod lag;
 pub mod offsets;
@@ -12,6 +13,7 @@ mod sink;
 mod source;
 
 pub use client::{connect, parse_brokers, topic_partitions, KafkaConfig};
+pub use error::KafkaError;
 pub use lag::{ConsumerLag, PartitionLag};
 pub use offsets::OffsetTracker;
 pub use pacing::FetchEvidence;

@@ -18,7 +18,7 @@ use tokio::task::JoinSet;
 
 use super::client::{topic_partitions, KafkaConfig};
 use super::partitioner::partition_for_key;
-use crate::error::KafkaError;
+use super::KafkaError;
 
 /// Where an output record came from; reported back when the broker acknowledged it.
 #[derive(Debug, Clone, PartialEq, Eq)]

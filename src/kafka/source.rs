@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use super::client::{topic_partitions, KafkaConfig};
 use super::pacing::FetchPacing;
-use crate::error::{ConfigError, KafkaError};
+use super::KafkaError;
 
 /// Where to start reading a partition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -83,13 +83,10 @@ pub struct TopicSelection {
 }
 
 impl FromStr for TopicSelection {
-    type Err = ConfigError;
+    /// What a valid selection looks like, for the caller to put in its own error.
+    type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let invalid = || ConfigError::Invalid {
-            field: "input",
-            expected: "`TOPIC` or `TOPIC:P1,P2,...` with partition numbers >= 0".into(),
-            found: s.into(),
-        };
+        let invalid = || "`TOPIC` or `TOPIC:P1,P2,...` with partition numbers >= 0".to_string();
         let (topic, partitions) = match s.split_once(':') {
             None => (s, None),
             Some((topic, list)) => {

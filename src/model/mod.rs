@@ -13,6 +13,7 @@
 //! # Ok::<(), streamtract::Error>(())
 //! ```
 
+mod error;
 mod fused_copies;
 mod rewrite;
 mod runner;
@@ -21,6 +22,7 @@ mod signature;
 mod softmax;
 mod tiled_max_pool;
 
+pub use error::ModelError;
 pub use fused_copies::fuse_wide_copies;
 pub use rewrite::{rewrite_for_batch, REWRITES_ENV};
 pub use runner::{InferencePool, PendingBatch};
@@ -36,8 +38,6 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_hir::infer::Factoid;
-
-use crate::error::ModelError;
 
 /// A compiled tract plan.
 pub(crate) type Plan = Arc<TypedRunnableModel>;

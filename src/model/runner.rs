@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, oneshot};
 use tract_onnx::prelude::Tensor;
 
 use super::{Model, States};
-use crate::error::ModelError;
+use super::ModelError;
 
 type Outputs = Result<Vec<Tensor>, ModelError>;
 

@@ -6,12 +6,14 @@
 //! of their input partition.
 
 mod commit;
+mod error;
 mod latency;
 mod reload;
 mod run;
 mod serving;
 
 pub use crate::codec::{split_outputs, Batch};
+pub use error::{ConfigError, Error, Result};
 pub use crate::kafka::offsets::{OffsetTracker, TopicPartition};
 pub use latency::{Latency, LatencyRecorder};
 pub use reload::ReloadHandle;
@@ -31,7 +33,6 @@ use run::{RunLoop, Stages, Stop};
 use serving::Serving;
 
 use crate::codec::{InputFormat, OutputFormat};
-use crate::error::{ConfigError, Result};
 use crate::kafka::group::GroupConfig;
 use crate::kafka::ConsumerLag;
 use crate::kafka::{

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::PipelineConfig;
 use crate::codec::{Decoder, Encoder};
-use crate::error::{Error, Result};
+use super::{Error, Result};
 use crate::model::{InferencePool, Model};
 
 /// A loaded, checked and warmed-up model ready to take batches.
