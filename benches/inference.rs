@@ -7,11 +7,17 @@
 
 use std::time::{Duration, Instant};
 
-// Measures the allocator the binary would use with the same target and features.
+// Measures with the allocator and the memory copies the binary links for the same target and
+// features: the binary's own modules, included by path (they are not part of the library).
+#[path = "../src/cli/allocator.rs"]
+#[allow(dead_code)]
+mod allocator;
+#[path = "../src/cli/memcopy.rs"]
+#[allow(dead_code)]
+mod memcopy;
+
 #[global_allocator]
-static ALLOCATOR: streamtract::allocator::Chosen = streamtract::allocator::CHOSEN;
-// And the memory copies it would link (`streamtract::memcopy`).
-streamtract::export_memcopy!();
+static ALLOCATOR: allocator::Chosen = allocator::CHOSEN;
 
 use streamtract::model::Model;
 use tract_onnx::prelude::Tensor;
@@ -73,11 +79,7 @@ fn main() {
         .find(|w| w[0] == "--only")
         .map(|w| w[1].clone());
     let Some(only) = only else {
-        println!(
-            "allocator: {}, memcpy: {}",
-            streamtract::allocator::NAME,
-            streamtract::memcopy::NAME
-        );
+        println!("allocator: {}, memcpy: {}", allocator::NAME, memcopy::NAME);
         println!(
             "{:<16} {:>6} {:>14} {:>14}",
             "model", "batch", "µs/batch", "rows/s"

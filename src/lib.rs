@@ -13,10 +13,7 @@
 //! | [`codec`] | record value → tensor row ([`codec::Decoder`]), model output → record value ([`codec::Encoder`]) |
 //! | [`model`] | load ONNX, read its [`model::Signature`], run batches on worker threads ([`model::InferencePool`]) |
 //! | [`pipeline`] | the stages composed: batching, ordering, error policy ([`pipeline::Pipeline`]) |
-//! | [`config`] | the `run` command's settings, from flags and a TOML file |
 //! | [`metrics`] | Prometheus metrics and readiness of a running pipeline, served over HTTP |
-//! | [`allocator`] | which global allocator our own binary installs, and why |
-//! | [`memcopy`] | the `memcpy`/`memmove` our static binary links instead of musl's, and why |
 //! | [`dataset`] | the tensorflow-io Kafka API: [`dataset::KafkaDataset`], batches for a model, [`dataset::OutputSequence`] |
 //! | `train` | `model.fit` on a topic range: dense networks trained with burn, written as ONNX (feature `train`, on by default) |
 //!
@@ -32,12 +29,9 @@
 
 #![warn(missing_docs)]
 
-pub mod allocator;
 pub mod codec;
-pub mod config;
 pub mod dataset;
 pub mod kafka;
-pub mod memcopy;
 pub mod metrics;
 pub mod model;
 pub mod pipeline;

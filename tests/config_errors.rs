@@ -204,8 +204,33 @@ fn version_names_the_allocator_and_the_memory_copies() {
         format!(
             "streamtract {} (allocator: {}, memcpy: {})",
             env!("CARGO_PKG_VERSION"),
-            streamtract::allocator::NAME,
-            streamtract::memcopy::NAME
+            expected_allocator(),
+            expected_memcopy()
         )
     );
+}
+
+/// The allocator the binary must install for this target and these features
+/// (src/cli/allocator.rs), restated here so a wrong choice fails.
+fn expected_allocator() -> &'static str {
+    if cfg!(feature = "mimalloc") {
+        "mimalloc"
+    } else if cfg!(all(target_env = "musl", not(feature = "libc-malloc"))) {
+        "dlmalloc"
+    } else {
+        "C library malloc"
+    }
+}
+
+/// Whose `memcpy` the binary must link for this target and these features (src/cli/memcopy.rs).
+fn expected_memcopy() -> &'static str {
+    if cfg!(all(
+        target_arch = "x86_64",
+        target_env = "musl",
+        not(feature = "libc-memcpy")
+    )) {
+        "streamtract"
+    } else {
+        "C library"
+    }
 }

@@ -1,9 +1,9 @@
 //! The one error type of the dataset API.
 
 use crate::codec::DecodeError;
+use crate::kafka::group::GroupError;
 use crate::kafka::KafkaError;
 use crate::model::ModelError;
-use crate::kafka::group::GroupError;
 
 /// What can go wrong reading a [`KafkaDataset`](super::KafkaDataset), preparing its records for
 /// a model, or writing through an [`OutputSequence`](super::OutputSequence) /

@@ -15,13 +15,13 @@ use tract_onnx::prelude::{Tensor, TractResult};
 use super::latency::LatencyRecorder;
 use super::serving::Serving;
 use super::{headers, ErrorPolicy, PipelineConfig, RunSummary};
+use super::{Error, Result};
 use crate::codec::{split_outputs, Batch};
 use crate::codec::{DecodeError, Decoder, Row};
-use super::{Error, Result};
-use crate::model::ModelError;
 use crate::kafka::offsets::{OffsetTracker, TopicPartition};
 use crate::kafka::{OutputRecord, Sink, Source, SourceCoordinates, SourceRecord};
 use crate::metrics::{Metrics, Stage};
+use crate::model::ModelError;
 
 /// A batch back from the model: its records (kept whole, so that a record the model fails on
 /// can still be dead-lettered unchanged), its input tensors (to re-run rows one by one after

@@ -12,84 +12,49 @@
 //! (the MLP ran 18% slower with it). docs/performance.md "Memory copies", has the figures: the CNN runs
 //! 2× faster, as fast as the glibc build.
 //!
-//! Like the allocator (see [`crate::allocator`]), a library does not choose these for the
-//! program it is linked into: the routines are always compiled on x86_64 under names of their
-//! own, and only an executable that invokes [`export_memcopy!`](crate::export_memcopy) makes
-//! them the program's `memcpy` and `memmove`. The `streamtract` binary and the inference bench
-//! do, on musl; elsewhere the C library's routines are already fast and nothing changes.
+//! A library does not choose these for the program it is linked into, so they live in the
+//! binary: the routines are compiled on x86_64 under names of their own
+//! (`streamtract_memcpy`, `streamtract_memmove`, tested below on every x86_64 build), and only
+//! the x86_64 musl build makes them the program's `memcpy` and `memmove`; elsewhere the C
+//! library's routines are already fast and nothing changes. The inference bench includes this
+//! file too, so it measures the copies the binary links.
 //!
-//! ```
-//! // In an executable built for x86_64-unknown-linux-musl; on any other target the macro
-//! // expands to nothing.
-//! streamtract::export_memcopy!();
-//!
-//! fn main() {
-//!     let row = [1.0f32; 8];
-//!     let mut patch = vec![0.0f32; 8];
-//!     patch.copy_from_slice(&row); // a copy the compiler may hand to `memcpy`
-//!     assert_eq!(patch, row);
-//!     println!("memcpy: {}", streamtract::memcopy::NAME);
-//! }
-//! ```
-//!
-//! The routines are written in assembly (`src/memcopy_x86_64.s`, assembled by rustc, no C
+//! The routines are written in assembly (`memcopy_x86_64.s`, assembled by rustc, no C
 //! compiler): a `memcpy` written in Rust can be recognised by the optimiser as a copy loop and
 //! compiled into a call to `memcpy`, itself.
 
 #[cfg(target_arch = "x86_64")]
 core::arch::global_asm!(include_str!("memcopy_x86_64.s"));
 
-/// Whether this build's [`export_memcopy!`](crate::export_memcopy) replaces the C library's
-/// routines: on x86_64 musl, unless the `libc-memcpy` feature asks for musl's own.
+/// Whether this build makes our routines the program's `memcpy` and `memmove`: on x86_64
+/// musl, unless the `libc-memcpy` feature asks for musl's own.
 const EXPORTED: bool = cfg!(all(
     target_arch = "x86_64",
     target_env = "musl",
     not(feature = "libc-memcpy")
 ));
 
-/// What [`export_memcopy!`](crate::export_memcopy) installs in this build, printed by
-/// `streamtract --version`: `"streamtract"` on x86_64 musl, `"C library"` elsewhere.
+/// What this build links as `memcpy`, printed by `streamtract --version`: `"streamtract"` on
+/// x86_64 musl, `"C library"` elsewhere.
 pub const NAME: &str = if EXPORTED { "streamtract" } else { "C library" };
 
-/// Makes this crate's copy routines the program's `memcpy` and `memmove` on x86_64 musl
-/// builds; elsewhere, or with the `libc-memcpy` feature, it expands to nothing. Invoke it
-/// once, at the top level of an executable crate (see the [module docs](crate::memcopy)).
-///
-/// Both symbols are defined together on purpose: musl's `memmove` jumps into musl's `memcpy`
-/// object, so defining only `memcpy` would pull musl's second definition into the link.
+// Both symbols are defined together on purpose: musl's `memmove` jumps into musl's `memcpy`
+// object, so defining only `memcpy` would pull musl's second definition into the link.
 #[cfg(all(
     target_arch = "x86_64",
     target_env = "musl",
     not(feature = "libc-memcpy")
 ))]
-#[macro_export]
-macro_rules! export_memcopy {
-    () => {
-        ::core::arch::global_asm!(
-            ".globl memcpy",
-            ".type memcpy,@function",
-            "memcpy:",
-            "jmp streamtract_memcpy",
-            ".globl memmove",
-            ".type memmove,@function",
-            "memmove:",
-            "jmp streamtract_memmove",
-        );
-    };
-}
-
-/// Makes this crate's copy routines the program's `memcpy` and `memmove` on x86_64 musl
-/// builds; elsewhere, or with the `libc-memcpy` feature, it expands to nothing. Invoke it
-/// once, at the top level of an executable crate (see the [module docs](crate::memcopy)).
-#[cfg(not(all(
-    target_arch = "x86_64",
-    target_env = "musl",
-    not(feature = "libc-memcpy")
-)))]
-#[macro_export]
-macro_rules! export_memcopy {
-    () => {};
-}
+core::arch::global_asm!(
+    ".globl memcpy",
+    ".type memcpy,@function",
+    "memcpy:",
+    "jmp streamtract_memcpy",
+    ".globl memmove",
+    ".type memmove,@function",
+    "memmove:",
+    "jmp streamtract_memmove",
+);
 
 #[cfg(all(test, target_arch = "x86_64"))]
 mod tests {

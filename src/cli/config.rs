@@ -4,19 +4,9 @@
 //! key of the same name (`--batch-size` ↔ `batch_size`). Flags override the file. Unknown keys
 //! in the file are errors, so a typo does not silently fall back to a default.
 //!
-//! ```
-//! use streamtract::config::RunArgs;
-//! let file: RunArgs = toml::from_str(r#"
-//!     brokers = "127.0.0.1:9092"
-//!     input = ["pixels"]
-//!     output = "predictions"
-//!     model = "models/digits_mlp.onnx"
-//!     batch_size = 64
-//! "#).unwrap();
-//! let flags = RunArgs { batch_size: Some(128), ..Default::default() };
-//! let config = flags.over(file).into_pipeline_config().unwrap();
-//! assert_eq!(config.batch_size, 128);
-//! ```
+//! A file with `batch_size = 64` and the flag `--batch-size 128` run with batches of 128
+//! (`flags_override_file` below). This module is the binary's: the library takes the
+//! [`PipelineConfig`] it builds.
 
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -25,12 +15,12 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use crate::codec::{InputFormat, OutputFormat};
-use crate::pipeline::ConfigError;
-use crate::kafka::group::{Assignor, GroupConfig};
-use crate::kafka::{Password, SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
-use crate::kafka::{StartPosition, TopicSelection};
-use crate::pipeline::{ErrorPolicy, PipelineConfig};
+use streamtract::codec::{InputFormat, OutputFormat};
+use streamtract::kafka::group::{Assignor, GroupConfig};
+use streamtract::kafka::{Password, SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
+use streamtract::kafka::{StartPosition, TopicSelection};
+use streamtract::pipeline::ConfigError;
+use streamtract::pipeline::{ErrorPolicy, PipelineConfig};
 
 /// Flags of `streamtract run`; also the keys of its TOML config file.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -309,8 +299,25 @@ impl RunArgs {
     /// Applies defaults and checks every field. The error names the field, what it expects and
     /// what it got.
     pub fn into_pipeline_config(self) -> Result<PipelineConfig, ConfigError> {
-        let brokers = required(self.brokers, "brokers", "brokers")?;
-        let brokers = crate::kafka::parse_brokers(&brokers);
+        let mut config = self.endpoints()?;
+        self.formats(&mut config)?;
+        self.batching(&mut config)?;
+        self.fetching(&mut config)?;
+        self.limits(&mut config)?;
+        self.errors(&mut config)?;
+        self.group(&mut config)?;
+        self.commits(&mut config)?;
+        self.extras(&mut config)?;
+        self.connection(&mut config)?;
+        config.kafka.security = self.security_settings().into_security_config()?;
+        Ok(config)
+    }
+
+    /// The required fields (brokers, inputs, output, model), checked: the config every other
+    /// step fills in.
+    fn endpoints(&self) -> Result<PipelineConfig, ConfigError> {
+        let brokers = required(self.brokers.as_deref(), "brokers", "brokers")?;
+        let brokers = streamtract::kafka::parse_brokers(brokers);
         for b in &brokers {
             let valid = b
                 .rsplit_once(':')
@@ -322,7 +329,7 @@ impl RunArgs {
         if brokers.is_empty() {
             return Err(invalid("brokers", "HOST:PORT[,HOST:PORT...]", ""));
         }
-        let inputs = required(self.input, "input", "input")?;
+        let inputs = required(self.input.as_ref(), "input", "input")?;
         if inputs.is_empty() {
             return Err(ConfigError::Missing {
                 field: "input",
@@ -333,23 +340,28 @@ impl RunArgs {
             .iter()
             .map(|s| parse::<TopicSelection>("input", s))
             .collect::<Result<Vec<_>, _>>()?;
-        let output = required(self.output, "output", "output")?;
+        let output = required(self.output.as_deref(), "output", "output")?;
         if output.is_empty() {
             return Err(invalid("output", "a topic name", ""));
         }
-        let model = required(self.model, "model", "model")?;
+        let model = required(self.model.clone(), "model", "model")?;
 
-        let mut config = PipelineConfig::new(brokers, &topics[0].topic, &output, model);
+        let mut config = PipelineConfig::new(brokers, &topics[0].topic, output, model);
         config.source.topics = topics;
-        if let Some(f) = self.format {
-            config.input_format = parse("format", &f)?;
+        Ok(config)
+    }
+
+    /// Input and output record formats, and where reading starts.
+    fn formats(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
+        if let Some(f) = &self.format {
+            config.input_format = parse("format", f)?;
         }
-        if let Some(d) = self.delimiter {
+        if let Some(d) = &self.delimiter {
             let InputFormat::Csv { delimiter } = &mut config.input_format else {
                 return Err(invalid(
                     "delimiter",
                     "to be used only with format = \"csv\"",
-                    &d,
+                    d,
                 ));
             };
             match d.as_bytes() {
@@ -358,13 +370,13 @@ impl RunArgs {
                     return Err(invalid(
                         "delimiter",
                         "one ASCII character such as `,` or `;`",
-                        &d,
+                        d,
                     ))
                 }
             }
         }
-        if let Some(f) = self.output_format {
-            config.output_format = parse::<OutputFormat>("output_format", &f)?;
+        if let Some(f) = &self.output_format {
+            config.output_format = parse::<OutputFormat>("output_format", f)?;
         }
         if let Some(k) = self.top_k {
             if k == 0 {
@@ -372,10 +384,15 @@ impl RunArgs {
             }
             config.top_k = Some(k);
         }
-        if let Some(s) = self.start {
-            config.source.start = parse::<StartPosition>("start", &s)?;
+        if let Some(s) = &self.start {
+            config.source.start = parse::<StartPosition>("start", s)?;
         }
         config.source.until_end = self.until_end.unwrap_or(false);
+        Ok(())
+    }
+
+    /// How records become batches: size, linger, flushing when caught up.
+    fn batching(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
         if let Some(n) = self.batch_size {
             if n == 0 || n > 65_536 {
                 return Err(invalid(
@@ -392,6 +409,11 @@ impl RunArgs {
         if let Some(yes) = self.flush_when_caught_up {
             config.flush_when_caught_up = yes;
         }
+        Ok(())
+    }
+
+    /// Fetch requests: how long the broker may wait and how many bytes it may return.
+    fn fetching(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
         if let Some(ms) = self.fetch_max_wait_ms {
             if ms == 0 || ms > 30_000 {
                 return Err(invalid(
@@ -403,7 +425,7 @@ impl RunArgs {
             config.source.fetch_max_wait = Duration::from_millis(ms);
         }
         if let Some(n) = self.fetch_max_bytes {
-            let largest = crate::kafka::LARGEST_FETCH;
+            let largest = streamtract::kafka::LARGEST_FETCH;
             match i32::try_from(n) {
                 Ok(bytes) if (1024..=largest).contains(&bytes) => {
                     config.source.fetch_max_bytes = bytes
@@ -417,6 +439,11 @@ impl RunArgs {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Inference workers and the byte bounds on one record and on everything in flight.
+    fn limits(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
         if let Some(n) = self.workers {
             if n == 0 || n > 256 {
                 return Err(invalid("workers", "a number from 1 to 256", &n.to_string()));
@@ -435,18 +462,28 @@ impl RunArgs {
             }
             config.max_in_flight_bytes = n;
         }
-        if let Some(p) = self.on_error {
-            config.on_error = parse::<ErrorPolicy>("on_error", &p)?;
+        Ok(())
+    }
+
+    /// What happens to a bad record: the error policy, the dead-letter topic, output headers.
+    fn errors(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
+        if let Some(p) = &self.on_error {
+            config.on_error = parse::<ErrorPolicy>("on_error", p)?;
         }
-        if let Some(topic) = self.dlq {
+        if let Some(topic) = &self.dlq {
             if topic.is_empty() {
                 return Err(invalid("dlq", "a topic name", ""));
             }
-            config.dlq = Some(topic);
+            config.dlq = Some(topic.clone());
         }
         config.output_headers = self.output_headers.unwrap_or(true);
-        if let Some(id) = self.group {
-            let mut group = GroupConfig::new(id);
+        Ok(())
+    }
+
+    /// Consumer-group membership and its timeouts (or none, and then none of its settings).
+    fn group(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
+        if let Some(id) = &self.group {
+            let mut group = GroupConfig::new(id.clone());
             if let Some(names) = &self.assignor {
                 let list = Assignor::parse_list(names).map_err(|_| {
                     invalid(
@@ -479,7 +516,7 @@ impl RunArgs {
                 return Err(invalid(
                     "input",
                     "with `group`, either every input with explicit partitions (standalone) or none (group member)",
-                    &inputs.join(" "),
+                    &self.input.as_ref().map(|i| i.join(" ")).unwrap_or_default(),
                 ));
             }
             config.group = Some(group);
@@ -493,6 +530,11 @@ impl RunArgs {
                 "",
             ));
         }
+        Ok(())
+    }
+
+    /// How often and how far ahead of the commits the pipeline may run.
+    fn commits(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
         if let Some(ms) = self.commit_interval_ms {
             if ms == 0 {
                 return Err(invalid(
@@ -509,9 +551,14 @@ impl RunArgs {
             }
             config.max_uncommitted = n;
         }
-        match (self.shadow_model, self.shadow_output) {
+        Ok(())
+    }
+
+    /// The shadow model, model-file checks and the metrics listener.
+    fn extras(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
+        match (self.shadow_model.clone(), self.shadow_output.clone()) {
             (Some(model), Some(output)) if !output.is_empty() => {
-                config.shadow = Some(crate::pipeline::ShadowConfig { model, output });
+                config.shadow = Some(streamtract::pipeline::ShadowConfig { model, output });
             }
             (None, None) => {}
             (model, output) => {
@@ -529,7 +576,7 @@ impl RunArgs {
         if let Some(ms) = self.model_check_interval_ms {
             config.model_check_interval = (ms > 0).then(|| Duration::from_millis(ms));
         }
-        if let Some(addr) = self.metrics_addr {
+        if let Some(addr) = &self.metrics_addr {
             use std::net::ToSocketAddrs;
             let resolved = addr.to_socket_addrs().ok().and_then(|mut a| a.next());
             match resolved {
@@ -538,32 +585,40 @@ impl RunArgs {
                     return Err(invalid(
                         "metrics_addr",
                         "HOST:PORT to listen on, e.g. 127.0.0.1:9464",
-                        &addr,
+                        addr,
                     ))
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Broker connection timeouts and the client id.
+    fn connection(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
         if let Some(s) = self.connect_timeout {
             config.kafka.connect_timeout = Duration::from_secs(s);
         }
         if let Some(s) = self.request_timeout {
             config.kafka.request_timeout = Duration::from_secs(s.max(1));
         }
-        if let Some(id) = self.client_id {
-            config.kafka.client_id = id;
+        if let Some(id) = &self.client_id {
+            config.kafka.client_id = id.clone();
         }
-        config.kafka.security = SecuritySettings {
+        Ok(())
+    }
+
+    /// The TLS and SASL fields, to be checked together.
+    fn security_settings(&self) -> SecuritySettings {
+        SecuritySettings {
             tls: self.tls,
-            tls_ca_file: self.tls_ca_file,
-            tls_cert_file: self.tls_cert_file,
-            tls_key_file: self.tls_key_file,
-            sasl_mechanism: self.sasl_mechanism,
-            sasl_username: self.sasl_username,
-            sasl_password_file: self.sasl_password_file,
-            sasl_password_env: self.sasl_password_env,
+            tls_ca_file: self.tls_ca_file.clone(),
+            tls_cert_file: self.tls_cert_file.clone(),
+            tls_key_file: self.tls_key_file.clone(),
+            sasl_mechanism: self.sasl_mechanism.clone(),
+            sasl_username: self.sasl_username.clone(),
+            sasl_password_file: self.sasl_password_file.clone(),
+            sasl_password_env: self.sasl_password_env.clone(),
         }
-        .into_security_config()?;
-        Ok(config)
     }
 }
 
@@ -838,5 +893,40 @@ mod tests {
             Ok(StartPosition::Timestamp(_))
         ));
         assert!("-1".parse::<StartPosition>().is_err());
+    }
+
+    /// Parses `text` as a config file and, when it parses, builds the pipeline config: either
+    /// step may refuse it, neither may panic.
+    fn parse_config(text: &str) {
+        if let Ok(args) = toml::from_str::<RunArgs>(text) {
+            let _ = args.into_pipeline_config();
+        }
+    }
+
+    /// The committed corpus of hostile inputs (tests/corpus/, shared with tests/fuzz.rs).
+    #[test]
+    fn the_fuzz_corpus_parses_without_panics() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/corpus");
+        let mut n = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            parse_config(&String::from_utf8_lossy(&bytes));
+            n += 1;
+        }
+        assert!(n >= 10, "corpus at {} has only {n} files", dir.display());
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 2000, failure_persistence: None, ..Default::default() })]
+
+        #[test]
+        fn any_text_as_a_config_file_never_panics(text in "\\PC{0,120}") {
+            parse_config(&text);
+        }
+
+        #[test]
+        fn config_shaped_toml_never_panics(key in proptest::sample::select(vec!["batch_size", "input", "start", "brokers", "format", "top_k", "workers", "group", "linger_ms"]), value in r#"("[^"\\]{0,20}"|-?[0-9]{1,25}|\[\]|true|\{\})"#) {
+            parse_config(&format!("{key} = {value}\n"));
+        }
     }
 }

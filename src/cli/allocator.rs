@@ -1,21 +1,8 @@
 //! The memory allocator the `streamtract` binary and the benches install.
 //!
-//! A library does not pick the global allocator for its users, so this module only names the
-//! one our own executables use; they install it with
-//!
-//! ```
-//! #[global_allocator]
-//! static ALLOCATOR: streamtract::allocator::Chosen = streamtract::allocator::CHOSEN;
-//!
-//! fn main() {
-//!     // A block the size of a small tensor, freed and allocated again.
-//!     let first = vec![1.0f32; 1 << 18];
-//!     drop(first);
-//!     let second = vec![2.0f32; 1 << 18];
-//!     assert_eq!(second.iter().sum::<f32>(), (2 << 18) as f32);
-//!     println!("allocator: {}", streamtract::allocator::NAME);
-//! }
-//! ```
+//! A library does not pick the global allocator for its users, so this module belongs to the
+//! binary (`src/main.rs` installs [`CHOSEN`]); the inference bench includes the same file so it
+//! measures what the binary runs with.
 //!
 //! Why it matters: tract allocates every intermediate tensor of every run and frees it at the
 //! end. musl's malloc hands large blocks back to the kernel on free, so the static binary paid
