@@ -1,14 +1,11 @@
-//! The dataset API for programs without async code: iterators and a blocking output sequence,
-//! each driven by a small tokio runtime it owns.
+//! The dataset API for programs without async code: any dataset stream as an iterator driven
+//! by a small tokio runtime it owns. Each dataset adds its own blocking methods next to its
+//! type (`kafka_dataset.rs`, `group_dataset.rs`, `mini_batch.rs`, `output.rs`), so this
+//! module knows none of them.
 
 use futures::stream::{Stream, StreamExt};
 use tokio::runtime::{Handle, Runtime};
 
-use super::batch::Batches;
-use super::kafka_dataset::KafkaDataset;
-use super::mini_batch::KafkaBatchDataset;
-use super::output::{OutputConfig, OutputItem, OutputSequence};
-use super::preprocess::{Examples, Preprocess};
 use super::DatasetError;
 
 /// A dataset stream as a blocking [`Iterator`] (tensorflow-io's datasets are iterated with a
@@ -34,10 +31,6 @@ pub struct Blocking<S> {
     stream: Option<S>,
     runtime: Option<Runtime>,
 }
-
-/// [`KafkaDataset`] as a blocking iterator of records
-/// ([`KafkaDatasetBuilder::open_blocking`](super::KafkaDatasetBuilder::open_blocking)).
-pub type BlockingKafkaDataset = Blocking<KafkaDataset>;
 
 impl<S: std::fmt::Debug> std::fmt::Debug for Blocking<S> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -75,7 +68,8 @@ impl<S> Blocking<S> {
         self.stream.as_ref()
     }
 
-    /// Wraps the stream into another (e.g. [`Batches::linger`]) on the same runtime.
+    /// Wraps the stream into another (e.g. [`Batches::linger`](super::Batches::linger)) on the
+    /// same runtime.
     pub fn map_stream<T>(mut self, f: impl FnOnce(S) -> T) -> Blocking<T> {
         let runtime = self.runtime.take();
         let stream = self.stream.take().map(|s| {
@@ -84,23 +78,6 @@ impl<S> Blocking<S> {
             f(s)
         });
         Blocking { stream, runtime }
-    }
-}
-
-impl Blocking<KafkaDataset> {
-    /// [`KafkaDataset::examples`], blocking.
-    pub fn examples(self, preprocess: Preprocess) -> Blocking<Examples<KafkaDataset>> {
-        self.map_stream(|d| d.examples(preprocess))
-    }
-
-    /// [`KafkaDataset::batch`], blocking.
-    pub fn batch(self, size: usize, preprocess: Preprocess) -> Blocking<Batches<KafkaDataset>> {
-        self.map_stream(|d| d.batch(size, preprocess))
-    }
-
-    /// [`KafkaBatchDataset::new`], blocking.
-    pub fn mini_batches(self, mini_batch_size: usize) -> Blocking<KafkaBatchDataset> {
-        self.map_stream(|d| KafkaBatchDataset::new(d, mini_batch_size))
     }
 }
 
@@ -128,96 +105,6 @@ impl<S> Drop for Blocking<S> {
                 // Fetch tasks and connections are torn down inside their runtime.
                 let _guard = runtime.enter();
                 self.stream.take();
-            }
-            runtime.shutdown_background();
-        }
-    }
-}
-
-/// [`OutputSequence`] for programs without async code (tensorflow-io's `KafkaOutputSequence`
-/// used from a Keras callback). Owns a small runtime like [`Blocking`]; do not use it inside
-/// async code.
-pub struct BlockingOutputSequence {
-    sequence: Option<OutputSequence>,
-    runtime: Option<Runtime>,
-}
-
-impl std::fmt::Debug for BlockingOutputSequence {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BlockingOutputSequence")
-            .field("sequence", &self.sequence)
-            .finish_non_exhaustive()
-    }
-}
-
-impl BlockingOutputSequence {
-    /// [`OutputSequence::connect`], blocking.
-    pub fn connect(servers: &str, topic: &str) -> Result<BlockingOutputSequence, DatasetError> {
-        Self::open(&OutputConfig::new(topic)?.servers(servers))
-    }
-
-    /// [`OutputSequence::open`], blocking.
-    pub fn open(config: &OutputConfig) -> Result<BlockingOutputSequence, DatasetError> {
-        let runtime = Blocking::<()>::runtime()?;
-        let sequence = runtime.block_on(OutputSequence::open(config))?;
-        Ok(BlockingOutputSequence {
-            sequence: Some(sequence),
-            runtime: Some(runtime),
-        })
-    }
-
-    fn run<R>(
-        &mut self,
-        f: impl AsyncFnOnce(&mut OutputSequence) -> Result<R, DatasetError>,
-    ) -> Result<R, DatasetError> {
-        if Handle::try_current().is_ok() {
-            return Err(DatasetError::BlockingInAsync);
-        }
-        match (self.sequence.as_mut(), self.runtime.as_ref()) {
-            (Some(sequence), Some(runtime)) => runtime.block_on(f(sequence)),
-            _ => Err(DatasetError::Runtime("the sequence was closed".into())),
-        }
-    }
-
-    /// [`OutputSequence::set`], blocking.
-    pub fn set(&mut self, index: u64, item: impl Into<OutputItem>) -> Result<(), DatasetError> {
-        let item = item.into();
-        self.run(async move |s| s.set(index, item).await)
-    }
-
-    /// [`OutputSequence::flush`], blocking.
-    pub fn flush(&mut self) -> Result<(), DatasetError> {
-        self.run(async |s| s.flush().await)
-    }
-
-    /// [`OutputSequence::written`].
-    pub fn written(&self) -> u64 {
-        self.sequence.as_ref().map_or(0, OutputSequence::written)
-    }
-
-    /// [`OutputSequence::pending`].
-    pub fn pending(&self) -> usize {
-        self.sequence.as_ref().map_or(0, OutputSequence::pending)
-    }
-
-    /// [`OutputSequence::close`], blocking.
-    pub fn close(mut self) -> Result<u64, DatasetError> {
-        if Handle::try_current().is_ok() {
-            return Err(DatasetError::BlockingInAsync);
-        }
-        match (self.sequence.take(), self.runtime.as_ref()) {
-            (Some(sequence), Some(runtime)) => runtime.block_on(sequence.close()),
-            _ => Err(DatasetError::Runtime("the sequence was closed".into())),
-        }
-    }
-}
-
-impl Drop for BlockingOutputSequence {
-    fn drop(&mut self) {
-        if let Some(runtime) = self.runtime.take() {
-            {
-                let _guard = runtime.enter();
-                self.sequence.take();
             }
             runtime.shutdown_background();
         }

@@ -12,7 +12,7 @@ use futures::stream::{Stream, StreamExt};
 use rskafka::client::Client;
 
 use super::batch::Batches;
-use super::blocking::{Blocking, BlockingKafkaDataset};
+use super::blocking::Blocking;
 use super::origin::{into_stream, ChunkStream, RecordSource, Revocation, SpecReader};
 use super::preprocess::{Examples, Preprocess};
 use super::spec::TopicSpec;
@@ -403,5 +403,21 @@ impl Stream for KafkaDataset {
                 }
             }
         }
+    }
+}
+
+/// [`KafkaDataset`] as a blocking iterator of records
+/// ([`KafkaDatasetBuilder::open_blocking`]).
+pub type BlockingKafkaDataset = Blocking<KafkaDataset>;
+
+impl Blocking<KafkaDataset> {
+    /// [`KafkaDataset::examples`], blocking.
+    pub fn examples(self, preprocess: Preprocess) -> Blocking<Examples<KafkaDataset>> {
+        self.map_stream(|d| d.examples(preprocess))
+    }
+
+    /// [`KafkaDataset::batch`], blocking.
+    pub fn batch(self, size: usize, preprocess: Preprocess) -> Blocking<Batches<KafkaDataset>> {
+        self.map_stream(|d| d.batch(size, preprocess))
     }
 }

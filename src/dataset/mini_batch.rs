@@ -7,6 +7,7 @@ use std::time::Duration;
 use futures::stream::{Stream, StreamExt};
 
 use super::batch::{Batcher, TensorBatch};
+use super::blocking::Blocking;
 use super::kafka_dataset::KafkaDataset;
 use super::preprocess::{Example, Preprocess};
 use super::timer::QuietTimer;
@@ -204,5 +205,12 @@ impl IntoIterator for MiniBatch {
 
     fn into_iter(self) -> Self::IntoIter {
         self.records.into_iter()
+    }
+}
+
+impl Blocking<KafkaDataset> {
+    /// [`KafkaBatchDataset::new`], blocking.
+    pub fn mini_batches(self, mini_batch_size: usize) -> Blocking<KafkaBatchDataset> {
+        self.map_stream(|d| KafkaBatchDataset::new(d, mini_batch_size))
     }
 }

@@ -69,15 +69,17 @@ mod timer;
 
 pub use acker::{Acker, Committed};
 pub use batch::{Batches, TensorBatch};
-pub use blocking::{Blocking, BlockingKafkaDataset, BlockingOutputSequence};
+pub use blocking::Blocking;
 pub use error::DatasetError;
 pub use group_dataset::{
     BlockingKafkaGroupDataset, KafkaGroupDataset, KafkaGroupDatasetBuilder,
     DEFAULT_COMMIT_INTERVAL, DEFAULT_MAX_UNCOMMITTED, DEFAULT_MESSAGE_POLL_TIMEOUT,
 };
-pub use kafka_dataset::{KafkaDataset, KafkaDatasetBuilder, DEFAULT_TIMEOUT};
+pub use kafka_dataset::{BlockingKafkaDataset, KafkaDataset, KafkaDatasetBuilder, DEFAULT_TIMEOUT};
 pub use mini_batch::{KafkaBatchDataset, MiniBatch};
-pub use output::{write_kafka, KafkaWriter, OutputConfig, OutputItem, OutputSequence};
+pub use output::{
+    write_kafka, BlockingOutputSequence, KafkaWriter, OutputConfig, OutputItem, OutputSequence,
+};
 pub use preprocess::{Example, Examples, Label, Preprocess};
 pub use spec::{SpecOffset, TopicSpec};
 

@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use rskafka::client::Client;
+use tokio::runtime::{Handle, Runtime};
 use tokio::sync::mpsc;
 
+use super::blocking::Blocking;
 use super::DatasetError;
 use crate::kafka::{connect, KafkaConfig, OutputRecord, Sink, SinkConfig, SourceCoordinates};
 
@@ -614,6 +616,96 @@ impl OutputSequence {
     /// The writer underneath (e.g. for one-off records outside the sequence).
     pub fn writer(&mut self) -> &mut KafkaWriter {
         &mut self.writer
+    }
+}
+
+/// [`OutputSequence`] for programs without async code (tensorflow-io's `KafkaOutputSequence`
+/// used from a Keras callback). Owns a small runtime like [`Blocking`]; do not use it inside
+/// async code.
+pub struct BlockingOutputSequence {
+    sequence: Option<OutputSequence>,
+    runtime: Option<Runtime>,
+}
+
+impl std::fmt::Debug for BlockingOutputSequence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlockingOutputSequence")
+            .field("sequence", &self.sequence)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BlockingOutputSequence {
+    /// [`OutputSequence::connect`], blocking.
+    pub fn connect(servers: &str, topic: &str) -> Result<BlockingOutputSequence, DatasetError> {
+        Self::open(&OutputConfig::new(topic)?.servers(servers))
+    }
+
+    /// [`OutputSequence::open`], blocking.
+    pub fn open(config: &OutputConfig) -> Result<BlockingOutputSequence, DatasetError> {
+        let runtime = Blocking::<()>::runtime()?;
+        let sequence = runtime.block_on(OutputSequence::open(config))?;
+        Ok(BlockingOutputSequence {
+            sequence: Some(sequence),
+            runtime: Some(runtime),
+        })
+    }
+
+    fn run<R>(
+        &mut self,
+        f: impl AsyncFnOnce(&mut OutputSequence) -> Result<R, DatasetError>,
+    ) -> Result<R, DatasetError> {
+        if Handle::try_current().is_ok() {
+            return Err(DatasetError::BlockingInAsync);
+        }
+        match (self.sequence.as_mut(), self.runtime.as_ref()) {
+            (Some(sequence), Some(runtime)) => runtime.block_on(f(sequence)),
+            _ => Err(DatasetError::Runtime("the sequence was closed".into())),
+        }
+    }
+
+    /// [`OutputSequence::set`], blocking.
+    pub fn set(&mut self, index: u64, item: impl Into<OutputItem>) -> Result<(), DatasetError> {
+        let item = item.into();
+        self.run(async move |s| s.set(index, item).await)
+    }
+
+    /// [`OutputSequence::flush`], blocking.
+    pub fn flush(&mut self) -> Result<(), DatasetError> {
+        self.run(async |s| s.flush().await)
+    }
+
+    /// [`OutputSequence::written`].
+    pub fn written(&self) -> u64 {
+        self.sequence.as_ref().map_or(0, OutputSequence::written)
+    }
+
+    /// [`OutputSequence::pending`].
+    pub fn pending(&self) -> usize {
+        self.sequence.as_ref().map_or(0, OutputSequence::pending)
+    }
+
+    /// [`OutputSequence::close`], blocking.
+    pub fn close(mut self) -> Result<u64, DatasetError> {
+        if Handle::try_current().is_ok() {
+            return Err(DatasetError::BlockingInAsync);
+        }
+        match (self.sequence.take(), self.runtime.as_ref()) {
+            (Some(sequence), Some(runtime)) => runtime.block_on(sequence.close()),
+            _ => Err(DatasetError::Runtime("the sequence was closed".into())),
+        }
+    }
+}
+
+impl Drop for BlockingOutputSequence {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            {
+                let _guard = runtime.enter();
+                self.sequence.take();
+            }
+            runtime.shutdown_background();
+        }
     }
 }
 
