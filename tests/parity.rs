@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use serde_json::Value;
-use streamtract::model::{Dim, Model, Signature};
+use streamtract::model::{Dim, GraphRewrites, Model, ModelOptions, Signature};
 use tract_onnx::prelude::Tensor;
 
 const TOLERANCE: f32 = 1e-5;
@@ -105,29 +105,21 @@ fn digits_cnn_matches_tensorflow() {
 /// The CNN with a constant-shape Flatten (`models/make_dynamic_cnn.py`): the same weights and
 /// computation, so TensorFlow's outputs for `digits_cnn` hold. tract types it with a symbolic
 /// batch; streamtract compiles it per batch size all the same, so that the graph rewrites
-/// apply, and turns that off with them.
+/// apply, and turns that off with them (`ModelOptions::graph_rewrites`).
 #[test]
 fn digits_cnn_dynamic_matches_tensorflow_and_gets_the_rewrites() {
     check_model_against("digits_cnn_dynamic", "digits_cnn");
-    let batch_line = |rewrites: &str| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamtract"))
-            .args(["inspect", "models/digits_cnn_dynamic.onnx"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .env(streamtract::model::REWRITES_ENV, rewrites)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .find(|l| l.starts_with("batch:"))
-            .map(str::to_owned)
-    };
-    assert_eq!(
-        batch_line("on").as_deref(),
-        Some("batch:  compiled per batch size")
+    let path = models_dir().join("digits_cnn_dynamic.onnx");
+    let load =
+        |rewrites| Model::load_with(&path, &ModelOptions::default().graph_rewrites(rewrites));
+    assert!(
+        !load(GraphRewrites::On).unwrap().has_dynamic_batch(),
+        "compiled per batch size"
     );
-    assert_eq!(batch_line("off").as_deref(), Some("batch:  dynamic"));
+    assert!(
+        load(GraphRewrites::Off).unwrap().has_dynamic_batch(),
+        "dynamic"
+    );
 }
 
 /// Pipelines warm a model up for their batch size: every plan a batch of that size or smaller

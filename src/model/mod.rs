@@ -12,22 +12,19 @@
 //! println!("{}", model.signature());
 //! # Ok::<(), streamtract::Error>(())
 //! ```
+//!
+//! How a model is compiled is chosen with [`ModelOptions`] and [`Model::load_with`]; today
+//! that is whether streamtract's graph rewrites ([`rewrites`]) apply.
 
 mod error;
-mod fused_copies;
-mod rewrite;
+pub mod rewrites;
 mod runner;
-mod side_by_side;
 mod signature;
 mod softmax;
-mod tiled_max_pool;
 
 pub use error::ModelError;
-pub use fused_copies::fuse_wide_copies;
-pub use rewrite::{rewrite_for_batch, REWRITES_ENV};
+pub use rewrites::{rewrite_for_batch, GraphRewrites, RewriteCounts};
 pub use runner::{InferencePool, PendingBatch};
-pub use side_by_side::lay_images_side_by_side;
-pub use tiled_max_pool::{replace_tiled_max_pools, TiledMaxPool};
 
 pub use signature::{Dim, ElementType, Signature, TensorSpec};
 
@@ -42,6 +39,34 @@ use tract_onnx::tract_hir::infer::Factoid;
 /// A compiled tract plan.
 pub(crate) type Plan = Arc<TypedRunnableModel>;
 
+/// How [`Model::load_with`] compiles a model. `ModelOptions::default()` is what
+/// [`Model::load`] uses.
+///
+/// ```no_run
+/// use streamtract::model::{GraphRewrites, Model, ModelOptions};
+/// let options = ModelOptions::default().graph_rewrites(GraphRewrites::Off);
+/// let model = Model::load_with("models/digits_cnn.onnx", &options)?;
+/// # Ok::<(), streamtract::Error>(())
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ModelOptions {
+    /// Whether plans compiled per batch size get streamtract's graph rewrites
+    /// ([`GraphRewrites`]; on by default).
+    pub graph_rewrites: GraphRewrites,
+}
+
+impl ModelOptions {
+    /// Turns streamtract's graph rewrites on (the default) or off.
+    pub fn graph_rewrites(mut self, rewrites: GraphRewrites) -> Self {
+        self.graph_rewrites = rewrites;
+        self
+    }
+}
+
+/// A plan compiled for one batch size, and how many nodes each graph rewrite took in it.
+type SizedPlan = (Plan, RewriteCounts);
+
 /// How the graph was compiled.
 ///
 /// tract keeps the batch dimension symbolic when every shape computation in the graph can be
@@ -49,14 +74,14 @@ pub(crate) type Plan = Arc<TypedRunnableModel>;
 /// `Shape → Gather → Concat → Reshape`), which tract cannot type symbolically; those models are
 /// compiled once per batch size instead, for power-of-two sizes, and a smaller batch is padded
 /// with zero rows up to the next size (the padding rows' outputs are dropped). So are models
-/// that streamtract's graph rewrites speed up ([`rewrite_for_batch`]), since the rewrites need
-/// to know the batch size: a convolutional network with a symbolic batch would otherwise run
-/// at tract's speed alone.
+/// that streamtract's graph rewrites speed up ([`rewrite_for_batch`]), when they are on
+/// ([`ModelOptions::graph_rewrites`]), since the rewrites need to know the batch size: a
+/// convolutional network with a symbolic batch would otherwise run at tract's speed alone.
 enum Compiled {
     Dynamic(Plan),
     PerBatchSize {
         graph: Arc<InferenceModel>,
-        plans: Mutex<HashMap<usize, Plan>>,
+        plans: Mutex<HashMap<usize, SizedPlan>>,
     },
 }
 
@@ -68,6 +93,7 @@ pub struct Model {
     /// The `streamtract.version` metadata a model written by `streamtract train` carries.
     version: Option<String>,
     signature: Signature,
+    options: ModelOptions,
     compiled: Arc<Compiled>,
     /// Per output: whether its final Softmax was cut from the plan and is applied after each
     /// run (see `softmax.rs`).
@@ -81,17 +107,26 @@ impl std::fmt::Debug for Model {
             .field("sha256", &self.sha256)
             .field("signature", &self.signature)
             .field("dynamic_batch", &self.has_dynamic_batch())
+            .field("options", &self.options)
             .finish_non_exhaustive()
     }
 }
 
 impl Model {
-    /// Loads an ONNX file, reads its signature and compiles it.
+    /// Loads an ONNX file, reads its signature and compiles it with the default
+    /// [`ModelOptions`] (graph rewrites on); see [`Model::load_with`].
     ///
     /// Fails with [`ModelError::Unreadable`] when the file is missing, [`ModelError::Load`]
     /// when tract cannot parse it, and [`ModelError::Signature`] when an input is not float32
     /// or a dimension other than the first is symbolic.
     pub fn load(path: impl AsRef<Path>) -> Result<Model, ModelError> {
+        Model::load_with(path, &ModelOptions::default())
+    }
+
+    /// Loads an ONNX file, reads its signature and compiles it as `options` say: with
+    /// [`GraphRewrites::Off`], every model is compiled the way tract does by itself. Fails as
+    /// [`Model::load`] does.
+    pub fn load_with(path: impl AsRef<Path>, options: &ModelOptions) -> Result<Model, ModelError> {
         let path = path.as_ref().to_path_buf();
         let bytes = std::fs::read(&path).map_err(|e| ModelError::Unreadable {
             path: path.clone(),
@@ -112,16 +147,18 @@ impl Model {
                 let signature = read_signature(&typed, None).map_err(load_err)?;
                 check_supported(&path, &signature)?;
                 let softmax = softmax::detach_output_softmax(&mut typed).map_err(load_err)?;
-                let compiled = match rewritten_at_largest_size(&graph, &typed, &softmax) {
+                let rewrites = options.graph_rewrites;
+                let compiled = match rewritten_at_largest_size(&graph, &typed, &softmax, rewrites) {
                     // Its plan is the first of those compiled per batch size.
-                    Some(rewritten) => {
+                    Some((rewritten, counts)) => {
                         let plan = rewritten
                             .into_optimized()
                             .and_then(|m| m.into_runnable())
                             .map_err(load_err)?;
+                        let first = (MAX_COMPILED_ROWS, (plan, counts));
                         Compiled::PerBatchSize {
                             graph: Arc::new(graph),
-                            plans: Mutex::new(HashMap::from([(MAX_COMPILED_ROWS, plan)])),
+                            plans: Mutex::new(HashMap::from([first])),
                         }
                     }
                     None => {
@@ -155,6 +192,7 @@ impl Model {
             sha256,
             version,
             signature,
+            options: options.clone(),
             compiled: Arc::new(compiled),
             softmax_outputs: Arc::new(softmax_outputs),
         })
@@ -179,6 +217,11 @@ impl Model {
     /// Inputs and outputs of the graph.
     pub fn signature(&self) -> &Signature {
         &self.signature
+    }
+
+    /// The options the model was loaded with.
+    pub fn options(&self) -> &ModelOptions {
+        &self.options
     }
 
     /// True when one compiled plan serves every batch size; false when the model is compiled
@@ -237,28 +280,52 @@ impl Model {
         }
     }
 
+    /// How many nodes each of streamtract's graph rewrites took in the plan that a batch of
+    /// `rows` rows runs on (for more than 64 rows, the plan its 64-row chunks run on),
+    /// compiling that plan if it is not compiled yet. All zero for a model with one plan for
+    /// every batch size and for one loaded with [`GraphRewrites::Off`]. For telling which
+    /// rewrites a model gets, and for tests that a rewrite takes no node it should not.
+    pub fn rewrite_counts(&self, rows: usize) -> Result<RewriteCounts, ModelError> {
+        Ok(self.compiled_for(rows.min(MAX_COMPILED_ROWS))?.2)
+    }
+
     /// The plan to run `rows` rows with, and the number of rows it expects.
     fn plan_for(&self, rows: usize) -> Result<(Plan, usize), ModelError> {
+        let (plan, size, _) = self.compiled_for(rows)?;
+        Ok((plan, size))
+    }
+
+    /// The plan to run `rows` rows with, the number of rows it expects and what the rewrites
+    /// took in it; a plan per batch size is compiled on first use.
+    fn compiled_for(&self, rows: usize) -> Result<(Plan, usize, RewriteCounts), ModelError> {
         match &*self.compiled {
-            Compiled::Dynamic(plan) => Ok((Arc::clone(plan), rows)),
+            Compiled::Dynamic(plan) => Ok((Arc::clone(plan), rows, RewriteCounts::default())),
             Compiled::PerBatchSize { graph, plans } => {
                 let size = rows.max(1).next_power_of_two();
                 let mut plans = plans
                     .lock()
                     .map_err(|_| ModelError::Run("plan cache poisoned".into()))?;
-                if let Some(plan) = plans.get(&size) {
-                    return Ok((Arc::clone(plan), size));
+                if let Some((plan, counts)) = plans.get(&size) {
+                    return Ok((Arc::clone(plan), size, *counts));
                 }
-                let plan = typed_for_batch(graph, size, &self.softmax_outputs)
-                    .and_then(|(typed, _)| typed.into_optimized())
+                let rewrites = self.options.graph_rewrites;
+                let (typed, counts) = typed_for_batch(graph, size, &self.softmax_outputs, rewrites)
+                    .map_err(|e| self.load_error(e))?;
+                let plan = typed
+                    .into_optimized()
                     .and_then(|m| m.into_runnable())
-                    .map_err(|e| ModelError::Load {
-                        path: self.path.clone(),
-                        message: format!("{e:#}"),
-                    })?;
-                plans.insert(size, Arc::clone(&plan));
-                Ok((plan, size))
+                    .map_err(|e| self.load_error(e))?;
+                plans.insert(size, (Arc::clone(&plan), counts));
+                Ok((plan, size, counts))
             }
+        }
+    }
+
+    /// A failure to compile this model's graph.
+    fn load_error(&self, e: TractError) -> ModelError {
+        ModelError::Load {
+            path: self.path.clone(),
+            message: format!("{e:#}"),
         }
     }
 
@@ -494,13 +561,14 @@ fn batch_symbol(graph: &InferenceModel) -> String {
 
 /// `graph` typed for batches of `size` rows, ready for tract's optimisation: its final Softmax
 /// detached (which must match `softmax_outputs`, what was detached at load), decluttered, and
-/// with streamtract's rewrites applied unless they are turned off. Also returns how many nodes
-/// the rewrites replaced.
+/// with streamtract's rewrites applied if `rewrites` is on. Also returns how many nodes each
+/// rewrite replaced.
 fn typed_for_batch(
     graph: &InferenceModel,
     size: usize,
     softmax_outputs: &[bool],
-) -> TractResult<(TypedModel, usize)> {
+    rewrites: GraphRewrites,
+) -> TractResult<(TypedModel, RewriteCounts)> {
     let mut typed = with_batch_size(graph, size)?.into_typed()?;
     let softmax = softmax::detach_output_softmax(&mut typed)?;
     anyhow::ensure!(
@@ -508,28 +576,28 @@ fn typed_for_batch(
         "the graph's final Softmax differs between batch sizes"
     );
     let mut typed = typed.into_decluttered()?;
-    let rewritten = if rewrite::enabled() {
-        rewrite_for_batch(&mut typed)?
-    } else {
-        0
+    let rewritten = match rewrites {
+        GraphRewrites::On => rewrite_for_batch(&mut typed)?,
+        GraphRewrites::Off => RewriteCounts::default(),
     };
     Ok((typed, rewritten))
 }
 
 /// For `graph`, which tract types with a symbolic batch as `typed`: the graph typed for the
-/// largest compiled size, if streamtract's rewrites changed it there, in which case it is worth
-/// compiling per batch size. Only graphs with a convolution or a max pool are typed again to
-/// find out.
+/// largest compiled size and what the rewrites took in it, if `rewrites` is on and they
+/// changed it there, in which case it is worth compiling per batch size. Only graphs with a
+/// convolution or a max pool are typed again to find out.
 fn rewritten_at_largest_size(
     graph: &InferenceModel,
     typed: &TypedModel,
     softmax_outputs: &[bool],
-) -> Option<TypedModel> {
-    if !rewrite::enabled() || !rewrite::may_apply(typed) {
+    rewrites: GraphRewrites,
+) -> Option<(TypedModel, RewriteCounts)> {
+    if rewrites == GraphRewrites::Off || !rewrites::may_apply(typed) {
         return None;
     }
-    match typed_for_batch(graph, MAX_COMPILED_ROWS, softmax_outputs) {
-        Ok((rewritten, count)) if count > 0 => Some(rewritten),
+    match typed_for_batch(graph, MAX_COMPILED_ROWS, softmax_outputs, rewrites) {
+        Ok((rewritten, counts)) if counts.total() > 0 => Some((rewritten, counts)),
         _ => None,
     }
 }

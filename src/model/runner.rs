@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tract_onnx::prelude::Tensor;
 
-use super::{Model, States};
 use super::ModelError;
+use super::{Model, States};
 
 type Outputs = Result<Vec<Tensor>, ModelError>;
 

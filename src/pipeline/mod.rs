@@ -39,7 +39,7 @@ use crate::kafka::{
     self, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, StartPosition, TopicSelection,
 };
 use crate::metrics::{Metrics, MetricsServer, Readiness};
-use crate::model::Model;
+use crate::model::{GraphRewrites, Model, ModelOptions};
 
 /// Header names written on every output record.
 pub mod headers {
@@ -125,6 +125,9 @@ pub struct PipelineConfig {
     pub sink: SinkConfig,
     /// ONNX model file.
     pub model: PathBuf,
+    /// How the model (and a shadow model) is compiled, on every load and reload: default
+    /// options unless set, e.g. with [`PipelineConfig::graph_rewrites`].
+    pub model_options: ModelOptions,
     /// How input values are decoded.
     pub input_format: InputFormat,
     /// How outputs are encoded.
@@ -214,6 +217,7 @@ impl PipelineConfig {
             }]),
             sink: SinkConfig::new(output),
             model: model.into(),
+            model_options: ModelOptions::default(),
             input_format: InputFormat::Csv { delimiter: b',' },
             output_format: OutputFormat::Json,
             top_k: None,
@@ -285,6 +289,13 @@ impl PipelineConfig {
     /// Inference threads.
     pub fn workers(mut self, n: usize) -> Self {
         self.workers = n.max(1);
+        self
+    }
+
+    /// Whether the model gets streamtract's graph rewrites (on by default); see
+    /// [`GraphRewrites`].
+    pub fn graph_rewrites(mut self, rewrites: GraphRewrites) -> Self {
+        self.model_options.graph_rewrites = rewrites;
         self
     }
 }

@@ -33,7 +33,8 @@ impl Serving {
     pub async fn load(config: &PipelineConfig, path: &Path) -> Result<Serving> {
         let started = Instant::now();
         let owned = path.to_path_buf();
-        let model = tokio::task::spawn_blocking(move || Model::load(owned))
+        let options = config.model_options.clone();
+        let model = tokio::task::spawn_blocking(move || Model::load_with(owned, &options))
             .await
             .map_err(|e| Error::Internal(format!("model loading task: {e}")))??;
         let name = model.file_name();

@@ -16,11 +16,12 @@ use tract_onnx::tract_core::ops::cnn::MaxPool;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-use super::rewrite::{eval_f32, rewrite_nodes};
+use super::{eval_f32, rewrite_nodes, NodeFacts};
 
 /// Replaces every max pooling of `model` over whole tiles of a float NCHW input of concrete
 /// shape by [`TiledMaxPool`]; returns how many. Pools with padding, overlapping or strided
-/// windows, dilation or an index output stay tract's.
+/// windows, dilation, ceil mode or an index output stay tract's (every check is listed at
+/// `TiledMaxPool::for_pool`).
 pub fn replace_tiled_max_pools(model: &mut TypedModel) -> TractResult<usize> {
     rewrite_nodes(model, TiledMaxPool::for_pool, |patch, name, taps, op| {
         Ok(patch.wire_node(format!("{name}.tiled"), op, &taps[..1])?[0])
@@ -38,8 +39,21 @@ pub struct TiledMaxPool {
 }
 
 impl TiledMaxPool {
-    fn for_pool(pool: &MaxPool, input: &TypedFact) -> Option<TiledMaxPool> {
+    /// The tiled pool that computes what `pool`'s node (with `facts`) does, if it is one:
+    ///
+    /// - one float32 NCHW input of a concrete 4-D shape, one float32 output (no index
+    ///   output), a 2-D kernel with no empty side;
+    /// - dilation 1 and strides equal to the kernel on both axes (tiles that neither overlap
+    ///   nor leave gaps; absent strides mean 1 in tract, so they only pass for a 1×1 kernel,
+    ///   which is not worth a rewrite and is left alone too);
+    /// - no padding on either side of either axis, and as many output rows and columns as
+    ///   there are whole tiles (which rules out ceil mode);
+    /// - the node's output shape exactly `[N, C, H / tile height, W / tile width]`.
+    fn for_pool(pool: &MaxPool, facts: &NodeFacts) -> Option<TiledMaxPool> {
         let spec = &pool.pool_spec;
+        let [input] = facts.inputs.as_slice() else {
+            return None;
+        };
         let shape: [usize; 4] = input.shape.as_concrete()?.try_into().ok()?;
         let kernel: [usize; 2] = spec.kernel_shape.as_slice().try_into().ok()?;
         let unit = spec
@@ -52,26 +66,32 @@ impl TiledMaxPool {
             .is_some_and(|s| s.as_slice() == kernel);
         if pool.with_index_outputs.is_some()
             || input.datum_type != f32::datum_type()
+            || facts.output.datum_type != f32::datum_type()
             || spec.data_format != DataFormat::NCHW
             || !unit
             || !tiles
             || kernel.contains(&0)
+            || shape[2] < kernel[0]
+            || shape[3] < kernel[1]
         {
             return None;
         }
         let padding = spec.computed_padding(&shape[2..]);
+        let [vertical, horizontal] = padding.as_slice() else {
+            return None;
+        };
         let unpadded = padding
             .iter()
             .all(|d| d.pad_before == 0 && d.pad_after == 0);
-        let whole_tiles = padding[0].convoluted == shape[2] / kernel[0]
-            && padding[1].convoluted == shape[3] / kernel[1];
-        (unpadded && whole_tiles && shape[2] >= kernel[0] && shape[3] >= kernel[1]).then_some(
-            TiledMaxPool {
-                shape,
-                tile_height: kernel[0],
-                tile_width: kernel[1],
-            },
-        )
+        let whole_tiles = vertical.convoluted == shape[2] / kernel[0]
+            && horizontal.convoluted == shape[3] / kernel[1];
+        let op = TiledMaxPool {
+            shape,
+            tile_height: kernel[0],
+            tile_width: kernel[1],
+        };
+        let same_output = facts.output.shape.as_concrete() == Some(&op.output_shape()[..]);
+        (unpadded && whole_tiles && same_output).then_some(op)
     }
 
     fn output_shape(&self) -> [usize; 4] {

@@ -25,7 +25,7 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::math::Max;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-use super::rewrite::eval_f32;
+use super::eval_f32;
 use super::side_by_side::{BackToImages, Frame, SideBySide};
 use super::TiledMaxPool;
 
@@ -67,6 +67,12 @@ enum Fused {
 }
 
 impl Chain {
+    /// The chain that starts at node `id`, if it is a `BackToImages` followed by what a fused
+    /// op computes. Each link is checked before it is taken: it is the only consumer of the
+    /// link before it, whose output is not a model output; a ReLU is exactly `max(x, 0)` on
+    /// that output (see `is_relu`); a `SideBySide` frames exactly the images the copy back
+    /// makes (`Rewiden::between`); a `TiledMaxPool` pools exactly the shape the copy back
+    /// makes. Anything else ends the chain before it, and a chain of one node is no chain.
     fn from(model: &TypedModel, id: usize) -> Option<Chain> {
         let mut back = model.node(id).op_as::<BackToImages>()?.clone();
         let mut last = id;
@@ -107,32 +113,40 @@ fn sole_consumer(model: &TypedModel, id: usize) -> Option<&TypedNode> {
     }
 }
 
-/// Whether `node` is a ReLU of node `input`'s output: a float `max` with a constant zero that
-/// does not broadcast the output to a larger shape.
+/// Whether `node` is a ReLU of node `input`'s (only) output: a float32 `max` of exactly that
+/// output and a constant zero (one value, so it broadcasts to nothing larger), with no
+/// output type of its own (as quantised ops have), and an output of the input's shape.
 fn is_relu(model: &TypedModel, node: &TypedNode, input: usize) -> bool {
     let Some(op) = node.op_as::<TypedBinOp>() else {
         return false;
     };
     let zero = |outlet: &OutletId| {
         model.outlet_fact(*outlet).ok().is_some_and(|fact| {
-            fact.konst
-                .as_ref()
-                .is_some_and(|k| k.len() == 1 && k.cast_to_scalar::<f32>().is_ok_and(|v| v == 0.0))
+            fact.datum_type == f32::datum_type()
+                && fact.konst.as_ref().is_some_and(|k| {
+                    k.len() == 1 && k.cast_to_scalar::<f32>().is_ok_and(|v| v == 0.0)
+                })
         })
+    };
+    let from_input = OutletId::new(input, 0);
+    let operands = match node.inputs.as_slice() {
+        [a, b] if *a == from_input => zero(b),
+        [a, b] if *b == from_input => zero(a),
+        _ => false,
     };
     let same_shape = || {
         let (Ok(a), Ok(b)) = (
-            model.outlet_fact(OutletId::new(input, 0)),
+            model.outlet_fact(from_input),
             model.outlet_fact(OutletId::new(node.id, 0)),
         ) else {
             return false;
         };
-        a.shape == b.shape && b.datum_type == f32::datum_type()
+        a.shape == b.shape && a.datum_type == f32::datum_type() && b.datum_type == f32::datum_type()
     };
     op.0.downcast_ref::<Max>().is_some()
-        && node.inputs.len() == 2
-        && node.inputs.iter().any(|i| i.node == input)
-        && node.inputs.iter().any(zero)
+        && op.1.is_none()
+        && node.outputs.len() == 1
+        && operands
         && same_shape()
 }
 
@@ -239,8 +253,8 @@ impl TypedOp for Rewiden {
 
 #[cfg(test)]
 mod tests {
+    use super::super::rewrite_for_batch;
     use super::*;
-    use crate::model::rewrite_for_batch;
 
     fn eval(op: impl EvalOp, input: Tensor) -> Tensor {
         let out = op.eval(&EvalContext::out_of_plan(), tvec!(input.into_tvalue()));
@@ -355,11 +369,13 @@ mod tests {
         if tract_linalg::routines::conv_w4_f32().is_some() {
             // Two convolutions side by side and a pool, then both chains fused: conv1's
             // SideBySide stays; conv2's comes from a Rewiden, the pool from a BackToImages.
-            assert_eq!(rewritten, 5);
+            assert_eq!(rewritten.total(), 5);
+            assert_eq!((rewritten.side_by_side, rewritten.tiled_max_pools), (2, 1));
             assert_eq!(ours, [1, 1, 1, 0], "{ops:?}");
         } else {
             // Without tract's direct convolution there are no wide images: only the pool.
-            assert_eq!(rewritten, 1);
+            assert_eq!(rewritten.total(), 1);
+            assert_eq!(rewritten.tiled_max_pools, 1);
             assert_eq!(ours, [0, 0, 0, 1], "{ops:?}");
         }
 

@@ -31,7 +31,7 @@ use tract_onnx::tract_core::ops::cnn::{Conv, PaddingSpec};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 use tract_onnx::tract_core::{as_op, op_as_typed_op, op_out_of_plan};
 
-use super::rewrite::{eval_f32, rewrite_nodes};
+use super::{eval_f32, rewrite_nodes, NodeFacts};
 
 /// tract's direct convolution takes rows at least this wide (its `MIN_DIRECT_SPATIAL_W`).
 const DIRECT_MIN_WIDTH: usize = 128;
@@ -49,7 +49,9 @@ const DIRECT_MAX_TAPS: usize = 576;
 /// Rewrites every convolution of `model` that tract would run image by image, and that its
 /// direct convolution can take once the images are side by side. Returns how many were
 /// rewritten. The model must be typed (and best decluttered) with a concrete batch size;
-/// convolutions whose shapes are not concrete are left alone. [`Model`](super::Model) does
+/// convolutions whose shapes are not concrete are left alone, and so is every convolution
+/// that does not pass all the checks listed at `Frame::for_conv` (strides, dilations,
+/// padding, groups, layout, data types, shapes). [`Model`](crate::model::Model) does
 /// this for every plan it compiles per batch size; call it when compiling a tract plan of
 /// your own.
 ///
@@ -60,7 +62,7 @@ const DIRECT_MAX_TAPS: usize = 576;
 ///     .with_input_fact(0, f32::fact([64, 8, 8, 1]).into())?
 ///     .into_typed()?
 ///     .into_decluttered()?;
-/// let rewritten = streamtract::model::lay_images_side_by_side(&mut model)?;
+/// let rewritten = streamtract::model::rewrites::lay_images_side_by_side(&mut model)?;
 /// assert_eq!(rewritten, 2);
 /// let plan = model.into_optimized()?.into_runnable()?;
 /// # Ok::<(), TractError>(())
@@ -71,8 +73,8 @@ pub fn lay_images_side_by_side(model: &mut TypedModel) -> TractResult<usize> {
     if tract_linalg::routines::conv_w4_f32().is_none() {
         return Ok(0);
     }
-    let select = |conv: &Conv, input: &TypedFact| {
-        let frame = Frame::for_conv(conv, input)?;
+    let select = |conv: &Conv, facts: &NodeFacts| {
+        let frame = Frame::for_conv(conv, facts)?;
         // The frames are the padding.
         let mut unpadded = conv.clone();
         unpadded.pool_spec.padding = PaddingSpec::Valid;
@@ -110,50 +112,86 @@ pub(crate) struct Frame {
 }
 
 impl Frame {
-    /// The frame for `conv` over `input`, if laying the images side by side lets tract run it
-    /// as a direct convolution: float NCHW input of a concrete shape, one group, stride and
-    /// dilation 1, images narrower than tract's direct minimum but a wide image that is not.
-    fn for_conv(conv: &Conv, input: &TypedFact) -> Option<Frame> {
+    /// The frame for `conv`, if its node (with `facts`) is a convolution whose output the
+    /// wide image gives exactly and that tract can then run as a direct convolution. It
+    /// checks everything the copies and the unpadded convolution rely on:
+    ///
+    /// - a plain float convolution: no quantisation, float32 input, kernel, bias and output,
+    ///   one group, three inputs;
+    /// - over a batch: NCHW layout (a batch axis, channels first), a concrete 4-D input whose
+    ///   channels are the convolution's, a 2-D kernel;
+    /// - stride and dilation 1 on both axes (a stride would make output columns that start
+    ///   in the gaps, a dilation taps that reach over them);
+    /// - output height and width exactly `framed − kernel + 1` on both axes, which rules out
+    ///   ceil-mode pooling padding or any other padding arithmetic the frame does not model,
+    ///   and the node's output shape exactly `[N, C', H', W']` of the frame;
+    /// - at least two images, each narrower than tract's direct minimum, side by side at
+    ///   least as wide, and a kernel tract's direct convolution takes (at most
+    ///   [`DIRECT_MAX_TAPS`] taps per output channel, output channels a multiple of 4).
+    ///
+    /// The last point is about speed; every other one about giving the same results.
+    fn for_conv(conv: &Conv, facts: &NodeFacts) -> Option<Frame> {
         let spec = &conv.pool_spec;
+        let f32_fact = |f: &&TypedFact| f.datum_type == f32::datum_type();
+        let [input, _, _] = facts.inputs.as_slice() else {
+            return None;
+        };
         let shape = input.shape.as_concrete()?;
+        let kernel: [usize; 2] = spec.kernel_shape.as_slice().try_into().ok()?;
         let unit = |v: &Option<TVec<usize>>| v.as_ref().is_none_or(|v| v.iter().all(|&s| s == 1));
         if conv.q_params.is_some()
             || conv.group != 1
-            || input.datum_type != f32::datum_type()
+            || !facts.inputs.iter().all(f32_fact)
+            || !f32_fact(&facts.output)
             || spec.data_format != DataFormat::NCHW
-            || spec.kernel_shape.len() != 2
             || shape.len() != 4
+            || shape[1] != spec.input_channels
+            || kernel.contains(&0)
             || !unit(&spec.strides)
             || !unit(&spec.dilations)
-            || spec.input_channels * spec.kernel_shape.iter().product::<usize>() > DIRECT_MAX_TAPS
+            || spec.input_channels * kernel[0] * kernel[1] > DIRECT_MAX_TAPS
             || !spec.output_channels.is_multiple_of(4)
         {
             return None;
         }
         let (images, channels, height, width) = (shape[0], shape[1], shape[2], shape[3]);
         let padding = spec.computed_padding(&[height, width]);
+        let [vertical, horizontal] = padding.as_slice() else {
+            return None;
+        };
         let frame = Frame {
             images,
             channels,
             height,
             width,
-            top: padding[0].pad_before,
-            bottom: padding[0].pad_after,
-            left: padding[1].pad_before,
-            right: padding[1].pad_after,
+            top: vertical.pad_before,
+            bottom: vertical.pad_after,
+            left: horizontal.pad_before,
+            right: horizontal.pad_after,
             out_channels: spec.output_channels,
-            out_height: padding[0].convoluted,
-            out_width: padding[1].convoluted,
+            out_height: vertical.convoluted,
+            out_width: horizontal.convoluted,
         };
         // A kernel larger than the framed image has no output to place (checked first: the
         // widths below would underflow).
-        let fits = frame.framed_width() >= spec.kernel_shape[1]
-            && frame.framed_height() >= spec.kernel_shape[0]
-            && frame.out_width + spec.kernel_shape[1] == frame.framed_width() + 1;
-        if !fits || images < 2 || width >= DIRECT_MIN_WIDTH {
+        let fits = frame.framed_height() >= kernel[0]
+            && frame.framed_width() >= kernel[1]
+            && frame.out_height + kernel[0] == frame.framed_height() + 1
+            && frame.out_width + kernel[1] == frame.framed_width() + 1;
+        let output = [
+            images,
+            frame.out_channels,
+            frame.out_height,
+            frame.out_width,
+        ];
+        if !fits
+            || facts.output.shape.as_concrete() != Some(&output[..])
+            || images < 2
+            || width >= DIRECT_MIN_WIDTH
+        {
             return None;
         }
-        (frame.wide_out_width(spec.kernel_shape[1]) >= DIRECT_MIN_WIDTH).then_some(frame)
+        (frame.wide_out_width(kernel[1]) >= DIRECT_MIN_WIDTH).then_some(frame)
     }
 
     fn framed_width(&self) -> usize {
