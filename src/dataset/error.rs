@@ -160,3 +160,12 @@ impl DatasetError {
         )
     }
 }
+
+impl From<crate::kafka::ConsumerError> for DatasetError {
+    fn from(e: crate::kafka::ConsumerError) -> DatasetError {
+        match e {
+            crate::kafka::ConsumerError::Kafka(e) => DatasetError::Kafka(e),
+            crate::kafka::ConsumerError::Group(e) => DatasetError::Group(e),
+        }
+    }
+}

@@ -8,7 +8,6 @@
 //! stream still buffers, commits, rejoins and reads the new assignment from its committed
 //! positions, the way the pipeline's group loop does.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,23 +16,22 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::{Stream, StreamExt};
-use rskafka::client::Client;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use super::acker::{Acker, Committed, Control, Shared};
 use super::batch::Batches;
 use super::blocking::Blocking;
+use super::connection::Connection;
 use super::kafka_dataset::{KafkaDataset, Settings};
 use super::mini_batch::KafkaBatchDataset;
 use super::origin::{RecordSource, Revocation};
 use super::preprocess::{Examples, Preprocess};
 use super::spec::TopicSpec;
 use super::DatasetError;
-use crate::kafka::group::{Assignor, GroupConfig, GroupMember, TopicPartition};
+use crate::kafka::group::{Assignor, GroupConfig, TopicPartition};
 use crate::kafka::{
-    connect, topic_partitions, KafkaConfig, Source, SourceConfig, SourceRecord, StartPosition,
-    TopicSelection,
+    topic_partitions, Consumer, Source, SourceConfig, SourceRecord, StartPosition, TopicSelection,
 };
 
 /// tensorflow-io's default `message_poll_timeout`, 10 000 ms.
@@ -54,8 +52,7 @@ pub const DEFAULT_MAX_UNCOMMITTED: usize = 100_000;
 pub struct KafkaGroupDatasetBuilder {
     topics: Vec<String>,
     group: GroupConfig,
-    kafka: KafkaConfig,
-    client: Option<Arc<Client>>,
+    connection: Connection,
     start: StartPosition,
     stream_timeout: Option<Duration>,
     message_poll_timeout: Duration,
@@ -68,25 +65,7 @@ pub struct KafkaGroupDatasetBuilder {
 }
 
 impl KafkaGroupDatasetBuilder {
-    /// Bootstrap servers, comma separated (tensorflow-io's `servers`). Default `localhost:9092`.
-    pub fn servers(mut self, servers: &str) -> Self {
-        self.kafka.brokers = crate::kafka::parse_brokers(servers);
-        self
-    }
-
-    /// Connection settings (brokers, client id, timeouts); replaces what
-    /// [`servers`](Self::servers) set. The group's coordinator connection uses them too.
-    pub fn kafka_config(mut self, kafka: KafkaConfig) -> Self {
-        self.kafka = kafka;
-        self
-    }
-
-    /// Reuses a connected client for fetching instead of connecting again (the group
-    /// coordinator still gets a connection of its own).
-    pub fn client(mut self, client: Arc<Client>) -> Self {
-        self.client = Some(client);
-        self
-    }
+    super::connection::connection_setters!();
 
     /// Where to start in a partition the group has no committed position for (or one that is
     /// no longer in the partition): tensorflow-io's `configuration=["auto.offset.reset=..."]`.
@@ -181,9 +160,11 @@ impl KafkaGroupDatasetBuilder {
                 }
                 _ => return Err(invalid("expected `true` or `false`".into())),
             },
-            "client.id" => self.kafka.client_id = value.to_string(),
+            "client.id" => self.connection.kafka_mut().client_id = value.to_string(),
             "group.id" => self.group.group_id = value.to_string(),
-            "bootstrap.servers" => self.kafka.brokers = crate::kafka::parse_brokers(value),
+            "bootstrap.servers" => {
+                self.connection = std::mem::take(&mut self.connection).with_servers(value)
+            }
             _ => self.ignored.push(key.to_string()),
         }
         Ok(())
@@ -261,7 +242,8 @@ impl KafkaGroupDatasetBuilder {
         if self.max_uncommitted == 0 {
             return invalid("max_uncommitted", "must be at least 1");
         }
-        if self.kafka.brokers.is_empty() {
+        // The group's coordinator connection needs brokers even when a client is given.
+        if self.connection.kafka().brokers.is_empty() {
             return invalid(
                 "servers",
                 "no bootstrap server given; e.g. `127.0.0.1:9092`",
@@ -282,29 +264,27 @@ impl KafkaGroupDatasetBuilder {
         for key in &self.ignored {
             tracing::warn!(key = %key, "configuration key has no equivalent in KafkaGroupDataset; ignored");
         }
-        let client = match self.client.clone() {
-            Some(client) => client,
-            None => connect(&self.kafka).await?,
-        };
+        let client = self.connection.connect().await?;
+        let kafka = self.connection.kafka();
         for topic in &self.topics {
-            topic_partitions(&client, &self.kafka, topic, "input").await?;
+            topic_partitions(&client, kafka, topic, "input").await?;
         }
-        let member =
-            GroupMember::join(&self.kafka, self.group.clone(), self.topics.clone()).await?;
-        tracing::info!(
-            group = %self.group.group_id, member = member.member_id(), generation = member.generation(),
-            assignment = %describe(member.assignment()), "group dataset joined its consumer group"
+        let mut template = SourceConfig::new(
+            self.topics
+                .iter()
+                .map(|topic| TopicSelection {
+                    topic: topic.clone(),
+                    partitions: None,
+                })
+                .collect(),
         );
-        let shared = Arc::new(Shared::new(&self.group.group_id));
-        shared.set_assignment(member.assignment().to_vec());
-        let revocation = Revocation::default();
-        let mut template = SourceConfig::new(Vec::new());
         template.start = self.start;
+        let consumer = Consumer::start(client, kafka, template, Some(&self.group)).await?;
+        let shared = Arc::new(Shared::new(&self.group.group_id));
+        shared.set_assignment(consumer.assignment());
+        let revocation = Revocation::default();
         let driver = Driver {
-            member,
-            client,
-            kafka: self.kafka.clone(),
-            template,
+            consumer,
             shared: Arc::clone(&shared),
             revocation: revocation.clone(),
             commit_interval: self.commit_interval,
@@ -313,7 +293,7 @@ impl KafkaGroupDatasetBuilder {
         let source = match driver.start_source().await {
             Ok(source) => source,
             Err(e) => {
-                if let Err(leave) = driver.member.leave().await {
+                if let Err(leave) = driver.consumer.leave().await {
                     tracing::warn!(error = %leave, "leaving the group after a failed open failed");
                 }
                 return Err(e);
@@ -506,8 +486,7 @@ impl KafkaGroupDataset {
         KafkaGroupDatasetBuilder {
             topics: topics.into_iter().map(Into::into).collect(),
             group: GroupConfig::new(group_id),
-            kafka: KafkaConfig::new(["localhost:9092"]),
-            client: None,
+            connection: Connection::default(),
             start: StartPosition::Earliest,
             stream_timeout: Some(Duration::ZERO),
             message_poll_timeout: DEFAULT_MESSAGE_POLL_TIMEOUT,
@@ -650,11 +629,7 @@ impl RecordSource for GroupReader {
 
 /// The background task: the group member, the source over its assignment, the commits.
 struct Driver {
-    member: GroupMember,
-    client: Arc<Client>,
-    kafka: KafkaConfig,
-    /// Start policy and fetch settings; topics and resume positions are set per assignment.
-    template: SourceConfig,
+    consumer: Consumer,
     shared: Arc<Shared>,
     revocation: Revocation,
     commit_interval: Duration,
@@ -686,38 +661,19 @@ impl Driver {
                 outbox = None;
                 source = Source::idle();
             }
-            let uncommitted = self.shared.ledger().uncommitted();
-            if (uncommitted >= self.max_uncommitted) != paused {
-                paused = !paused;
-                if paused {
-                    tracing::warn!(%group, uncommitted, max_uncommitted = self.max_uncommitted,
-                        "fetching paused: too many records handed out and not committed; acknowledge records (Acker::ack) or raise max_uncommitted");
-                } else {
-                    tracing::info!(%group, uncommitted, "fetching resumed");
-                }
-            }
+            self.pause_or_resume(&mut paused);
             let want_records = fetching && outbox.is_none() && !paused;
             tokio::select! {
                 biased;
-                command = control.recv() => match command {
-                    Some(Control::Commit(reply)) => {
-                        let _ = reply.send(self.commit().await);
-                    }
-                    Some(Control::Close(reply)) => {
+                command = control.recv() => {
+                    let Some(Control::Commit(reply)) = command else {
                         drop(source);
-                        let _ = reply.send(self.close().await);
+                        self.finish(command).await;
                         return;
-                    }
-                    None => {
-                        // Every handle is gone without a close: do what close would.
-                        drop(source);
-                        if let Err(e) = self.close().await {
-                            tracing::warn!(%group, error = %e, "closing the dropped group dataset failed");
-                        }
-                        return;
-                    }
-                },
-                () = self.member.rebalance_needed(), if !out_of_group => {
+                    };
+                    let _ = reply.send(self.commit().await);
+                }
+                () = self.consumer.rebalance_needed(), if !out_of_group => {
                     outbox = None;
                     source = Source::idle();
                     match self.rebalance(fetching).await {
@@ -743,14 +699,7 @@ impl Driver {
                     }
                 }
                 chunk = source.next_chunk(), if want_records => match chunk {
-                    Some(Ok(records)) if !records.is_empty() => {
-                        let mut ledger = self.shared.ledger();
-                        for r in &records {
-                            ledger.read(&(Arc::clone(&r.topic), r.partition), r.offset);
-                        }
-                        drop(ledger);
-                        outbox = Some(Delivery::Records { epoch: self.revocation.current(), records });
-                    }
+                    Some(Ok(records)) if !records.is_empty() => outbox = Some(self.hand_out(records)),
                     Some(Ok(_)) => {}
                     Some(Err(e)) => {
                         tracing::error!(%group, error = %e, "fetching failed; the group dataset's stream ends");
@@ -765,40 +714,54 @@ impl Driver {
         }
     }
 
+    /// Closes on request (answering it), or because every handle is gone without a close
+    /// (doing what close would).
+    async fn finish(self, command: Option<Control>) {
+        let group = self.shared.group.clone();
+        match command {
+            Some(Control::Close(reply)) => {
+                let _ = reply.send(self.close().await);
+            }
+            Some(Control::Commit(_)) | None => {
+                if let Err(e) = self.close().await {
+                    tracing::warn!(%group, error = %e, "closing the dropped group dataset failed");
+                }
+            }
+        }
+    }
+
+    /// Pauses fetching while too many records are handed out and not committed (the
+    /// program is not acknowledging), and resumes once commits catch up.
+    fn pause_or_resume(&self, paused: &mut bool) {
+        let group = &self.shared.group;
+        let uncommitted = self.shared.ledger().uncommitted();
+        if (uncommitted >= self.max_uncommitted) != *paused {
+            *paused = !*paused;
+            if *paused {
+                tracing::warn!(%group, uncommitted, max_uncommitted = self.max_uncommitted,
+                    "fetching paused: too many records handed out and not committed; acknowledge records (Acker::ack) or raise max_uncommitted");
+            } else {
+                tracing::info!(%group, uncommitted, "fetching resumed");
+            }
+        }
+    }
+
+    /// Notes fetched records in the ledger (they now wait for acknowledgement) and wraps
+    /// them for the stream, stamped with the current assignment.
+    fn hand_out(&self, records: Vec<SourceRecord>) -> Delivery {
+        let mut ledger = self.shared.ledger();
+        for r in &records {
+            ledger.read(&(Arc::clone(&r.topic), r.partition), r.offset);
+        }
+        Delivery::Records {
+            epoch: self.revocation.current(),
+            records,
+        }
+    }
+
     /// Starts reading the assignment from the committed positions (or the start policy).
     async fn start_source(&self) -> Result<Source, DatasetError> {
-        let group = &self.shared.group;
-        let assignment = self.member.assignment().to_vec();
-        if assignment.is_empty() {
-            tracing::info!(%group, "no partitions assigned to this reader; waiting for a rebalance");
-            return Ok(Source::idle());
-        }
-        let committed = self.member.committed(&assignment).await?;
-        let mut config = self.template.clone();
-        let mut by_topic: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-        for tp in &assignment {
-            by_topic
-                .entry(tp.topic.clone())
-                .or_default()
-                .push(tp.partition);
-        }
-        config.topics = by_topic
-            .into_iter()
-            .map(|(topic, partitions)| TopicSelection {
-                topic,
-                partitions: Some(partitions),
-            })
-            .collect();
-        config.resume = committed
-            .into_iter()
-            .filter_map(|(tp, pos)| pos.map(|p| ((tp.topic, tp.partition), p)))
-            .collect();
-        let source = Source::start(Arc::clone(&self.client), &self.kafka, &config).await?;
-        for r in source.ranges() {
-            let resumed = config.resume.contains_key(&(r.topic.clone(), r.partition));
-            tracing::info!(%group, topic = %r.topic, partition = r.partition, start = r.start, resumed, "group dataset reading partition");
-        }
-        Ok(source)
+        Ok(self.consumer.open_source().await?.source)
     }
 
     /// Commits the acknowledged positions that moved.
@@ -807,13 +770,7 @@ impl Driver {
         if positions.is_empty() {
             return Ok(Committed::new());
         }
-        let offsets: Committed = positions
-            .iter()
-            .map(|((topic, partition), pos)| {
-                (TopicPartition::new(topic.as_ref(), *partition), *pos)
-            })
-            .collect();
-        self.member.commit(&offsets).await?;
+        let offsets = self.consumer.commit(&positions).await?;
         self.shared.ledger().confirm(&positions);
         tracing::debug!(group = %self.shared.group, positions = %describe_positions(&offsets), "committed");
         Ok(offsets)
@@ -822,18 +779,14 @@ impl Driver {
     /// Eager rebalance: revoke what the stream buffers, commit, rejoin, read the new
     /// assignment (only while the stream is there to take it).
     async fn rebalance(&mut self, fetching: bool) -> Result<Source, DatasetError> {
-        let group = self.shared.group.clone();
-        let reason = self.member.rejoin_reason().unwrap_or_default();
-        tracing::info!(%group, %reason, "rebalance: committing acknowledged positions and rejoining");
         self.revocation.revoke();
         if let Err(e) = self.commit().await {
-            tracing::warn!(%group, error = %e, "commit before the rebalance failed; records after the last commit will be delivered again");
+            tracing::warn!(group = %self.shared.group, error = %e, "commit before the rebalance failed; records after the last commit will be delivered again");
         }
         self.shared.ledger().forget_all();
         self.shared.set_assignment(Vec::new());
-        let assignment = self.member.rejoin().await?.to_vec();
-        tracing::info!(%group, generation = self.member.generation(), assignment = %describe(&assignment), "group dataset rebalanced");
-        self.shared.set_assignment(assignment);
+        self.consumer.rejoin().await?;
+        self.shared.set_assignment(self.consumer.assignment());
         if !fetching {
             return Ok(Source::idle());
         }
@@ -848,7 +801,7 @@ impl Driver {
             tracing::warn!(group = %self.shared.group, error = %e, "final commit failed; records after the last commit will be delivered again");
         }
         let shared = Arc::clone(&self.shared);
-        let left = self.member.leave().await;
+        let left = self.consumer.leave().await;
         shared.set_assignment(Vec::new());
         shared.mark_closed();
         tracing::info!(group = %shared.group, "group dataset closed");
@@ -858,17 +811,6 @@ impl Driver {
             (Ok(committed), Ok(())) => Ok(committed),
         }
     }
-}
-
-fn describe(assignment: &[TopicPartition]) -> String {
-    if assignment.is_empty() {
-        return "none".into();
-    }
-    assignment
-        .iter()
-        .map(ToString::to_string)
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 fn describe_positions(positions: &Committed) -> String {
@@ -904,7 +846,7 @@ mod tests {
         );
         assert_eq!(b.start, StartPosition::Latest);
         assert_eq!(b.commit_interval, Duration::from_millis(250));
-        assert_eq!(b.kafka.brokers, vec!["a:1", "b:2"]);
+        assert_eq!(b.connection.kafka().brokers, vec!["a:1", "b:2"]);
         assert_eq!(b.ignored, vec!["socket.keepalive.enable"]);
         b.check().unwrap();
     }

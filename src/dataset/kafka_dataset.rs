@@ -4,21 +4,20 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::stream::{Stream, StreamExt};
-use rskafka::client::Client;
 
 use super::batch::Batches;
 use super::blocking::Blocking;
+use super::connection::Connection;
 use super::origin::{into_stream, ChunkStream, RecordSource, Revocation, SpecReader};
 use super::preprocess::{Examples, Preprocess};
 use super::spec::TopicSpec;
 use super::timer::QuietTimer;
 use super::DatasetError;
-use crate::kafka::{connect, KafkaConfig, SourceRecord};
+use crate::kafka::SourceRecord;
 
 /// tensorflow-io's default `timeout`, 1000 ms.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
@@ -31,12 +30,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 #[derive(Debug, Clone)]
 pub struct KafkaDatasetBuilder {
     topics: Vec<String>,
-    kafka: KafkaConfig,
+    connection: Connection,
     group: String,
     eof: bool,
     timeout: Duration,
     stream_timeout: Option<Duration>,
-    client: Option<Arc<Client>>,
 }
 
 impl KafkaDatasetBuilder {
@@ -45,26 +43,7 @@ impl KafkaDatasetBuilder {
         &self.topics
     }
 
-    /// Bootstrap servers, comma separated (tensorflow-io's `servers`). Default `localhost:9092`.
-    pub fn servers(mut self, servers: &str) -> Self {
-        self.kafka.brokers = crate::kafka::parse_brokers(servers);
-        self
-    }
-
-    /// Connection settings (brokers, client id, connect and request timeouts); replaces what
-    /// [`servers`](Self::servers) set.
-    pub fn kafka_config(mut self, kafka: KafkaConfig) -> Self {
-        self.kafka = kafka;
-        self
-    }
-
-    /// Reuses a connected client (e.g. the one an [`OutputSequence`](super::OutputSequence)
-    /// writes with) instead of connecting again; the brokers of [`servers`](Self::servers) are
-    /// then used only in error messages.
-    pub fn client(mut self, client: Arc<Client>) -> Self {
-        self.client = Some(client);
-        self
-    }
+    super::connection::connection_setters!();
 
     /// tensorflow-io's `group`. In tensorflow-io it only made librdkafka auto-commit the
     /// positions it fetched (before the model saw the records, hence its data loss); which
@@ -126,12 +105,7 @@ impl KafkaDatasetBuilder {
                 reason: "must be greater than zero (tensorflow-io: `Timeout value should be large than 0`)".into(),
             });
         }
-        if self.kafka.brokers.is_empty() {
-            return Err(DatasetError::InvalidOption {
-                option: "servers",
-                reason: "no bootstrap server given; e.g. `127.0.0.1:9092`".into(),
-            });
-        }
+        self.connection.check()?;
         let specs = self
             .topics
             .iter()
@@ -140,11 +114,14 @@ impl KafkaDatasetBuilder {
         if !self.group.is_empty() {
             tracing::info!(group = %self.group, "KafkaDataset reads the partitions of its topic specs and commits no offsets; `group` is not used");
         }
-        let client = match self.client {
-            Some(client) => client,
-            None => connect(&self.kafka).await?,
-        };
-        let reader = SpecReader::plan(client, self.kafka, specs.clone(), self.eof).await?;
+        let client = self.connection.connect().await?;
+        let reader = SpecReader::plan(
+            client,
+            self.connection.kafka().clone(),
+            specs.clone(),
+            self.eof,
+        )
+        .await?;
         Ok(KafkaDataset::from_source(
             Box::new(reader),
             Settings {
@@ -263,12 +240,11 @@ impl KafkaDataset {
     pub fn builder(topics: impl IntoIterator<Item = impl Into<String>>) -> KafkaDatasetBuilder {
         KafkaDatasetBuilder {
             topics: topics.into_iter().map(Into::into).collect(),
-            kafka: KafkaConfig::new(["localhost:9092"]),
+            connection: Connection::default(),
             group: String::new(),
             eof: false,
             timeout: DEFAULT_TIMEOUT,
             stream_timeout: None,
-            client: None,
         }
     }
 

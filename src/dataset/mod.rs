@@ -57,6 +57,7 @@
 mod acker;
 mod batch;
 mod blocking;
+mod connection;
 mod error;
 mod group_dataset;
 mod kafka_dataset;
@@ -70,6 +71,7 @@ mod timer;
 pub use acker::{Acker, Committed};
 pub use batch::{Batches, TensorBatch};
 pub use blocking::Blocking;
+pub use connection::Connection;
 pub use error::DatasetError;
 pub use group_dataset::{
     BlockingKafkaGroupDataset, KafkaGroupDataset, KafkaGroupDatasetBuilder,

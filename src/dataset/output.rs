@@ -12,8 +12,9 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::mpsc;
 
 use super::blocking::Blocking;
+use super::connection::Connection;
 use super::DatasetError;
-use crate::kafka::{connect, KafkaConfig, OutputRecord, Sink, SinkConfig, SourceCoordinates};
+use crate::kafka::{OutputRecord, Sink, SinkConfig, SourceCoordinates};
 
 /// One record to write: a value, and optionally a key, headers and a timestamp.
 ///
@@ -111,8 +112,7 @@ impl From<Vec<u8>> for OutputItem {
 pub struct OutputConfig {
     topic: String,
     partition: Option<i32>,
-    kafka: KafkaConfig,
-    client: Option<Arc<Client>>,
+    connection: Connection,
     flush_timeout: Option<Duration>,
     max_pending: usize,
 }
@@ -141,30 +141,13 @@ impl OutputConfig {
         Ok(OutputConfig {
             topic: name.to_string(),
             partition,
-            kafka: KafkaConfig::new(["localhost:9092"]),
-            client: None,
+            connection: Connection::default(),
             flush_timeout: None,
             max_pending: 100_000,
         })
     }
 
-    /// Bootstrap servers, comma separated (tensorflow-io's `servers`).
-    pub fn servers(mut self, servers: &str) -> Self {
-        self.kafka.brokers = crate::kafka::parse_brokers(servers);
-        self
-    }
-
-    /// Connection settings; replaces what [`servers`](Self::servers) set.
-    pub fn kafka_config(mut self, kafka: KafkaConfig) -> Self {
-        self.kafka = kafka;
-        self
-    }
-
-    /// Writes with an already connected client.
-    pub fn client(mut self, client: Arc<Client>) -> Self {
-        self.client = Some(client);
-        self
-    }
+    super::connection::connection_setters!();
 
     /// How long a flush waits for acknowledgements before it gives up. Default: the request
     /// timeout of the Kafka config plus 10 s, so a failing request has reported its error by
@@ -231,16 +214,8 @@ impl KafkaWriter {
     ///
     /// Fails if the topic, or the partition the config names, does not exist.
     pub async fn open(config: &OutputConfig) -> Result<KafkaWriter, DatasetError> {
-        if config.kafka.brokers.is_empty() && config.client.is_none() {
-            return Err(DatasetError::InvalidOption {
-                option: "servers",
-                reason: "no bootstrap server given; e.g. `127.0.0.1:9092`".into(),
-            });
-        }
-        let client = match &config.client {
-            Some(client) => Arc::clone(client),
-            None => connect(&config.kafka).await?,
-        };
+        config.connection.check()?;
+        let client = config.connection.connect().await?;
         let (sink, acks) = Self::start_sink(&client, config).await?;
         let partitions = sink.partitions();
         if let Some(p) = config.partition {
@@ -274,7 +249,7 @@ impl KafkaWriter {
         let (tx, rx) = mpsc::unbounded_channel();
         let sink = Sink::start(
             Arc::clone(client),
-            &config.kafka,
+            config.connection.kafka(),
             &SinkConfig::new(config.topic.clone()),
             Some(tx),
         )
@@ -397,7 +372,7 @@ impl KafkaWriter {
         let waited = self
             .config
             .flush_timeout
-            .unwrap_or(self.config.kafka.request_timeout + Duration::from_secs(10));
+            .unwrap_or(self.config.connection.kafka().request_timeout + Duration::from_secs(10));
         let deadline = tokio::time::Instant::now() + waited;
         loop {
             while let Ok(acks) = self.acks.try_recv() {

@@ -2,6 +2,7 @@
 //! ordered, acknowledged output ([`Sink`]).
 
 mod client;
+pub mod consumer;
 mod error;
 pub mod group;
 mod lag;
@@ -13,6 +14,7 @@ mod sink;
 mod source;
 
 pub use client::{connect, parse_brokers, topic_partitions, KafkaConfig};
+pub use consumer::{Consumer, ConsumerError};
 pub use error::KafkaError;
 pub use lag::{ConsumerLag, PartitionLag};
 pub use offsets::OffsetTracker;

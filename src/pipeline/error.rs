@@ -86,3 +86,12 @@ pub enum ConfigError {
     #[error(transparent)]
     Security(#[from] crate::kafka::SecurityError),
 }
+
+impl From<crate::kafka::ConsumerError> for Error {
+    fn from(e: crate::kafka::ConsumerError) -> Error {
+        match e {
+            crate::kafka::ConsumerError::Kafka(e) => Error::Kafka(e),
+            crate::kafka::ConsumerError::Group(e) => Error::Group(e),
+        }
+    }
+}

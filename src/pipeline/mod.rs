@@ -5,7 +5,6 @@
 //! their results are written in the order the batches were formed, so outputs keep the order
 //! of their input partition.
 
-mod commit;
 mod error;
 mod latency;
 mod reload;
@@ -13,8 +12,8 @@ mod run;
 mod serving;
 
 pub use crate::codec::{split_outputs, Batch};
-pub use error::{ConfigError, Error, Result};
 pub use crate::kafka::offsets::{OffsetTracker, TopicPartition};
+pub use error::{ConfigError, Error, Result};
 pub use latency::{Latency, LatencyRecorder};
 pub use reload::ReloadHandle;
 
@@ -27,8 +26,6 @@ use std::time::{Duration, Instant};
 use futures::FutureExt;
 use tokio::sync::mpsc;
 
-use commit::Committer;
-use rskafka::client::Client;
 use run::{RunLoop, Stages, Stop};
 use serving::Serving;
 
@@ -36,7 +33,8 @@ use crate::codec::{InputFormat, OutputFormat};
 use crate::kafka::group::GroupConfig;
 use crate::kafka::ConsumerLag;
 use crate::kafka::{
-    self, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, StartPosition, TopicSelection,
+    self, Consumer, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, StartPosition,
+    TopicSelection,
 };
 use crate::metrics::{Metrics, MetricsServer, Readiness};
 use crate::model::{GraphRewrites, Model, ModelOptions};
@@ -329,8 +327,7 @@ pub struct RunSummary {
 pub struct Pipeline {
     config: PipelineConfig,
     model: Model,
-    client: Arc<Client>,
-    committer: Committer,
+    consumer: Consumer,
     source: Source,
     stages: Stages,
     /// Kept alive for the run; stops serving when dropped.
@@ -353,75 +350,12 @@ impl Pipeline {
     /// unreachable broker, unknown topic or partition) is reported here, before any output.
     pub async fn connect(config: PipelineConfig) -> Result<Pipeline> {
         // First, so that probes see `starting` while the rest connects and loads.
-        let metrics_server = match config.metrics_addr {
-            Some(addr) => {
-                let server = crate::metrics::serve(addr, config.metrics.clone())
-                    .await
-                    .map_err(|e| ConfigError::Invalid {
-                        field: "metrics_addr",
-                        expected: "an address this process can listen on".into(),
-                        found: format!("{addr} ({e})"),
-                    })?;
-                tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
-                Some(server)
-            }
-            None => None,
-        };
-        // The model before Kafka: a model that cannot work fails before anything is consumed.
-        let serving = Serving::load(&config, &config.model).await?;
+        let metrics_server = start_metrics_server(&config).await?;
+        // The models before Kafka: a model that cannot work fails before anything is consumed.
+        let (serving, shadow_serving) = load_models(&config).await?;
         let model = serving.model.clone();
-        let shadow_serving = match &config.shadow {
-            Some(shadow) => {
-                let s = Serving::load(&config, &shadow.model).await?;
-                // The same decoded values feed both models: per input, the row sizes must
-                // match (shapes may differ: [64] and [8, 8, 1] take the same 64 values).
-                let sizes = |shapes: &[Vec<usize>]| -> Vec<usize> {
-                    shapes.iter().map(|r| r.iter().product()).collect()
-                };
-                if sizes(&s.row_shapes) != sizes(&serving.row_shapes) {
-                    return Err(ConfigError::Invalid {
-                        field: "shadow_model",
-                        expected: format!(
-                            "a model taking as many values per record as {} (per input: {:?})",
-                            model.file_name(),
-                            sizes(&serving.row_shapes)
-                        ),
-                        found: format!(
-                            "{} (per input: {:?})",
-                            shadow.model.display(),
-                            sizes(&s.row_shapes)
-                        ),
-                    }
-                    .into());
-                }
-                Some(s)
-            }
-            None => None,
-        };
         let client = kafka::connect(&config.kafka).await?;
-        let (ack_tx, acks) = mpsc::unbounded_channel();
-        let sink = Sink::start(
-            Arc::clone(&client),
-            &config.kafka,
-            &config.sink,
-            Some(ack_tx.clone()),
-        )
-        .await?;
-        let dlq = match &config.dlq {
-            Some(topic) => {
-                let dlq_config = SinkConfig::new(topic.as_str());
-                Some(
-                    Sink::start(
-                        Arc::clone(&client),
-                        &config.kafka,
-                        &dlq_config,
-                        Some(ack_tx),
-                    )
-                    .await?,
-                )
-            }
-            None => None,
-        };
+        let (sink, dlq, acks) = start_sinks(&client, &config).await?;
         let shadow = match (shadow_serving, &config.shadow) {
             (Some(s), Some(shadow)) => {
                 let sink = Sink::start(
@@ -441,9 +375,14 @@ impl Pipeline {
         for sel in &config.source.topics {
             kafka::topic_partitions(&client, &config.kafka, &sel.topic, "input").await?;
         }
-        let committer =
-            Committer::start(&config.kafka, config.group.as_ref(), &config.source.topics).await?;
-        let source = start_source(&client, &config, &committer).await?;
+        let consumer = Consumer::start(
+            Arc::clone(&client),
+            &config.kafka,
+            config.source.clone(),
+            config.group.as_ref(),
+        )
+        .await?;
+        let source = start_source(&config, &consumer).await?;
         tracing::info!(
             model = %model.path().display(),
             sha256 = %model.sha256(),
@@ -468,8 +407,7 @@ impl Pipeline {
         Ok(Pipeline {
             config,
             model,
-            client,
-            committer,
+            consumer,
             source,
             stages,
             metrics_server,
@@ -516,8 +454,7 @@ impl Pipeline {
         let Pipeline {
             config,
             model,
-            client,
-            mut committer,
+            mut consumer,
             mut source,
             stages,
             metrics_server: _metrics_server,
@@ -530,28 +467,28 @@ impl Pipeline {
         let mut commit_due = tokio::time::interval(config.commit_interval);
         commit_due.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut result: Result<()> = Ok(());
-        let committer_commits = committer.commits();
+        let consumer_commits = consumer.commits();
         let mut last_lag_log = Instant::now();
         loop {
             let stop = {
-                let mut rebalance = Box::pin(committer.rebalance_needed());
+                let mut rebalance = Box::pin(consumer.rebalance_needed());
                 run.pump(&mut source, &mut shutdown, &mut rebalance, &mut commit_due)
                     .await
             };
             match stop {
                 None => {
-                    commit(&committer, &mut run, &config.source.lag).await;
-                    if committer_commits && last_lag_log.elapsed() >= Duration::from_secs(30) {
+                    commit(&consumer, &mut run, &config.source.lag).await;
+                    if consumer_commits && last_lag_log.elapsed() >= Duration::from_secs(30) {
                         last_lag_log = Instant::now();
                         tracing::info!(total_lag = config.source.lag.total(), "consumer lag");
                     }
                 }
-                Some(Stop::SourceEnded) if committer.is_member() && !config.source.until_end => {
+                Some(Stop::SourceEnded) if consumer.is_member() && !config.source.until_end => {
                     // No partitions assigned: wait for a rebalance to bring some.
                     tokio::select! {
                         _ = &mut shutdown => break,
-                        _ = committer.rebalance_needed() => {
-                            if let Err(e) = rebalance(&config, &client, &mut committer, &mut run, &mut source).await {
+                        _ = consumer.rebalance_needed() => {
+                            if let Err(e) = rebalance(&config, &mut consumer, &mut run, &mut source).await {
                                 result = Err(e);
                                 break;
                             }
@@ -559,9 +496,7 @@ impl Pipeline {
                     }
                 }
                 Some(Stop::Rebalance) => {
-                    if let Err(e) =
-                        rebalance(&config, &client, &mut committer, &mut run, &mut source).await
-                    {
+                    if let Err(e) = rebalance(&config, &mut consumer, &mut run, &mut source).await {
                         result = Err(e);
                         break;
                     }
@@ -576,82 +511,151 @@ impl Pipeline {
         config.metrics.set_readiness(Readiness::Stopping);
         drop(source);
         watcher.abort();
-        run.drain(config.drain_timeout).await;
-        // The last commit matters most: retry it a few times (a rebalance may be in progress).
-        for _ in 0..5 {
-            commit(&committer, &mut run, &config.source.lag).await;
-            if run.tracker.commits().is_empty() {
-                break;
-            }
-        }
-        committer.leave().await;
-        if committer_commits {
-            for ((topic, partition), l) in config.source.lag.snapshot() {
-                tracing::info!(%topic, partition, high_watermark = l.high_watermark, committed = ?l.committed, lag = ?l.lag(), "consumer lag at shutdown");
-            }
-        }
+        wind_down(&config, consumer, &mut run).await;
         run.summary.elapsed = started.elapsed();
         let summary = run.finish().await?;
         result?;
-        tracing::info!(
-            records_in = summary.records_in,
-            records_out = summary.records_out,
-            rejected = summary.rejected,
-            dead_letters = summary.dead_letters,
-            batches = summary.batches,
-            shadow_rows = summary.shadow_rows,
-            shadow_disagreements = summary.shadow_disagreements,
-            latency_p50_ms = millis(summary.latency.p50),
-            latency_p99_ms = millis(summary.latency.p99),
-            latency_max_ms = millis(summary.latency.max),
-            seconds = summary.elapsed.as_secs_f64(),
-            "run finished"
-        );
+        log_summary(&summary);
         Ok(summary)
     }
 }
 
-/// Starts reading what the committer says to read, from the committed positions where there
-/// are any.
-async fn start_source(
-    client: &Arc<Client>,
+/// After the loop: finishes the batches in flight, commits what they acknowledged (retried:
+/// the last commit matters most, and a rebalance may be in progress), leaves the group and
+/// logs the lag it leaves behind.
+async fn wind_down(config: &PipelineConfig, consumer: Consumer, run: &mut RunLoop) {
+    run.drain(config.drain_timeout).await;
+    for _ in 0..5 {
+        commit(&consumer, run, &config.source.lag).await;
+        if run.tracker.commits().is_empty() {
+            break;
+        }
+    }
+    let commits = consumer.commits();
+    if let Err(e) = consumer.leave().await {
+        tracing::warn!(error = %e, "leaving the consumer group failed; the broker will drop this member after the session timeout");
+    }
+    if commits {
+        for ((topic, partition), l) in config.source.lag.snapshot() {
+            tracing::info!(%topic, partition, high_watermark = l.high_watermark, committed = ?l.committed, lag = ?l.lag(), "consumer lag at shutdown");
+        }
+    }
+}
+
+/// The `run finished` log line: the summary's figures as fields.
+fn log_summary(summary: &RunSummary) {
+    tracing::info!(
+        records_in = summary.records_in,
+        records_out = summary.records_out,
+        rejected = summary.rejected,
+        dead_letters = summary.dead_letters,
+        batches = summary.batches,
+        shadow_rows = summary.shadow_rows,
+        shadow_disagreements = summary.shadow_disagreements,
+        latency_p50_ms = millis(summary.latency.p50),
+        latency_p99_ms = millis(summary.latency.p99),
+        latency_max_ms = millis(summary.latency.max),
+        seconds = summary.elapsed.as_secs_f64(),
+        "run finished"
+    );
+}
+
+/// Serves /metrics, /healthz and /readyz when an address is configured.
+async fn start_metrics_server(config: &PipelineConfig) -> Result<Option<MetricsServer>> {
+    let Some(addr) = config.metrics_addr else {
+        return Ok(None);
+    };
+    let server = crate::metrics::serve(addr, config.metrics.clone())
+        .await
+        .map_err(|e| ConfigError::Invalid {
+            field: "metrics_addr",
+            expected: "an address this process can listen on".into(),
+            found: format!("{addr} ({e})"),
+        })?;
+    tracing::info!(addr = %server.local_addr(), "serving /metrics, /healthz and /readyz");
+    Ok(Some(server))
+}
+
+/// Loads the model and the shadow model, if any; the shadow model must take as many values
+/// per record as the model, since the same decoded values feed both.
+async fn load_models(config: &PipelineConfig) -> Result<(Serving, Option<Serving>)> {
+    let serving = Serving::load(config, &config.model).await?;
+    let Some(shadow) = &config.shadow else {
+        return Ok((serving, None));
+    };
+    let s = Serving::load(config, &shadow.model).await?;
+    // Per input, the row sizes must match (shapes may differ: [64] and [8, 8, 1] take the
+    // same 64 values).
+    let sizes = |shapes: &[Vec<usize>]| -> Vec<usize> {
+        shapes.iter().map(|r| r.iter().product()).collect()
+    };
+    if sizes(&s.row_shapes) != sizes(&serving.row_shapes) {
+        return Err(ConfigError::Invalid {
+            field: "shadow_model",
+            expected: format!(
+                "a model taking as many values per record as {} (per input: {:?})",
+                serving.model.file_name(),
+                sizes(&serving.row_shapes)
+            ),
+            found: format!(
+                "{} (per input: {:?})",
+                shadow.model.display(),
+                sizes(&s.row_shapes)
+            ),
+        }
+        .into());
+    }
+    Ok((serving, Some(s)))
+}
+
+/// Acknowledged outputs of the sink and the dead-letter sink, as source coordinates.
+type Acks = mpsc::UnboundedReceiver<Vec<kafka::SourceCoordinates>>;
+
+/// Starts the output sink and the dead-letter sink; both report acknowledged records on the
+/// returned channel, which is what commits follow.
+async fn start_sinks(
+    client: &Arc<rskafka::client::Client>,
     config: &PipelineConfig,
-    committer: &Committer,
-) -> Result<Source> {
-    let mut source_config = config.source.clone();
-    source_config.topics = committer.selection(&config.source.topics);
-    if committer.commits() {
-        let mut partitions = Vec::new();
-        for sel in &source_config.topics {
-            let all = kafka::topic_partitions(client, &config.kafka, &sel.topic, "input").await?;
-            let wanted: Vec<i32> = sel
-                .partitions
-                .clone()
-                .unwrap_or_else(|| all.into_iter().collect());
-            partitions.extend(wanted.into_iter().map(|p| (sel.topic.clone(), p)));
-        }
-        source_config.resume = committer.committed(&partitions).await?;
+) -> Result<(Sink, Option<Sink>, Acks)> {
+    let (ack_tx, acks) = mpsc::unbounded_channel();
+    let sink = Sink::start(
+        Arc::clone(client),
+        &config.kafka,
+        &config.sink,
+        Some(ack_tx.clone()),
+    )
+    .await?;
+    let dlq = match &config.dlq {
+        Some(topic) => Some(
+            Sink::start(
+                Arc::clone(client),
+                &config.kafka,
+                &SinkConfig::new(topic.as_str()),
+                Some(ack_tx),
+            )
+            .await?,
+        ),
+        None => None,
+    };
+    Ok((sink, dlq, acks))
+}
+
+/// Starts reading what the consumer says to read, from the committed positions where there
+/// are any; those positions are the partitions' lag baselines.
+async fn start_source(config: &PipelineConfig, consumer: &Consumer) -> Result<Source> {
+    let opened = consumer.open_source().await?;
+    for ((topic, partition), position) in &opened.resumed {
+        config
+            .source
+            .lag
+            .set_committed(topic, *partition, *position);
     }
-    let source = Source::start(Arc::clone(client), &config.kafka, &source_config).await?;
-    for r in source.ranges() {
-        let resumed = source_config
-            .resume
-            .contains_key(&(r.topic.clone(), r.partition));
-        if let Some(position) = source_config.resume.get(&(r.topic.clone(), r.partition)) {
-            // The group's committed position is this partition's lag baseline.
-            config
-                .source
-                .lag
-                .set_committed(&r.topic, r.partition, *position);
-        }
-        tracing::info!(topic = %r.topic, partition = r.partition, start = r.start, end = ?r.end, resumed, "reading partition");
-    }
-    Ok(source)
+    Ok(opened.source)
 }
 
 /// Commits the acknowledged positions; a failure is logged and retried at the next commit.
-async fn commit(committer: &Committer, run: &mut RunLoop, lag: &ConsumerLag) {
-    if !committer.commits() {
+async fn commit(consumer: &Consumer, run: &mut RunLoop, lag: &ConsumerLag) {
+    if !consumer.commits() {
         run.tracker.take_commits();
         return;
     }
@@ -659,8 +663,8 @@ async fn commit(committer: &Committer, run: &mut RunLoop, lag: &ConsumerLag) {
     if positions.is_empty() {
         return;
     }
-    match committer.commit(&positions).await {
-        Ok(()) => {
+    match consumer.commit(&positions).await {
+        Ok(_) => {
             run.tracker.confirm(&positions);
             run.metrics().commit();
             for ((topic, partition), position) in &positions {
@@ -679,8 +683,7 @@ async fn commit(committer: &Committer, run: &mut RunLoop, lag: &ConsumerLag) {
 /// assignment from its committed positions.
 async fn rebalance(
     config: &PipelineConfig,
-    client: &Arc<Client>,
-    committer: &mut Committer,
+    consumer: &mut Consumer,
     run: &mut RunLoop,
     source: &mut Source,
 ) -> Result<()> {
@@ -689,12 +692,12 @@ async fn rebalance(
     config.metrics.rebalance();
     *source = Source::idle();
     run.drain(config.drain_timeout).await;
-    commit(committer, run, &config.source.lag).await;
+    commit(consumer, run, &config.source.lag).await;
     run.tracker.forget_all();
     run.forget_held();
     config.source.lag.clear();
-    committer.rejoin().await?;
-    *source = start_source(client, config, committer).await?;
+    consumer.rejoin().await?;
+    *source = start_source(config, consumer).await?;
     config.metrics.set_readiness(Readiness::Ready);
     Ok(())
 }

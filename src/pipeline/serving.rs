@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::PipelineConfig;
-use crate::codec::{Decoder, Encoder};
 use super::{Error, Result};
+use crate::codec::{Decoder, Encoder};
 use crate::model::{InferencePool, Model};
 
 /// A loaded, checked and warmed-up model ready to take batches.

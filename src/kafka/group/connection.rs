@@ -310,7 +310,7 @@ impl Connection {
     /// Sends one request and reads its response (one request in flight per connection).
     ///
     /// Not cancel-safe: if the future is dropped halfway the connection must be discarded,
-    /// which the [`Coordinator`](super::coordinator::Coordinator) does by holding it only while a
+    /// which the group coordinator does by holding it only while a
     /// request runs.
     pub(crate) async fn request<Req, Resp>(
         &mut self,
