@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // a `GlobalAlloc` implementation is unsafe by definition
 //! The memory allocator the `streamtract` binary and the benches install.
 //!
 //! A library does not pick the global allocator for its users, so this module belongs to the

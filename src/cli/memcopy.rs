@@ -1,3 +1,4 @@
+#![allow(unsafe_code)] // the copy routines are assembly, called through raw pointers in the tests
 //! Memory copies (`memcpy`, `memmove`) for the static binary.
 //!
 //! The static musl binary copies memory with musl's `memcpy`, which moves every size with

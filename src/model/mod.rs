@@ -523,6 +523,7 @@ pub fn quiet_caught_panics() {
 /// `expf` in our softmax took 120 ns instead of 2 ns per value after a tract run (measured with
 /// `examples/profile.rs` and a scratch program on this machine's Xeon). Clearing the state
 /// after each run keeps the code that follows on the inference thread at full speed.
+#[allow(unsafe_code)] // one intrinsic, see the SAFETY comment
 fn clear_avx_upper_state() {
     #[cfg(target_arch = "x86_64")]
     {
