@@ -1,6 +1,6 @@
 //! Batch inference speed per model and batch size, on one thread, with tract states reused.
 //!
-//!     cargo bench --bench inference
+//!     cargo bench --bench inference [-- --graph-rewrites off]
 //!
 //! Prints rows/s and time per batch, each model measured in a fresh process. Inputs are real rows from `data/` so the numbers reflect
 //! the data the models were trained on.
@@ -19,7 +19,7 @@ mod memcopy;
 #[global_allocator]
 static ALLOCATOR: allocator::Chosen = allocator::CHOSEN;
 
-use streamtract::model::Model;
+use streamtract::model::{GraphRewrites, Model, ModelOptions};
 use tract_onnx::prelude::Tensor;
 
 fn rows(file: &str) -> Vec<Vec<f32>> {
@@ -74,12 +74,26 @@ fn main() {
     // ran up to 40% slower than the first (same model, same inputs), which would make the
     // order of the models part of the result.
     let args: Vec<String> = std::env::args().skip(1).collect();
+    // `--graph-rewrites off`: tract's own plans, to measure what streamtract's rewrites add.
+    let rewrites = args
+        .windows(2)
+        .find(|w| w[0] == "--graph-rewrites")
+        .map(|w| {
+            w[1].parse::<GraphRewrites>()
+                .expect("--graph-rewrites on|off")
+        })
+        .unwrap_or_default();
     let only = args
         .windows(2)
         .find(|w| w[0] == "--only")
         .map(|w| w[1].clone());
     let Some(only) = only else {
-        println!("allocator: {}, memcpy: {}", allocator::NAME, memcopy::NAME);
+        println!(
+            "allocator: {}, memcpy: {}, graph rewrites: {}",
+            allocator::NAME,
+            memcopy::NAME,
+            rewrites
+        );
         println!(
             "{:<16} {:>6} {:>14} {:>14}",
             "model", "batch", "µs/batch", "rows/s"
@@ -95,9 +109,10 @@ fn main() {
         }
         return;
     };
+    let options = ModelOptions::default().graph_rewrites(rewrites);
     for (name, data_file) in models.into_iter().filter(|(n, _)| *n == only) {
-        let model = Model::load(format!("{}/models/{name}.onnx", env!("CARGO_MANIFEST_DIR")))
-            .expect("model");
+        let path = format!("{}/models/{name}.onnx", env!("CARGO_MANIFEST_DIR"));
+        let model = Model::load_with(path, &options).expect("model");
         let data = rows(data_file);
         for n in [1usize, 32, 256] {
             let mut runner = model.runner();

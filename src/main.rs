@@ -7,7 +7,7 @@ mod cli;
 
 use clap::{Parser, Subcommand};
 use cli::config::RunArgs;
-use streamtract::model::Model;
+use streamtract::model::{GraphRewrites, Model, ModelOptions};
 use streamtract::Error;
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
@@ -50,6 +50,10 @@ enum Command {
     Inspect {
         /// ONNX model file.
         model: std::path::PathBuf,
+        /// Compile with or without streamtract's graph rewrites, as `run --graph-rewrites`
+        /// would (it changes how a convolution model is compiled: the `batch:` line).
+        #[arg(long, value_name = "on|off", default_value = "on")]
+        graph_rewrites: GraphRewrites,
     },
     /// Train a dense network on a topic range (Keras' `model.fit` on a KafkaDataset) and write
     /// it as an ONNX model that `run` serves.
@@ -83,7 +87,13 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     streamtract::model::quiet_caught_panics();
     match cli.command {
-        Command::Inspect { model } => match Model::load(&model) {
+        Command::Inspect {
+            model,
+            graph_rewrites,
+        } => match Model::load_with(
+            &model,
+            &ModelOptions::default().graph_rewrites(graph_rewrites),
+        ) {
             Ok(m) => {
                 println!("model:  {}", m.path().display());
                 println!("sha256: {}", m.sha256());

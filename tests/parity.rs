@@ -120,6 +120,30 @@ fn digits_cnn_dynamic_matches_tensorflow_and_gets_the_rewrites() {
         load(GraphRewrites::Off).unwrap().has_dynamic_batch(),
         "dynamic"
     );
+    // And the same through the binary's flag.
+    let batch_line = |rewrites: &str| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_streamtract"))
+            .args([
+                "inspect",
+                "models/digits_cnn_dynamic.onnx",
+                "--graph-rewrites",
+                rewrites,
+            ])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("batch:"))
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        batch_line("on").as_deref(),
+        Some("batch:  compiled per batch size")
+    );
+    assert_eq!(batch_line("off").as_deref(), Some("batch:  dynamic"));
 }
 
 /// Pipelines warm a model up for their batch size: every plan a batch of that size or smaller

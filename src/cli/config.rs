@@ -19,6 +19,7 @@ use streamtract::codec::{InputFormat, OutputFormat};
 use streamtract::kafka::group::{Assignor, GroupConfig};
 use streamtract::kafka::{Password, SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
 use streamtract::kafka::{StartPosition, TopicSelection};
+use streamtract::model::GraphRewrites;
 use streamtract::pipeline::ConfigError;
 use streamtract::pipeline::{ErrorPolicy, PipelineConfig};
 
@@ -177,6 +178,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS")]
     pub model_check_interval_ms: Option<u64>,
 
+    /// streamtract's graph rewrites of convolution models (`on` or `off`): on, a CNN whose
+    /// pattern they prove to match compiles to a faster plan (docs/running.md "Graph
+    /// rewrites"); off, every model runs as tract compiles it, to measure the difference or
+    /// as a way out should a rewrite misbehave. [default: on]
+    #[arg(long, value_name = "on|off")]
+    pub graph_rewrites: Option<String>,
+
     /// Seconds to keep trying to reach the brokers at start-up. [default: 30]
     #[arg(long, value_name = "SECONDS")]
     pub connect_timeout: Option<u64>,
@@ -282,6 +290,7 @@ impl RunArgs {
             shadow_model,
             shadow_output,
             model_check_interval_ms,
+            graph_rewrites,
             connect_timeout,
             request_timeout,
             client_id,
@@ -554,7 +563,7 @@ impl RunArgs {
         Ok(())
     }
 
-    /// The shadow model, model-file checks and the metrics listener.
+    /// The shadow model, graph rewrites, model-file checks and the metrics listener.
     fn extras(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
         match (self.shadow_model.clone(), self.shadow_output.clone()) {
             (Some(model), Some(output)) if !output.is_empty() => {
@@ -572,6 +581,12 @@ impl RunArgs {
                     ),
                 ))
             }
+        }
+        if let Some(value) = &self.graph_rewrites {
+            let rewrites = value
+                .parse::<GraphRewrites>()
+                .map_err(|_| invalid("graph_rewrites", "`on` or `off`", value))?;
+            config.model_options.graph_rewrites = rewrites;
         }
         if let Some(ms) = self.model_check_interval_ms {
             config.model_check_interval = (ms > 0).then(|| Duration::from_millis(ms));
@@ -760,6 +775,25 @@ mod tests {
         assert_eq!(config.linger, Duration::from_millis(50));
         assert!(!config.flush_when_caught_up);
         assert!(base().into_pipeline_config().unwrap().flush_when_caught_up);
+    }
+
+    #[test]
+    fn graph_rewrites_are_on_unless_turned_off() {
+        let default = base().into_pipeline_config().unwrap();
+        assert_eq!(default.model_options.graph_rewrites, GraphRewrites::On);
+        let file: RunArgs = toml::from_str("graph_rewrites = \"off\"\n").unwrap();
+        let off = base().over(file).into_pipeline_config().unwrap();
+        assert_eq!(off.model_options.graph_rewrites, GraphRewrites::Off);
+        let err = RunArgs {
+            graph_rewrites: Some("sometimes".into()),
+            ..base()
+        }
+        .into_pipeline_config()
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`graph_rewrites`: expected `on` or `off`, found `sometimes`"
+        );
     }
 
     #[test]
