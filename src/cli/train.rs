@@ -1,7 +1,7 @@
 //! `streamtract train`: flags → [`streamtract::train`] options, a Keras-like progress line per
 //! epoch, dead letters for rejected records, the model written atomically.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{ArgAction, Args};
@@ -15,8 +15,9 @@ use streamtract::dataset::{
 use streamtract::kafka::{parse_brokers, KafkaConfig};
 use streamtract::pipeline::headers;
 use streamtract::train::{
-    fit, follow, Activation, ConvBlock, DenseModel, EpochStats, Event, KafkaRecords, Loss,
-    OnlineOptions, Optimizer, RowFormat, Task, TrainError, TrainOptions, Validation,
+    fit, follow, Activation, ConvBlock, DenseModel, EpochStats, Event, Fitted, History,
+    KafkaRecords, Loss, OnlineOptions, Optimizer, RowFormat, Task, TrainError, TrainOptions,
+    Validation,
 };
 
 /// Flags of `streamtract train`. A flag given twice takes its last value, so a recipe in a
@@ -293,71 +294,22 @@ impl TrainArgs {
 
 /// Runs `streamtract train`; exit 0 trained and written, 2 bad flags, 1 anything else.
 pub fn train(args: TrainArgs) -> ExitCode {
-    let prepared = args
-        .label()
-        .and_then(|label| Ok((label, args.format()?, args.options()?)));
-    let (label, format, options) = match prepared {
-        Ok(p) => p,
-        Err(message) => {
-            eprintln!("error: invalid configuration: {message}");
-            return ExitCode::from(2);
-        }
+    let (rows, options) = match prepare(&args) {
+        Ok(prepared) => prepared,
+        Err(code) => return code,
     };
-    let mut options = options;
-    if let Some(path) = &args.init {
-        match DenseModel::read(path) {
-            Ok(model) => options.init = Some(model),
-            Err(e) => return failed(&e),
-        }
-    }
-    let mut rows = RowFormat::new(format, label);
-    rows.input_name = args.input_name.clone();
-    let mut dead_letters = match &args.dlq {
-        Some(topic) => match OutputConfig::new(topic)
-            .map(|c| c.kafka_config(args.kafka()))
-            .and_then(|c| BlockingOutputSequence::open(&c))
-        {
-            Ok(sequence) => Some(DeadLetters {
-                sequence,
-                written: 0,
-            }),
-            Err(e) => return failed(&TrainError::Dataset(e)),
-        },
-        None => None,
+    let mut dead_letters = match open_dead_letters(&args) {
+        Ok(letters) => letters,
+        Err(e) => return failed(&TrainError::Dataset(e)),
     };
     let epochs = if args.follow { 0 } else { options.epochs };
     let mut on_event = |event: Event<'_>| -> Result<(), TrainError> {
-        match event {
-            Event::Rejected { record, reason } => {
-                if let Some(letters) = dead_letters.as_mut() {
-                    letters.write(record, reason)?;
-                }
-            }
-            Event::Epoch(stats) => eprintln!("{}", progress_line(stats, epochs)),
-            // Dead letters are acknowledged before the records they stand for are committed.
-            Event::Checkpoint { path, version } => {
-                if let Some(letters) = dead_letters.as_mut() {
-                    letters.sequence.flush()?;
-                }
-                if args.follow {
-                    eprintln!("wrote {} (version {version})", path.display());
-                }
-            }
-            Event::Batch { .. } => {}
-        }
-        Ok(())
+        report(event, dead_letters.as_mut(), args.follow, epochs)
     };
     if args.follow {
         return follow_group(&args, &rows, &options, &mut on_event);
     }
-    let mut records =
-        KafkaRecords::new(KafkaDataset::builder(args.input.clone()).kafka_config(args.kafka()));
-    if !args.validation_input.is_empty() {
-        records = records.validation(
-            KafkaDataset::builder(args.validation_input.clone()).kafka_config(args.kafka()),
-        );
-    }
-    let result = fit(&mut records, &rows, &options, &mut on_event);
+    let result = fit_topics(&args, &rows, &options, &mut on_event);
     let dlq_written = dead_letters.as_ref().map_or(0, |d| d.written);
     if let Some(letters) = dead_letters.take() {
         if let Err(e) = letters.sequence.close() {
@@ -369,20 +321,115 @@ pub fn train(args: TrainArgs) -> ExitCode {
         Err(e) => return failed(&e),
     };
     if let Some(path) = &args.metrics_json {
-        let json = match serde_json::to_vec_pretty(&fitted.history) {
-            Ok(j) => j,
-            Err(e) => return failed(&TrainError::Framework(e.to_string())),
-        };
-        if let Err(source) = std::fs::write(path, json) {
-            return failed(&TrainError::Write {
-                path: path.clone(),
-                source,
-            });
+        if let Err(e) = write_history(path, &fitted.history) {
+            return failed(&e);
         }
     }
+    eprintln!("{}", written_line(&args, &fitted, dlq_written));
+    ExitCode::SUCCESS
+}
+
+/// The row format and training options from the flags, with the initial model of --init
+/// read; the exit code when they are not usable.
+fn prepare(args: &TrainArgs) -> Result<(RowFormat, TrainOptions), ExitCode> {
+    let prepared = args
+        .label()
+        .and_then(|label| Ok((label, args.format()?, args.options()?)));
+    let (label, format, options) = match prepared {
+        Ok(p) => p,
+        Err(message) => {
+            eprintln!("error: invalid configuration: {message}");
+            return Err(ExitCode::from(2));
+        }
+    };
+    let mut options = options;
+    if let Some(path) = &args.init {
+        match DenseModel::read(path) {
+            Ok(model) => options.init = Some(model),
+            Err(e) => return Err(failed(&e)),
+        }
+    }
+    let mut rows = RowFormat::new(format, label);
+    rows.input_name = args.input_name.clone();
+    Ok((rows, options))
+}
+
+/// The writer of --dlq, if given.
+fn open_dead_letters(args: &TrainArgs) -> Result<Option<DeadLetters>, DatasetError> {
+    let Some(topic) = &args.dlq else {
+        return Ok(None);
+    };
+    let sequence = OutputConfig::new(topic)
+        .map(|c| c.kafka_config(args.kafka()))
+        .and_then(|c| BlockingOutputSequence::open(&c))?;
+    Ok(Some(DeadLetters {
+        sequence,
+        written: 0,
+    }))
+}
+
+/// Handles one training event: rejected records to the dead-letter topic, the progress line
+/// per epoch (of `epochs`, 0 when following), and the checkpoints.
+fn report(
+    event: Event<'_>,
+    dead_letters: Option<&mut DeadLetters>,
+    follow: bool,
+    epochs: usize,
+) -> Result<(), TrainError> {
+    match event {
+        Event::Rejected { record, reason } => {
+            if let Some(letters) = dead_letters {
+                letters.write(record, reason)?;
+            }
+        }
+        Event::Epoch(stats) => eprintln!("{}", progress_line(stats, epochs)),
+        // Dead letters are acknowledged before the records they stand for are committed.
+        Event::Checkpoint { path, version } => {
+            if let Some(letters) = dead_letters {
+                letters.sequence.flush()?;
+            }
+            if follow {
+                eprintln!("wrote {} (version {version})", path.display());
+            }
+        }
+        Event::Batch { .. } => {}
+    }
+    Ok(())
+}
+
+/// Trains on --input (validating on --validation-input, if given) for the set epochs.
+fn fit_topics(
+    args: &TrainArgs,
+    rows: &RowFormat,
+    options: &TrainOptions,
+    on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
+) -> Result<Fitted, TrainError> {
+    let mut records =
+        KafkaRecords::new(KafkaDataset::builder(args.input.clone()).kafka_config(args.kafka()));
+    if !args.validation_input.is_empty() {
+        records = records.validation(
+            KafkaDataset::builder(args.validation_input.clone()).kafka_config(args.kafka()),
+        );
+    }
+    fit(&mut records, rows, options, on_event)
+}
+
+/// Writes the per-epoch history as JSON to `path` (--metrics-json).
+fn write_history(path: &Path, history: &History) -> Result<(), TrainError> {
+    let json =
+        serde_json::to_vec_pretty(history).map_err(|e| TrainError::Framework(e.to_string()))?;
+    std::fs::write(path, json).map_err(|source| TrainError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// The last line of a training run: where the model went, its signature and the rejected
+/// records.
+fn written_line(args: &TrainArgs, fitted: &Fitted, dlq_written: u64) -> String {
     let model = &fitted.model;
     let outputs = model.layers.last().map_or(model.features, |l| l.units);
-    eprintln!(
+    format!(
         "wrote {} (version {}): {}: float32[N, {}] -> {}: float32[N, {}]; {} records rejected{}",
         args.out.display(),
         model.version,
@@ -395,8 +442,7 @@ pub fn train(args: TrainArgs) -> ExitCode {
             Some(topic) => format!(" ({dlq_written} written to {topic})"),
             None => String::new(),
         }
-    );
-    ExitCode::SUCCESS
+    )
 }
 
 /// The dead-letter topic's writer and how many it took.

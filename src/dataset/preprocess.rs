@@ -8,7 +8,7 @@ use futures::stream::{Stream, StreamExt};
 use tract_onnx::prelude::tract_ndarray::{ArrayD, IxDyn};
 
 use super::DatasetError;
-use crate::codec::{Decoder, InputFormat, Row};
+use crate::codec::{DecodeError, Decoder, InputFormat, Row};
 use crate::kafka::SourceRecord;
 use crate::model::{Model, Signature};
 
@@ -136,84 +136,69 @@ impl Preprocess {
     /// Decodes one record into a [`Row`] (what the pipeline batches) and its label.
     pub fn decode(&self, record: &SourceRecord) -> Result<(Row, Option<f32>), DatasetError> {
         let value = record.value.as_deref().unwrap_or_default();
-        let decode_error = |source| DatasetError::Decode {
-            topic: record.topic.to_string(),
-            partition: record.partition,
-            offset: record.offset,
-            source,
-        };
-        let label_error = |label: &Label, reason: String| DatasetError::Label {
-            topic: record.topic.to_string(),
-            partition: record.partition,
-            offset: record.offset,
-            label: label.to_string(),
-            reason,
-        };
         let Some(label) = &self.label else {
-            return Ok((self.decoder.decode(value).map_err(decode_error)?, None));
+            return Ok((self.row(record, value)?, None));
         };
-        match label {
+        let y = match label {
             Label::Key => {
                 let text = record
                     .key
                     .as_deref()
-                    .ok_or_else(|| label_error(label, "the record has no key".into()))?;
-                let y = parse_label(text).map_err(|r| label_error(label, r))?;
-                Ok((self.decoder.decode(value).map_err(decode_error)?, Some(y)))
+                    .ok_or_else(|| label_error(record, label, "the record has no key".into()))?;
+                parse_label(text).map_err(|r| label_error(record, label, r))?
             }
             Label::Header(name) => {
-                let text = record
-                    .headers
-                    .get(name)
-                    .ok_or_else(|| label_error(label, "the record has no such header".into()))?;
-                let y = parse_label(text).map_err(|r| label_error(label, r))?;
-                Ok((self.decoder.decode(value).map_err(decode_error)?, Some(y)))
-            }
-            Label::JsonField(name) => {
-                let parsed: serde_json::Value = serde_json::from_slice(value)
-                    .map_err(|e| decode_error(crate::codec::DecodeError::Json(e.to_string())))?;
-                let field = parsed
-                    .as_object()
-                    .ok_or_else(|| label_error(label, "the value is not a JSON object".into()))?
-                    .get(name)
-                    .ok_or_else(|| label_error(label, "the object has no such field".into()))?;
-                let y = match field {
-                    serde_json::Value::Number(n) => n.as_f64().map(|v| v as f32),
-                    serde_json::Value::String(s) => s.trim().parse::<f32>().ok(),
-                    _ => None,
-                }
-                .filter(|v| v.is_finite())
-                .ok_or_else(|| label_error(label, format!("`{field}` is not a finite number")))?;
-                Ok((self.decoder.decode(value).map_err(decode_error)?, Some(y)))
-            }
-            Label::CsvColumn(_) | Label::CsvLastColumn => {
-                let InputFormat::Csv { delimiter } = self.decoder.format() else {
-                    return Err(label_error(label, "the values are not CSV".into()));
-                };
-                let text = std::str::from_utf8(value).map_err(|e| {
-                    decode_error(crate::codec::DecodeError::NotUtf8(e.valid_up_to()))
+                let text = record.headers.get(name).ok_or_else(|| {
+                    label_error(record, label, "the record has no such header".into())
                 })?;
-                let text = text.trim_end_matches(['\n', '\r']);
-                let mut fields: Vec<&str> = text.split(delimiter as char).collect();
-                let column = match label {
-                    Label::CsvColumn(c) => *c,
-                    _ => fields.len().saturating_sub(1),
-                };
-                if column >= fields.len() {
-                    return Err(label_error(
-                        label,
-                        format!("the row has only {} columns", fields.len()),
-                    ));
-                }
-                let field = fields.remove(column);
-                let rest = fields.join(&(delimiter as char).to_string());
-                let y = parse_label(field.trim().as_bytes()).map_err(|r| label_error(label, r))?;
-                Ok((
-                    self.decoder.decode(rest.as_bytes()).map_err(decode_error)?,
-                    Some(y),
-                ))
+                parse_label(text).map_err(|r| label_error(record, label, r))?
             }
+            Label::JsonField(name) => json_label(record, value, label, name)?,
+            Label::CsvColumn(_) | Label::CsvLastColumn => {
+                let (y, rest) = self.csv_label(record, value, label)?;
+                return Ok((self.row(record, rest.as_bytes())?, Some(y)));
+            }
+        };
+        Ok((self.row(record, value)?, Some(y)))
+    }
+
+    /// The model row decoded from `value` (the record's value, or what is left of it once the
+    /// label column is taken out).
+    fn row(&self, record: &SourceRecord, value: &[u8]) -> Result<Row, DatasetError> {
+        self.decoder
+            .decode(value)
+            .map_err(|source| decode_error(record, source))
+    }
+
+    /// The label in a CSV column, and the row without that column (what the model reads).
+    fn csv_label(
+        &self,
+        record: &SourceRecord,
+        value: &[u8],
+        label: &Label,
+    ) -> Result<(f32, String), DatasetError> {
+        let InputFormat::Csv { delimiter } = self.decoder.format() else {
+            return Err(label_error(record, label, "the values are not CSV".into()));
+        };
+        let text = std::str::from_utf8(value)
+            .map_err(|e| decode_error(record, DecodeError::NotUtf8(e.valid_up_to())))?;
+        let text = text.trim_end_matches(['\n', '\r']);
+        let mut fields: Vec<&str> = text.split(delimiter as char).collect();
+        let column = match label {
+            Label::CsvColumn(c) => *c,
+            _ => fields.len().saturating_sub(1),
+        };
+        if column >= fields.len() {
+            return Err(label_error(
+                record,
+                label,
+                format!("the row has only {} columns", fields.len()),
+            ));
         }
+        let field = fields.remove(column);
+        let rest = fields.join(&(delimiter as char).to_string());
+        let y = parse_label(field.trim().as_bytes()).map_err(|r| label_error(record, label, r))?;
+        Ok((y, rest))
     }
 
     /// Decodes one record into an [`Example`].
@@ -233,6 +218,50 @@ impl Preprocess {
             label,
             record,
         })
+    }
+}
+
+/// The label in field `name` of a JSON object value: a number, or a string holding one.
+fn json_label(
+    record: &SourceRecord,
+    value: &[u8],
+    label: &Label,
+    name: &str,
+) -> Result<f32, DatasetError> {
+    let parsed: serde_json::Value = serde_json::from_slice(value)
+        .map_err(|e| decode_error(record, DecodeError::Json(e.to_string())))?;
+    let field = parsed
+        .as_object()
+        .ok_or_else(|| label_error(record, label, "the value is not a JSON object".into()))?
+        .get(name)
+        .ok_or_else(|| label_error(record, label, "the object has no such field".into()))?;
+    match field {
+        serde_json::Value::Number(n) => n.as_f64().map(|v| v as f32),
+        serde_json::Value::String(s) => s.trim().parse::<f32>().ok(),
+        _ => None,
+    }
+    .filter(|v| v.is_finite())
+    .ok_or_else(|| label_error(record, label, format!("`{field}` is not a finite number")))
+}
+
+/// `record`'s value does not decode.
+fn decode_error(record: &SourceRecord, source: DecodeError) -> DatasetError {
+    DatasetError::Decode {
+        topic: record.topic.to_string(),
+        partition: record.partition,
+        offset: record.offset,
+        source,
+    }
+}
+
+/// `record`'s `label` cannot be read, for `reason`.
+fn label_error(record: &SourceRecord, label: &Label, reason: String) -> DatasetError {
+    DatasetError::Label {
+        topic: record.topic.to_string(),
+        partition: record.partition,
+        offset: record.offset,
+        label: label.to_string(),
+        reason,
     }
 }
 

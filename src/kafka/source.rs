@@ -15,6 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use rskafka::client::partition::{OffsetAt, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
+use rskafka::record::RecordAndOffset;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinSet;
 
@@ -516,97 +517,155 @@ impl Drop for Position {
     }
 }
 
+/// Reads one partition from `range.start` into `tx` (the task [`Source::start`] spawns).
 async fn fetch_partition(
     pc: PartitionClient,
     range: PartitionRange,
     config: SourceConfig,
     tx: mpsc::Sender<Result<Vec<SourceRecord>, KafkaError>>,
-    mut position: Position,
+    position: Position,
 ) {
-    let topic: Arc<str> = Arc::from(range.topic.as_str());
-    let mut pacing = FetchPacing::new(config.fetch_max_wait, config.fetch_evidence.clone());
-    let mut offset = range.start;
-    let mut size = FetchSize::new(config.fetch_max_bytes);
-    let mut warned_stuck = false;
-    // Where reading this partition would be caught up, after a fetch that saw `high_watermark`.
-    let last = |high_watermark: i64| {
-        range
-            .end
-            .map_or(high_watermark, |end| end.min(high_watermark))
-    };
-    loop {
-        if range.end.is_some_and(|end| offset >= end) {
-            return;
-        }
-        let asked = tokio::time::Instant::now();
-        let wait = pacing.next_wait();
-        // Only the fetch right after `grow` is a retry.
-        let retried = std::mem::take(&mut size.retrying);
-        let max_wait_ms = if retried {
-            0
-        } else {
-            wait.as_millis().min(i32::MAX as u128) as i32
-        };
-        let fetched = pc.fetch_records(offset, 1..size.current, max_wait_ms).await;
-        let records = match fetched {
-            Ok((records, high_watermark)) => {
-                config
-                    .lag
-                    .set_high_watermark(&range.topic, range.partition, high_watermark);
-                // Counted before the records are sent (a fetch with records has no pause before
-                // that), so that whoever takes them sees where this fetch left the partition.
-                let next = records.last().map_or(offset, |r| r.offset + 1);
-                position.update(next, last(high_watermark));
-                if records.is_empty() && high_watermark > offset {
-                    // There are records past `offset` but none came: the next batch is larger
-                    // than the fetch (see `FetchSize`). A record too large for the pipeline is
-                    // then rejected as a bad record instead of stalling here.
-                    if size.grow() {
-                        continue;
-                    }
-                    if !warned_stuck {
-                        warned_stuck = true;
-                        tracing::warn!(topic = %range.topic, partition = range.partition, offset,
-                            high_watermark, fetch_bytes = size.current,
-                            "the broker sends no records from this offset though it has some; \
-                             a record there may be larger than the largest fetch");
-                    }
-                } else if !records.is_empty() {
-                    warned_stuck = false;
-                }
-                records
-            }
-            Err(e) => {
-                let _ = tx
-                    .send(Err(KafkaError::request(
-                        "fetch",
-                        &range.topic,
-                        range.partition,
-                        e,
-                    )))
-                    .await;
+    PartitionFetcher {
+        topic: Arc::from(range.topic.as_str()),
+        pacing: FetchPacing::new(config.fetch_max_wait, config.fetch_evidence.clone()),
+        offset: range.start,
+        size: FetchSize::new(config.fetch_max_bytes),
+        warned_stuck: false,
+        pc,
+        range,
+        config,
+        tx,
+        position,
+    }
+    .run()
+    .await
+}
+
+/// One partition's fetch loop and what it keeps from one fetch to the next.
+struct PartitionFetcher {
+    pc: PartitionClient,
+    range: PartitionRange,
+    config: SourceConfig,
+    tx: mpsc::Sender<Result<Vec<SourceRecord>, KafkaError>>,
+    position: Position,
+    /// The topic name shared by every record read.
+    topic: Arc<str>,
+    pacing: FetchPacing,
+    /// The next offset to read.
+    offset: i64,
+    size: FetchSize,
+    /// The stuck-partition warning was logged, and no record came since.
+    warned_stuck: bool,
+}
+
+impl PartitionFetcher {
+    /// Fetches until the end (bounded mode), a fetch error (sent to the consumer) or the
+    /// consumer going away.
+    async fn run(mut self) {
+        loop {
+            if self.range.end.is_some_and(|end| self.offset >= end) {
                 return;
             }
-        };
-        // A retry asked for no wait, so it says nothing about how the broker holds fetches.
-        if !retried {
-            let pause = pacing.after_fetch(asked, tokio::time::Instant::now(), !records.is_empty());
-            if !pause.is_zero() {
-                tokio::time::sleep(pause).await;
+            let asked = tokio::time::Instant::now();
+            let wait = self.pacing.next_wait();
+            // Only the fetch right after `grow` is a retry.
+            let retried = std::mem::take(&mut self.size.retrying);
+            let max_wait_ms = if retried {
+                0
+            } else {
+                wait.as_millis().min(i32::MAX as u128) as i32
+            };
+            let fetched = self
+                .pc
+                .fetch_records(self.offset, 1..self.size.current, max_wait_ms)
+                .await;
+            let records = match fetched {
+                Ok((records, high_watermark)) => {
+                    if self.note_high_watermark(&records, high_watermark) {
+                        continue;
+                    }
+                    records
+                }
+                Err(e) => {
+                    let error =
+                        KafkaError::request("fetch", &self.range.topic, self.range.partition, e);
+                    let _ = self.tx.send(Err(error)).await;
+                    return;
+                }
+            };
+            // A retry asked for no wait, so it says nothing about how the broker holds fetches.
+            if !retried {
+                self.pause(asked, !records.is_empty()).await;
+            }
+            if records.is_empty() {
+                continue;
+            }
+            let chunk = self.chunk(records);
+            self.size.fetched(&chunk);
+            if !chunk.is_empty() && self.tx.send(Ok(chunk)).await.is_err() {
+                return; // the consumer went away
             }
         }
-        if records.is_empty() {
-            continue;
+    }
+
+    /// Records what a fetch saw of the partition (lag, caught up or not) and grows the fetch
+    /// size when records are there but none came; true when the fetch is to be retried at
+    /// once, larger.
+    fn note_high_watermark(&mut self, records: &[RecordAndOffset], high_watermark: i64) -> bool {
+        let range = &self.range;
+        self.config
+            .lag
+            .set_high_watermark(&range.topic, range.partition, high_watermark);
+        // Counted before the records are sent (a fetch with records has no pause before
+        // that), so that whoever takes them sees where this fetch left the partition.
+        let next = records.last().map_or(self.offset, |r| r.offset + 1);
+        // Where reading this partition would be caught up, after a fetch that saw `high_watermark`.
+        let last = range
+            .end
+            .map_or(high_watermark, |end| end.min(high_watermark));
+        self.position.update(next, last);
+        if records.is_empty() && high_watermark > self.offset {
+            // There are records past `offset` but none came: the next batch is larger
+            // than the fetch (see `FetchSize`). A record too large for the pipeline is
+            // then rejected as a bad record instead of stalling here.
+            if self.size.grow() {
+                return true;
+            }
+            if !self.warned_stuck {
+                self.warned_stuck = true;
+                tracing::warn!(topic = %range.topic, partition = range.partition, offset = self.offset,
+                    high_watermark, fetch_bytes = self.size.current,
+                    "the broker sends no records from this offset though it has some; \
+                     a record there may be larger than the largest fetch");
+            }
+        } else if !records.is_empty() {
+            self.warned_stuck = false;
         }
+        false
+    }
+
+    /// Waits as long as the pacing asks after a fetch sent at `asked`.
+    async fn pause(&mut self, asked: tokio::time::Instant, brought_records: bool) {
+        let pause = self
+            .pacing
+            .after_fetch(asked, tokio::time::Instant::now(), brought_records);
+        if !pause.is_zero() {
+            tokio::time::sleep(pause).await;
+        }
+    }
+
+    /// The fetched records up to the end (bounded mode) as [`SourceRecord`]s, advancing the
+    /// offset past them.
+    fn chunk(&mut self, records: Vec<RecordAndOffset>) -> Vec<SourceRecord> {
         let mut chunk = Vec::with_capacity(records.len());
         for r in records {
-            if range.end.is_some_and(|end| r.offset >= end) {
+            if self.range.end.is_some_and(|end| r.offset >= end) {
                 break;
             }
-            offset = r.offset + 1;
+            self.offset = r.offset + 1;
             chunk.push(SourceRecord {
-                topic: Arc::clone(&topic),
-                partition: range.partition,
+                topic: Arc::clone(&self.topic),
+                partition: self.range.partition,
                 offset: r.offset,
                 timestamp: r.record.timestamp,
                 key: r.record.key,
@@ -614,10 +673,7 @@ async fn fetch_partition(
                 headers: r.record.headers,
             });
         }
-        size.fetched(&chunk);
-        if !chunk.is_empty() && tx.send(Ok(chunk)).await.is_err() {
-            return; // the consumer went away
-        }
+        chunk
     }
 }
 

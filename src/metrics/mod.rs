@@ -111,21 +111,10 @@ impl Readiness {
 
 struct Inner {
     registry: Registry,
-    records_in: Family<PartitionLabels, Counter>,
-    records_out: Family<PartitionLabels, Counter>,
-    rejected: Family<StageLabels, Counter>,
-    dead_letters: Family<StageLabels, Counter>,
-    batch_rows: Histogram,
-    inference_seconds: Histogram,
-    end_to_end_seconds: Histogram,
-    lag: Family<PartitionLabels, Gauge>,
-    commits: Counter,
-    rebalances: Counter,
-    reloads: Family<OutcomeLabels, Counter>,
-    shadow_rows: Counter,
-    shadow_disagreements: Counter,
-    shadow_failures: Counter,
-    model: Family<ModelLabels, Gauge>,
+    records: RecordMetrics,
+    timing: TimingMetrics,
+    consumer: ConsumerMetrics,
+    serving: ModelMetrics,
     readiness: Mutex<Readiness>,
     lag_source: Mutex<Option<ConsumerLag>>,
     /// Totals over all partitions, for progress displays.
@@ -133,21 +122,17 @@ struct Inner {
     written: AtomicU64,
 }
 
-/// The pipeline's counters, histograms and readiness; clones share them.
-#[derive(Clone)]
-pub struct Metrics(Arc<Inner>);
-
-impl std::fmt::Debug for Metrics {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Metrics")
-            .field("readiness", &self.readiness())
-            .finish_non_exhaustive()
-    }
+/// Where records went: read, written, rejected and dead-lettered.
+struct RecordMetrics {
+    records_in: Family<PartitionLabels, Counter>,
+    records_out: Family<PartitionLabels, Counter>,
+    rejected: Family<StageLabels, Counter>,
+    dead_letters: Family<StageLabels, Counter>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        let mut registry = Registry::with_prefix("streamtract");
+impl RecordMetrics {
+    /// Registers the record counters.
+    fn register(registry: &mut Registry) -> RecordMetrics {
         let records_in = Family::default();
         registry.register(
             "records_in",
@@ -172,6 +157,25 @@ impl Default for Metrics {
             "Rejected records written to the dead-letter topic, per stage",
             dead_letters.clone(),
         );
+        RecordMetrics {
+            records_in,
+            records_out,
+            rejected,
+            dead_letters,
+        }
+    }
+}
+
+/// Batch sizes, inference time and end-to-end latency.
+struct TimingMetrics {
+    batch_rows: Histogram,
+    inference_seconds: Histogram,
+    end_to_end_seconds: Histogram,
+}
+
+impl TimingMetrics {
+    /// Registers the batch and latency histograms.
+    fn register(registry: &mut Registry) -> TimingMetrics {
         let batch_rows = Histogram::new(exponential_buckets(1.0, 2.0, 17));
         registry.register("batch_rows", "Rows per inference batch", batch_rows.clone());
         let inference_seconds = Histogram::new(exponential_buckets(0.000_05, 2.0, 18));
@@ -186,6 +190,24 @@ impl Default for Metrics {
             "From a record's timestamp to the broker's acknowledgement of its output or dead letter",
             end_to_end_seconds.clone(),
         );
+        TimingMetrics {
+            batch_rows,
+            inference_seconds,
+            end_to_end_seconds,
+        }
+    }
+}
+
+/// The consumer's standing: lag, commits and rebalances.
+struct ConsumerMetrics {
+    lag: Family<PartitionLabels, Gauge>,
+    commits: Counter,
+    rebalances: Counter,
+}
+
+impl ConsumerMetrics {
+    /// Registers the lag gauge and the commit and rebalance counters.
+    fn register(registry: &mut Registry) -> ConsumerMetrics {
         let lag = Family::default();
         registry.register(
             "consumer_lag",
@@ -204,6 +226,26 @@ impl Default for Metrics {
             "Consumer-group rebalances this process went through",
             rebalances.clone(),
         );
+        ConsumerMetrics {
+            lag,
+            commits,
+            rebalances,
+        }
+    }
+}
+
+/// The model being served: reloads, the shadow model's figures and the model's identity.
+struct ModelMetrics {
+    reloads: Family<OutcomeLabels, Counter>,
+    shadow_rows: Counter,
+    shadow_disagreements: Counter,
+    shadow_failures: Counter,
+    model: Family<ModelLabels, Gauge>,
+}
+
+impl ModelMetrics {
+    /// Registers the reload and shadow counters and the model info gauge.
+    fn register(registry: &mut Registry) -> ModelMetrics {
         let reloads = Family::default();
         registry.register(
             "model_reloads",
@@ -234,23 +276,42 @@ impl Default for Metrics {
             "The model being served (value 1), by SHA-256 and path",
             model.clone(),
         );
-        Metrics(Arc::new(Inner {
-            registry,
-            records_in,
-            records_out,
-            rejected,
-            dead_letters,
-            batch_rows,
-            inference_seconds,
-            end_to_end_seconds,
-            lag,
-            commits,
-            rebalances,
+        ModelMetrics {
             reloads,
             shadow_rows,
             shadow_disagreements,
             shadow_failures,
             model,
+        }
+    }
+}
+
+/// The pipeline's counters, histograms and readiness; clones share them.
+#[derive(Clone)]
+pub struct Metrics(Arc<Inner>);
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics")
+            .field("readiness", &self.readiness())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("streamtract");
+        // Registered in this order, which is the order `/metrics` lists them in.
+        let records = RecordMetrics::register(&mut registry);
+        let timing = TimingMetrics::register(&mut registry);
+        let consumer = ConsumerMetrics::register(&mut registry);
+        let serving = ModelMetrics::register(&mut registry);
+        Metrics(Arc::new(Inner {
+            registry,
+            records,
+            timing,
+            consumer,
+            serving,
             readiness: Mutex::new(Readiness::Starting),
             lag_source: Mutex::new(None),
             read: AtomicU64::new(0),
@@ -270,6 +331,7 @@ impl Metrics {
     /// `n` records read from a source partition.
     pub fn record_in(&self, topic: &str, partition: i32, n: u64) {
         self.0
+            .records
             .records_in
             .get_or_create(&partition_labels(topic, partition))
             .inc_by(n);
@@ -279,6 +341,7 @@ impl Metrics {
     /// `n` outputs handed to the producer for an output partition.
     pub fn record_out(&self, topic: &str, partition: i32, n: u64) {
         self.0
+            .records
             .records_out
             .get_or_create(&partition_labels(topic, partition))
             .inc_by(n);
@@ -298,49 +361,56 @@ impl Metrics {
     /// A record was rejected at `stage`; `dead_lettered` when it went to the DLQ.
     pub fn rejected(&self, stage: Stage, dead_lettered: bool) {
         let labels = StageLabels { stage };
-        self.0.rejected.get_or_create(&labels).inc();
+        self.0.records.rejected.get_or_create(&labels).inc();
         self.0.written.fetch_add(1, Ordering::Relaxed);
         if dead_lettered {
-            self.0.dead_letters.get_or_create(&labels).inc();
+            self.0.records.dead_letters.get_or_create(&labels).inc();
         }
     }
 
     /// A batch of `rows` rows came back from the model after `inference` on its thread.
     pub fn batch(&self, rows: usize, inference: Duration) {
-        self.0.batch_rows.observe(rows as f64);
-        self.0.inference_seconds.observe(inference.as_secs_f64());
+        self.0.timing.batch_rows.observe(rows as f64);
+        self.0
+            .timing
+            .inference_seconds
+            .observe(inference.as_secs_f64());
     }
 
     /// The broker acknowledged a record's output (or dead letter) `latency` after the record's
     /// timestamp.
     pub fn end_to_end(&self, latency: Duration) {
-        self.0.end_to_end_seconds.observe(latency.as_secs_f64());
+        self.0
+            .timing
+            .end_to_end_seconds
+            .observe(latency.as_secs_f64());
     }
 
     /// The broker accepted an offset commit.
     pub fn commit(&self) {
-        self.0.commits.inc();
+        self.0.consumer.commits.inc();
     }
 
     /// The process went through a consumer-group rebalance.
     pub fn rebalance(&self) {
-        self.0.rebalances.inc();
+        self.0.consumer.rebalances.inc();
     }
 
     /// The shadow model scored `rows` rows, `disagreements` of them with another top class.
     pub fn shadow(&self, rows: u64, disagreements: u64) {
-        self.0.shadow_rows.inc_by(rows);
-        self.0.shadow_disagreements.inc_by(disagreements);
+        self.0.serving.shadow_rows.inc_by(rows);
+        self.0.serving.shadow_disagreements.inc_by(disagreements);
     }
 
     /// The shadow model failed on a batch, or its outputs could not be written.
     pub fn shadow_failure(&self) {
-        self.0.shadow_failures.inc();
+        self.0.serving.shadow_failures.inc();
     }
 
     /// A model reload ended with `outcome` (`loaded`, `unchanged` or `failed`).
     pub fn model_reload(&self, outcome: &str) {
         self.0
+            .serving
             .reloads
             .get_or_create(&OutcomeLabels {
                 outcome: outcome.to_string(),
@@ -350,8 +420,9 @@ impl Metrics {
 
     /// The model now being served.
     pub fn model(&self, sha256: &str, path: &std::path::Path) {
-        self.0.model.clear();
+        self.0.serving.model.clear();
         self.0
+            .serving
             .model
             .get_or_create(&ModelLabels {
                 sha256: sha256.to_string(),
@@ -397,10 +468,11 @@ impl Metrics {
             return;
         };
         let Some(lag) = source.as_ref() else { return };
-        self.0.lag.clear();
+        self.0.consumer.lag.clear();
         for ((topic, partition), l) in lag.snapshot() {
             if let Some(n) = l.lag() {
                 self.0
+                    .consumer
                     .lag
                     .get_or_create(&partition_labels(&topic, partition))
                     .set(n);

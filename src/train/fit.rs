@@ -196,54 +196,21 @@ fn survey(
     options: &TrainOptions,
     on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
 ) -> Result<Survey, TrainError> {
-    let mut decoder: Option<(RowDecoder, usize)> = None;
-    let mut unreadable: Vec<SourceRecord> = Vec::new();
-    let mut split = SplitPoints::default();
-    let mut rejected = 0u64;
-    let mut usable = 0u64;
-    let mut max_label = 0f32;
-    let mut check = |decoder: &RowDecoder,
-                     record: &SourceRecord,
-                     on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>|
-     -> Result<(), TrainError> {
-        match decoder.decode(record) {
-            Ok((_, label)) => {
-                usable += 1;
-                max_label = max_label.max(label);
-            }
-            Err(reason) => {
-                rejected += 1;
-                report_rejected(record, &reason, on_event)?;
-            }
-        }
-        Ok(())
-    };
+    let mut pass = FirstPass::default();
     for record in source.read(Part::Training)? {
-        let record = record?;
-        split.observe(&record);
-        if decoder.is_none() {
-            match rows.feature_count(&record) {
-                Some(features) => {
-                    let d = RowDecoder::new(rows.preprocess(features)?, options.task);
-                    for earlier in unreadable.drain(..) {
-                        check(&d, &earlier, on_event)?;
-                    }
-                    decoder = Some((d, features));
-                }
-                None if unreadable.len() < MAX_UNREADABLE_PREFIX => {
-                    unreadable.push(record);
-                    continue;
-                }
-                None => break,
-            }
-        }
-        if let Some((d, _)) = &decoder {
-            check(d, &record, on_event)?;
+        if !pass.observe(record?, rows, options, on_event)? {
+            break;
         }
     }
-    let rejected_total = rejected + unreadable.len() as u64;
+    let FirstPass {
+        decoder,
+        unreadable,
+        mut split,
+        tally,
+    } = pass;
+    let rejected_total = tally.rejected + unreadable.len() as u64;
     let (mut decoder, features) = match decoder {
-        Some(found) if usable > 0 => found,
+        Some(found) if tally.usable > 0 => found,
         _ => {
             return Err(TrainError::NoData {
                 what: source.describe(),
@@ -251,7 +218,111 @@ fn survey(
             })
         }
     };
-    let classes = match options.task {
+    let classes = class_count(options, &mut decoder, tally.max_label, &*source)?;
+    if let Validation::Split(fraction) = options.validation {
+        split.split(fraction);
+    }
+    tracing::info!(
+        features,
+        classes,
+        usable = tally.usable,
+        rejected = rejected_total,
+        "training records surveyed"
+    );
+    Ok(Survey {
+        decoder,
+        input_name: rows.input_name.clone(),
+        features,
+        classes,
+        rejected: rejected_total,
+        split,
+    })
+}
+
+/// What the first pass has read so far.
+#[derive(Default)]
+struct FirstPass {
+    /// The decoder and the feature count, once a record told the layout.
+    decoder: Option<(RowDecoder, usize)>,
+    /// Records read before that, checked once the decoder exists.
+    unreadable: Vec<SourceRecord>,
+    split: SplitPoints,
+    tally: Tally,
+}
+
+impl FirstPass {
+    /// Takes one training record; false when [`MAX_UNREADABLE_PREFIX`] records came without
+    /// telling the layout, so reading stops.
+    fn observe(
+        &mut self,
+        record: SourceRecord,
+        rows: &RowFormat,
+        options: &TrainOptions,
+        on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
+    ) -> Result<bool, TrainError> {
+        self.split.observe(&record);
+        if self.decoder.is_none() {
+            match rows.feature_count(&record) {
+                Some(features) => {
+                    let d = RowDecoder::new(rows.preprocess(features)?, options.task);
+                    for earlier in self.unreadable.drain(..) {
+                        self.tally.check(&d, &earlier, on_event)?;
+                    }
+                    self.decoder = Some((d, features));
+                }
+                None if self.unreadable.len() < MAX_UNREADABLE_PREFIX => {
+                    self.unreadable.push(record);
+                    return Ok(true);
+                }
+                None => return Ok(false),
+            }
+        }
+        if let Some((d, _)) = &self.decoder {
+            self.tally.check(d, &record, on_event)?;
+        }
+        Ok(true)
+    }
+}
+
+/// The first pass's counts of usable and rejected records, and the largest label seen.
+#[derive(Default)]
+struct Tally {
+    usable: u64,
+    rejected: u64,
+    max_label: f32,
+}
+
+impl Tally {
+    /// Decodes `record`: counts it as usable (with its label), or reports it rejected.
+    fn check(
+        &mut self,
+        decoder: &RowDecoder,
+        record: &SourceRecord,
+        on_event: &mut dyn FnMut(Event<'_>) -> Result<(), TrainError>,
+    ) -> Result<(), TrainError> {
+        match decoder.decode(record) {
+            Ok((_, label)) => {
+                self.usable += 1;
+                self.max_label = self.max_label.max(label);
+            }
+            Err(reason) => {
+                self.rejected += 1;
+                report_rejected(record, &reason, on_event)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The number of classes: as given, or the largest label + 1 (set on the decoder, which then
+/// rejects labels outside it); 0 for regression.
+fn class_count(
+    options: &TrainOptions,
+    decoder: &mut RowDecoder,
+    max_label: f32,
+    source: &dyn RecordSource,
+) -> Result<usize, TrainError> {
+    Ok(match options.task {
         Task::Classify { classes: Some(c) } => c,
         Task::Classify { classes: None } => {
             let c = max_label as usize + 1;
@@ -268,24 +339,6 @@ fn survey(
             c
         }
         Task::Regress => 0,
-    };
-    if let Validation::Split(fraction) = options.validation {
-        split.split(fraction);
-    }
-    tracing::info!(
-        features,
-        classes,
-        usable,
-        rejected = rejected_total,
-        "training records surveyed"
-    );
-    Ok(Survey {
-        decoder,
-        input_name: rows.input_name.clone(),
-        features,
-        classes,
-        rejected: rejected_total,
-        split,
     })
 }
 

@@ -214,6 +214,25 @@ impl<'p> Reader<'p> {
         node: &NodeProto,
         inputs: usize,
     ) -> Result<(DenseWeights, String, String, bool, String), String> {
+        let kernel = self.kernel(node, inputs)?;
+        let bias = self.bias(node, kernel.units)?;
+        Ok((
+            DenseWeights {
+                inputs,
+                units: kernel.units,
+                kernel: kernel.values,
+                bias: bias.values,
+            },
+            kernel.name,
+            bias.name,
+            kernel.transposed,
+            bias.out,
+        ))
+    }
+
+    /// The layer's weights (`node`'s second operand, a constant matrix taking `inputs`
+    /// values), stored `[inputs, units]` row-major whatever the graph's layout.
+    fn kernel(&self, node: &NodeProto, inputs: usize) -> Result<Kernel, String> {
         let kernel_name = node
             .input
             .get(1)
@@ -222,19 +241,7 @@ impl<'p> Reader<'p> {
             .constants
             .get(kernel_name.as_str())
             .ok_or_else(|| unsupported(node, "the weights are not a constant"))?;
-        let int_attr = |name: &str| node.attribute.iter().find(|a| a.name == name).map(|a| a.i);
-        let float_attr = |name: &str| node.attribute.iter().find(|a| a.name == name).map(|a| a.f);
-        let transposed = node.op_type == "Gemm" && int_attr("transB") == Some(1);
-        if node.op_type == "Gemm"
-            && (int_attr("transA").unwrap_or(0) != 0
-                || float_attr("alpha").unwrap_or(1.0) != 1.0
-                || float_attr("beta").unwrap_or(1.0) != 1.0)
-        {
-            return Err(unsupported(
-                node,
-                "only Gemm with transA = 0, alpha = beta = 1",
-            ));
-        }
+        let transposed = gemm_transposed(node)?;
         let dims: Vec<usize> = kernel.dims.iter().map(|&d| d as usize).collect();
         let (rows, cols) = match dims.as_slice() {
             [r, c] => (*r, *c),
@@ -256,6 +263,17 @@ impl<'p> Reader<'p> {
         if transposed {
             values = transpose(&values, units, k_in);
         }
+        Ok(Kernel {
+            name: kernel_name.clone(),
+            values,
+            units,
+            transposed,
+        })
+    }
+
+    /// The layer's bias of `units` values: `Gemm`'s third operand, or the constant the `Add`
+    /// after a `MatMul` adds; with the name the layer's output leaves under.
+    fn bias(&self, node: &NodeProto, units: usize) -> Result<Bias, String> {
         let (bias_node, bias_name, out) = if node.op_type == "Gemm" {
             let name = node
                 .input
@@ -277,7 +295,7 @@ impl<'p> Reader<'p> {
                 .ok_or_else(|| unsupported(add, "no bias operand"))?;
             (add, name.clone(), add.output[0].clone())
         };
-        let bias = self
+        let values = self
             .constants
             .get(bias_name.as_str())
             .and_then(|t| floats(t))
@@ -288,19 +306,51 @@ impl<'p> Reader<'p> {
                     &format!("the bias is not a constant of {units} float32 values"),
                 )
             })?;
-        Ok((
-            DenseWeights {
-                inputs,
-                units,
-                kernel: values,
-                bias,
-            },
-            kernel_name.clone(),
-            bias_name,
-            transposed,
+        Ok(Bias {
+            name: bias_name,
+            values,
             out,
-        ))
+        })
     }
+}
+
+/// A dense layer's weights, as training holds them.
+struct Kernel {
+    /// The initializer's name in the graph.
+    name: String,
+    /// `[inputs, units]`, row-major.
+    values: Vec<f32>,
+    units: usize,
+    /// The graph stores them `[units, inputs]` (`Gemm` with `transB = 1`).
+    transposed: bool,
+}
+
+/// A dense layer's bias.
+struct Bias {
+    /// The initializer's name in the graph.
+    name: String,
+    values: Vec<f32>,
+    /// The layer's output: where the chain goes on.
+    out: String,
+}
+
+/// Whether a `Gemm` takes its weights transposed (`transB`); fails on the `Gemm` variants
+/// training does not reproduce. False for `MatMul`.
+fn gemm_transposed(node: &NodeProto) -> Result<bool, String> {
+    let int_attr = |name: &str| node.attribute.iter().find(|a| a.name == name).map(|a| a.i);
+    let float_attr = |name: &str| node.attribute.iter().find(|a| a.name == name).map(|a| a.f);
+    let transposed = node.op_type == "Gemm" && int_attr("transB") == Some(1);
+    if node.op_type == "Gemm"
+        && (int_attr("transA").unwrap_or(0) != 0
+            || float_attr("alpha").unwrap_or(1.0) != 1.0
+            || float_attr("beta").unwrap_or(1.0) != 1.0)
+    {
+        return Err(unsupported(
+            node,
+            "only Gemm with transA = 0, alpha = beta = 1",
+        ));
+    }
+    Ok(transposed)
 }
 
 fn unsupported(node: &NodeProto, why: &str) -> String {

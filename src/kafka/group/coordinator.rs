@@ -276,82 +276,14 @@ impl Coordinator {
     async fn find(&self) -> Result<Connection, Failure> {
         let mut last = String::from("no bootstrap broker");
         for broker in &self.kafka.brokers {
-            let mut conn = match Connection::open(broker, &self.kafka).await {
-                Ok(c) => c,
-                Err(e) => {
-                    last = match Failure::from(e) {
-                        Failure::Retry(m) => m,
-                        Failure::Fatal(e) => return Err(Failure::Fatal(e)),
-                    };
+            let (conn, addr) = match self.ask_for_coordinator(broker).await {
+                Ok(found) => found,
+                Err(Failure::Retry(m)) => {
+                    last = m;
                     continue;
                 }
+                Err(fatal) => return Err(fatal),
             };
-            let version = conn
-                .version(
-                    FindCoordinatorRequest::API,
-                    FindCoordinatorRequest::NAME,
-                    FindCoordinatorRequest::VERSIONS,
-                )
-                .map_err(Failure::Fatal)?;
-            let mut request = FindCoordinatorRequest::default();
-            if version >= 4 {
-                request.coordinator_keys = vec![StrBytes::from_string(self.group.clone())];
-            } else {
-                request.key = StrBytes::from_string(self.group.clone());
-            }
-            // key_type 0 is "group" (the default).
-            let response: FindCoordinatorResponse = match conn
-                .request(FindCoordinatorRequest::API, version, &request)
-                .await
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    last = match Failure::from(e) {
-                        Failure::Retry(m) => m,
-                        Failure::Fatal(e) => return Err(Failure::Fatal(e)),
-                    };
-                    continue;
-                }
-            };
-            let (code, message, host, port) = if version >= 4 {
-                match response.coordinators.first() {
-                    Some(c) => (
-                        c.error_code,
-                        c.error_message.clone(),
-                        c.host.clone(),
-                        c.port,
-                    ),
-                    None => {
-                        last = format!(
-                            "broker {broker} answered FindCoordinator without a coordinator"
-                        );
-                        continue;
-                    }
-                }
-            } else {
-                (
-                    response.error_code,
-                    response.error_message.clone(),
-                    response.host.clone(),
-                    response.port,
-                )
-            };
-            if code != 0 {
-                let error =
-                    ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code));
-                let detail = message.map(|m| format!(": {m}")).unwrap_or_default();
-                if retriable(code) {
-                    last = format!("broker {broker}: {error}{detail}");
-                    continue;
-                }
-                return Err(Failure::Fatal(GroupError::Broker {
-                    operation: "FindCoordinator",
-                    group: self.group.clone(),
-                    error,
-                    hint: hint(error),
-                }));
-            }
-            let addr = format!("{}:{port}", host.as_str());
             tracing::debug!(group = %self.group, coordinator = %addr, via = %broker, "found group coordinator");
             if addr == conn.addr() {
                 return Ok(conn);
@@ -362,6 +294,75 @@ impl Coordinator {
                 .map_err(Failure::from);
         }
         Err(Failure::Retry(last))
+    }
+
+    /// Asks one bootstrap broker where the coordinator is: the connection to that broker and
+    /// the coordinator's `host:port`. [`Failure::Retry`]: ask the next broker.
+    async fn ask_for_coordinator(&self, broker: &str) -> Result<(Connection, String), Failure> {
+        let mut conn = Connection::open(broker, &self.kafka).await?;
+        let version = conn
+            .version(
+                FindCoordinatorRequest::API,
+                FindCoordinatorRequest::NAME,
+                FindCoordinatorRequest::VERSIONS,
+            )
+            .map_err(Failure::Fatal)?;
+        let mut request = FindCoordinatorRequest::default();
+        if version >= 4 {
+            request.coordinator_keys = vec![StrBytes::from_string(self.group.clone())];
+        } else {
+            request.key = StrBytes::from_string(self.group.clone());
+        }
+        // key_type 0 is "group" (the default).
+        let response: FindCoordinatorResponse = conn
+            .request(FindCoordinatorRequest::API, version, &request)
+            .await?;
+        let addr = self.coordinator_address(broker, version, &response)?;
+        Ok((conn, addr))
+    }
+
+    /// The coordinator's `host:port` in a FindCoordinator response (one coordinator from v4
+    /// on), or why there is none: retriable (ask the next broker) or fatal.
+    fn coordinator_address(
+        &self,
+        broker: &str,
+        version: i16,
+        response: &FindCoordinatorResponse,
+    ) -> Result<String, Failure> {
+        let (code, message, host, port) = if version >= 4 {
+            match response.coordinators.first() {
+                Some(c) => (c.error_code, &c.error_message, &c.host, c.port),
+                None => {
+                    return Err(Failure::Retry(format!(
+                        "broker {broker} answered FindCoordinator without a coordinator"
+                    )))
+                }
+            }
+        } else {
+            (
+                response.error_code,
+                &response.error_message,
+                &response.host,
+                response.port,
+            )
+        };
+        if code != 0 {
+            let error = ResponseError::try_from_code(code).unwrap_or(ResponseError::Unknown(code));
+            let detail = message
+                .as_ref()
+                .map(|m| format!(": {m}"))
+                .unwrap_or_default();
+            if retriable(code) {
+                return Err(Failure::Retry(format!("broker {broker}: {error}{detail}")));
+            }
+            return Err(Failure::Fatal(GroupError::Broker {
+                operation: "FindCoordinator",
+                group: self.group.clone(),
+                error,
+                hint: hint(error),
+            }));
+        }
+        Ok(format!("{}:{port}", host.as_str()))
     }
 
     /// Sends the request `build(version)` to the coordinator, retrying retriable failures until

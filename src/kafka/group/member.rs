@@ -11,8 +11,8 @@ use kafka_protocol::messages::leave_group_request::MemberIdentity;
 use kafka_protocol::messages::metadata_request::MetadataRequestTopic;
 use kafka_protocol::messages::sync_group_request::SyncGroupRequestAssignment;
 use kafka_protocol::messages::{
-    GroupId, HeartbeatRequest, JoinGroupRequest, LeaveGroupRequest, MetadataRequest,
-    SyncGroupRequest, TopicName,
+    GroupId, HeartbeatRequest, JoinGroupRequest, JoinGroupResponse, LeaveGroupRequest,
+    MetadataRequest, SyncGroupRequest, SyncGroupResponse, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use kafka_protocol::ResponseError;
@@ -355,88 +355,18 @@ impl GroupMember {
     /// member's partitions unassigned. The standard remedy is used once: leave the group and
     /// join as a new member, which makes every member rebalance into a new generation.
     async fn join_round(&mut self, reason: &str, after_rebalance: bool) -> Result<(), GroupError> {
-        let previous_generation = self.generation;
-        let mut must_advance = after_rebalance && previous_generation >= 0;
-        let started = Instant::now();
-        let budget = self.config.rebalance_timeout + self.coordinator.kafka().request_timeout;
-        let deadline = started + budget;
-        let metadata = protocol::encode_subscription(&self.topics);
-        let mut backoff = Backoff::new();
-        let group = self.config.group_id.clone();
-        let mut forced_for_stale_sync = false;
+        let mut round = JoinRound::new(self, after_rebalance);
         loop {
-            if Instant::now() >= deadline {
-                return Err(GroupError::Timeout {
-                    operation: "JoinGroup/SyncGroup",
-                    group,
-                    brokers: self.coordinator.kafka().brokers.join(","),
-                    waited: started.elapsed(),
-                    last_error: "the group did not settle (members kept joining or leaving)".into(),
-                });
-            }
-            let (join, version) = self
-                .coordinator
-                .send(deadline, |v| {
-                    join_request(&self.config, &self.member_id, &metadata, reason, v)
-                })
-                .await?;
-            match ResponseError::try_from_code(join.error_code) {
-                None => {}
-                Some(ResponseError::MemberIdRequired) => {
-                    self.member_id = join.member_id.to_string();
-                    tracing::debug!(%group, member = %self.member_id, "broker assigned a member id");
-                    continue;
-                }
-                Some(ResponseError::UnknownMemberId) => {
-                    self.member_id.clear();
-                    continue;
-                }
-                Some(ResponseError::RebalanceInProgress | ResponseError::IllegalGeneration) => {
-                    backoff.wait(deadline).await;
-                    continue;
-                }
-                Some(ResponseError::InconsistentGroupProtocol) => {
-                    return Err(self.inconsistent());
-                }
-                Some(error) => {
-                    return Err(GroupError::Broker {
-                        operation: "JoinGroup",
-                        group,
-                        error,
-                        hint: hint(error),
-                    })
-                }
-            }
-            self.member_id = join.member_id.to_string();
-            if must_advance && join.generation_id <= previous_generation {
-                tracing::warn!(%group, member = %self.member_id, generation = join.generation_id,
-                    "the coordinator announced a rebalance but kept the generation (tansu after \
-                     evicting a member); leaving and joining as a new member to force a new one");
-                must_advance = false;
-                self.leave_quietly().await;
+            round.check_deadline(self.coordinator.kafka())?;
+            let Step::Go((join, version)) = self.join_group(&mut round, reason).await? else {
+                continue;
+            };
+            if self.kept_generation(&mut round, &join).await {
                 continue;
             }
-            self.generation = join.generation_id;
-            let name = join
-                .protocol_name
-                .as_ref()
-                .map(|n| n.as_str().to_string())
-                .unwrap_or_default();
-            let Some(&assignor) = self.config.assignors.iter().find(|a| a.name() == name) else {
-                return Err(GroupError::Protocol {
-                    what: "JoinGroup response",
-                    source_name: "the group coordinator".into(),
-                    message: format!(
-                        "the group chose assignor `{name}`, which this member did not offer (JoinGroup v{version})"
-                    ),
-                });
-            };
-            self.assignor = assignor;
-            self.leader = join.leader.as_str() == self.member_id;
-            tracing::debug!(%group, member = %self.member_id, generation = self.generation,
-                leader = self.leader, assignor = %assignor, members = join.members.len(), "joined");
+            let assignor = self.adopt_join(&round.group, &join, version)?;
             let assignments = if self.leader && !join.skip_assignment {
-                self.assign(&join.members, assignor, deadline).await?
+                self.assign(&join.members, assignor, round.deadline).await?
             } else {
                 Vec::new()
             };
@@ -444,80 +374,200 @@ impl GroupMember {
                 .iter()
                 .find(|(m, _)| *m == self.member_id)
                 .map(|(_, bytes)| bytes.clone());
-            let (sync, _) = self
-                .coordinator
-                .send(deadline, |v| {
-                    sync_request(
-                        &group,
-                        &self.member_id,
-                        self.generation,
-                        assignor,
-                        &assignments,
-                        v,
-                    )
-                })
-                .await?;
-            match ResponseError::try_from_code(sync.error_code) {
-                None => {}
-                Some(ResponseError::RebalanceInProgress | ResponseError::IllegalGeneration) => {
-                    // Another member joined meanwhile, or (tansu) the leader has not synced
-                    // yet: join again.
-                    backoff.wait(deadline).await;
-                    continue;
-                }
-                Some(ResponseError::UnknownMemberId) => {
-                    self.member_id.clear();
-                    continue;
-                }
-                Some(ResponseError::InconsistentGroupProtocol) => {
-                    return Err(self.inconsistent());
-                }
-                Some(error) => {
-                    return Err(GroupError::Broker {
-                        operation: "SyncGroup",
-                        group,
-                        error,
-                        hint: hint(error),
-                    })
-                }
-            }
-            self.assignment = protocol::decode_assignment(&sync.assignment).map_err(|message| {
-                GroupError::Protocol {
-                    what: "assignment",
-                    source_name: "the group leader".into(),
-                    message,
-                }
-            })?;
-            if let Some(sent) = own_plan {
-                // A coordinator hands the leader back what the leader sent; a different answer
-                // means it kept an older generation's assignments (tansu, as above).
-                if protocol::decode_assignment(&sent).ok().as_ref() != Some(&self.assignment) {
-                    if forced_for_stale_sync {
-                        return Err(GroupError::Protocol {
-                            what: "SyncGroup response",
-                            source_name: "the group coordinator".into(),
-                            message: "it keeps answering the leader with an assignment other than the one the leader sent".into(),
-                        });
-                    }
-                    tracing::warn!(%group, member = %self.member_id, generation = self.generation,
-                        "the coordinator ignored this leader's assignment; leaving and joining as a new member");
-                    forced_for_stale_sync = true;
-                    self.assignment.clear();
-                    self.leave_quietly().await;
-                    continue;
-                }
-            }
-            if let Some(foreign) = self
-                .assignment
-                .iter()
-                .find(|tp| !self.topics.contains(&tp.topic))
-            {
-                tracing::warn!(%group, partition = %foreign, "assigned a partition of a topic this member did not subscribe to");
-            }
-            tracing::info!(%group, member = %self.member_id, generation = self.generation,
-                leader = self.leader, partitions = self.assignment.len(), "group joined");
+            let Step::Go(sync) = self.sync_group(&mut round, assignor, &assignments).await? else {
+                continue;
+            };
+            let Step::Go(()) = self
+                .take_assignment(&mut round, &sync.assignment, own_plan)
+                .await?
+            else {
+                continue;
+            };
+            self.report_joined(&round.group);
             return Ok(());
         }
+    }
+
+    /// Sends JoinGroup and reads its error code: the response and the version used, or
+    /// [`Step::JoinAgain`] when the broker asks for another JoinGroup (new member id, or a
+    /// rebalance under way).
+    async fn join_group(
+        &mut self,
+        round: &mut JoinRound,
+        reason: &str,
+    ) -> Result<Step<(JoinGroupResponse, i16)>, GroupError> {
+        let (join, version) = self
+            .coordinator
+            .send(round.deadline, |v| {
+                join_request(&self.config, &self.member_id, &round.metadata, reason, v)
+            })
+            .await?;
+        match ResponseError::try_from_code(join.error_code) {
+            None => {}
+            Some(ResponseError::MemberIdRequired) => {
+                self.member_id = join.member_id.to_string();
+                tracing::debug!(group = %round.group, member = %self.member_id, "broker assigned a member id");
+                return Ok(Step::JoinAgain);
+            }
+            Some(ResponseError::UnknownMemberId) => {
+                self.member_id.clear();
+                return Ok(Step::JoinAgain);
+            }
+            Some(ResponseError::RebalanceInProgress | ResponseError::IllegalGeneration) => {
+                round.backoff.wait(round.deadline).await;
+                return Ok(Step::JoinAgain);
+            }
+            Some(ResponseError::InconsistentGroupProtocol) => {
+                return Err(self.inconsistent());
+            }
+            Some(error) => {
+                return Err(GroupError::Broker {
+                    operation: "JoinGroup",
+                    group: round.group.clone(),
+                    error,
+                    hint: hint(error),
+                })
+            }
+        }
+        self.member_id = join.member_id.to_string();
+        Ok(Step::Go((join, version)))
+    }
+
+    /// True (after leaving the group, once per round) when the join had to start a new
+    /// generation but the coordinator kept the old one (see [`GroupMember::join_round`]).
+    async fn kept_generation(&mut self, round: &mut JoinRound, join: &JoinGroupResponse) -> bool {
+        if !(round.must_advance && join.generation_id <= round.previous_generation) {
+            return false;
+        }
+        tracing::warn!(group = %round.group, member = %self.member_id, generation = join.generation_id,
+            "the coordinator announced a rebalance but kept the generation (tansu after \
+             evicting a member); leaving and joining as a new member to force a new one");
+        round.must_advance = false;
+        self.leave_quietly().await;
+        true
+    }
+
+    /// Takes the generation, the assignor the group chose and the leadership from a
+    /// successful JoinGroup; fails if the chosen assignor is not one this member offered.
+    fn adopt_join(
+        &mut self,
+        group: &str,
+        join: &JoinGroupResponse,
+        version: i16,
+    ) -> Result<Assignor, GroupError> {
+        self.generation = join.generation_id;
+        let name = join
+            .protocol_name
+            .as_ref()
+            .map(|n| n.as_str().to_string())
+            .unwrap_or_default();
+        let Some(&assignor) = self.config.assignors.iter().find(|a| a.name() == name) else {
+            return Err(GroupError::Protocol {
+                what: "JoinGroup response",
+                source_name: "the group coordinator".into(),
+                message: format!(
+                    "the group chose assignor `{name}`, which this member did not offer (JoinGroup v{version})"
+                ),
+            });
+        };
+        self.assignor = assignor;
+        self.leader = join.leader.as_str() == self.member_id;
+        tracing::debug!(%group, member = %self.member_id, generation = self.generation,
+            leader = self.leader, assignor = %assignor, members = join.members.len(), "joined");
+        Ok(assignor)
+    }
+
+    /// Sends SyncGroup (with the leader's `assignments`, empty for the others) and reads its
+    /// error code: the response, or [`Step::JoinAgain`] when the generation moved on.
+    async fn sync_group(
+        &mut self,
+        round: &mut JoinRound,
+        assignor: Assignor,
+        assignments: &[(String, Bytes)],
+    ) -> Result<Step<SyncGroupResponse>, GroupError> {
+        let (sync, _) = self
+            .coordinator
+            .send(round.deadline, |v| {
+                sync_request(
+                    &round.group,
+                    &self.member_id,
+                    self.generation,
+                    assignor,
+                    assignments,
+                    v,
+                )
+            })
+            .await?;
+        match ResponseError::try_from_code(sync.error_code) {
+            None => Ok(Step::Go(sync)),
+            Some(ResponseError::RebalanceInProgress | ResponseError::IllegalGeneration) => {
+                // Another member joined meanwhile, or (tansu) the leader has not synced
+                // yet: join again.
+                round.backoff.wait(round.deadline).await;
+                Ok(Step::JoinAgain)
+            }
+            Some(ResponseError::UnknownMemberId) => {
+                self.member_id.clear();
+                Ok(Step::JoinAgain)
+            }
+            Some(ResponseError::InconsistentGroupProtocol) => Err(self.inconsistent()),
+            Some(error) => Err(GroupError::Broker {
+                operation: "SyncGroup",
+                group: round.group.clone(),
+                error,
+                hint: hint(error),
+            }),
+        }
+    }
+
+    /// Decodes this member's assignment from SyncGroup. A leader checks it got back what it
+    /// sent (`own_plan`); if not, it leaves and joins again as a new member, once per round.
+    async fn take_assignment(
+        &mut self,
+        round: &mut JoinRound,
+        assignment: &Bytes,
+        own_plan: Option<Bytes>,
+    ) -> Result<Step<()>, GroupError> {
+        self.assignment =
+            protocol::decode_assignment(assignment).map_err(|message| GroupError::Protocol {
+                what: "assignment",
+                source_name: "the group leader".into(),
+                message,
+            })?;
+        if let Some(sent) = own_plan {
+            // A coordinator hands the leader back what the leader sent; a different answer
+            // means it kept an older generation's assignments (tansu, see `join_round`).
+            if protocol::decode_assignment(&sent).ok().as_ref() != Some(&self.assignment) {
+                if round.forced_for_stale_sync {
+                    return Err(GroupError::Protocol {
+                        what: "SyncGroup response",
+                        source_name: "the group coordinator".into(),
+                        message: "it keeps answering the leader with an assignment other than the one the leader sent".into(),
+                    });
+                }
+                tracing::warn!(group = %round.group, member = %self.member_id, generation = self.generation,
+                    "the coordinator ignored this leader's assignment; leaving and joining as a new member");
+                round.forced_for_stale_sync = true;
+                self.assignment.clear();
+                self.leave_quietly().await;
+                return Ok(Step::JoinAgain);
+            }
+        }
+        Ok(Step::Go(()))
+    }
+
+    /// Logs the finished join, warning about partitions of topics this member did not
+    /// subscribe to.
+    fn report_joined(&self, group: &str) {
+        if let Some(foreign) = self
+            .assignment
+            .iter()
+            .find(|tp| !self.topics.contains(&tp.topic))
+        {
+            tracing::warn!(%group, partition = %foreign, "assigned a partition of a topic this member did not subscribe to");
+        }
+        tracing::info!(%group, member = %self.member_id, generation = self.generation,
+            leader = self.leader, partitions = self.assignment.len(), "group joined");
     }
 
     /// LeaveGroup ignoring the outcome, then forget the member id: the next JoinGroup makes
@@ -616,6 +666,65 @@ impl GroupMember {
         }
         Ok(counts)
     }
+}
+
+/// What one [`GroupMember::join_round`] carries from attempt to attempt.
+struct JoinRound {
+    group: String,
+    started: Instant,
+    /// `rebalance_timeout` (the broker waits for the other members) plus `request_timeout`.
+    deadline: Instant,
+    /// This member's subscription, sent with every JoinGroup.
+    metadata: Bytes,
+    backoff: Backoff,
+    /// The generation before the round (-1 when not in the group).
+    previous_generation: i32,
+    /// The join must end in a newer generation than `previous_generation`.
+    must_advance: bool,
+    /// This leader already left and joined again because the coordinator ignored its
+    /// assignment.
+    forced_for_stale_sync: bool,
+}
+
+impl JoinRound {
+    /// A round for `member`; `after_rebalance` as in [`GroupMember::join_round`].
+    fn new(member: &GroupMember, after_rebalance: bool) -> JoinRound {
+        let previous_generation = member.generation;
+        let started = Instant::now();
+        let budget = member.config.rebalance_timeout + member.coordinator.kafka().request_timeout;
+        JoinRound {
+            group: member.config.group_id.clone(),
+            started,
+            deadline: started + budget,
+            metadata: protocol::encode_subscription(&member.topics),
+            backoff: Backoff::new(),
+            previous_generation,
+            must_advance: after_rebalance && previous_generation >= 0,
+            forced_for_stale_sync: false,
+        }
+    }
+
+    /// Fails with the round's timeout once its deadline has passed.
+    fn check_deadline(&self, kafka: &KafkaConfig) -> Result<(), GroupError> {
+        if Instant::now() < self.deadline {
+            return Ok(());
+        }
+        Err(GroupError::Timeout {
+            operation: "JoinGroup/SyncGroup",
+            group: self.group.clone(),
+            brokers: kafka.brokers.join(","),
+            waited: self.started.elapsed(),
+            last_error: "the group did not settle (members kept joining or leaving)".into(),
+        })
+    }
+}
+
+/// What a step of a join round decided.
+enum Step<T> {
+    /// Go on to the next step with this.
+    Go(T),
+    /// Start the round over with a new JoinGroup.
+    JoinAgain,
 }
 
 impl Drop for GroupMember {
