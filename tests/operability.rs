@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{argmax, digits, tf_classes, Broker, Rec};
+use common::{argmax, digits, sha_prefix, tf_classes, Broker, Rec};
 
 /// GET `url` with Python's urllib: (status, body). Status 0 when nothing answers.
 fn http_get(url: &str) -> (u16, String) {
@@ -338,9 +338,13 @@ fn replacing_the_model_file_mid_run_swaps_models_between_batches() {
         let (phase, i) = key[1..].split_once('-').unwrap();
         let row: usize = phase.parse::<usize>().unwrap() * 500 + i.parse::<usize>().unwrap();
         let class = argmax(o.value_json()["probabilities"].as_array().unwrap());
-        let sha = o.header("model.sha256").unwrap();
-        let is_cnn = sha == cnn_sha;
-        assert!(is_cnn || sha == mlp_sha, "{key}: unknown model {sha}");
+        let source = o.source();
+        let sha = source.model.as_str();
+        let is_cnn = sha == sha_prefix(&cnn_sha);
+        assert!(
+            is_cnn || sha == sha_prefix(&mlp_sha),
+            "{key}: unknown model {sha}"
+        );
         match phase {
             "0" => assert!(!is_cnn, "{key}: produced before the swap"),
             "2" => assert!(is_cnn, "{key}: produced after the swap"),
@@ -351,8 +355,7 @@ fn replacing_the_model_file_mid_run_swaps_models_between_batches() {
             class, want_class,
             "{key}: output is not from the model it names"
         );
-        let src_p = o.header("source.partition").unwrap();
-        let src_o: i64 = o.header("source.offset").unwrap().parse().unwrap();
+        let (src_p, src_o) = (source.partition.to_string(), source.offset);
         if let Some(prev) = last.insert((o.partition, src_p.clone()), src_o) {
             assert!(src_o > prev, "{key}: order not kept");
         }
@@ -471,7 +474,7 @@ fn a_shadow_model_scores_the_same_records_and_disagreements_are_counted() {
     for o in &shadow {
         let key = o.key_str().unwrap();
         let i: usize = key[1..].parse().unwrap();
-        assert_eq!(o.header("model.sha256"), Some(cnn_sha.clone()), "{key}");
+        assert_eq!(o.source().model, sha_prefix(&cnn_sha), "{key}");
         assert_eq!(
             argmax(o.value_json()["probabilities"].as_array().unwrap()),
             cnn_tf[i],

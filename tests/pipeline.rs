@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{argmax, stop_with_sigterm, tf_classes, Broker, Consumed, Rec};
+use common::{argmax, sha_prefix, stop_with_sigterm, tf_classes, Broker, Consumed, Rec};
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -110,8 +110,8 @@ fn assert_order_kept(outs: &[Consumed]) {
     let mut sorted = outs.to_vec();
     sorted.sort_by_key(|o| (o.partition, o.offset));
     for o in &sorted {
-        let src_p: i32 = o.header("source.partition").unwrap().parse().unwrap();
-        let src_o: i64 = o.header("source.offset").unwrap().parse().unwrap();
+        let source = o.source();
+        let (src_p, src_o) = (source.partition, source.offset);
         if let Some(prev) = last.insert((o.partition, src_p), src_o) {
             assert!(
                 src_o > prev,
@@ -154,18 +154,15 @@ fn check_digit_outputs(broker: &Broker, model: &str, coords: &[(i32, i64)], out_
             "{key}: streamtract says {class}, TensorFlow says {}",
             tf[i]
         );
-        assert_eq!(o.header("source.topic").as_deref(), Some("pixels"));
+        let source = o.source();
+        assert_eq!(source.topic, "pixels");
+        assert_eq!((source.partition, source.offset), coords[i], "{key}");
+        assert_eq!(source.model, sha_prefix(sha.sha256()));
         assert_eq!(
-            o.header("source.partition").unwrap(),
-            coords[i].0.to_string(),
-            "{key}"
+            o.headers.len(),
+            1,
+            "{key}: only the compact header by default"
         );
-        assert_eq!(
-            o.header("source.offset").unwrap(),
-            coords[i].1.to_string(),
-            "{key}"
-        );
-        assert_eq!(o.header("model.sha256").as_deref(), Some(sha.sha256()));
         assert_eq!(
             o.partition, java_partitions[i],
             "{key}: output partition differs from the Java partitioner"
@@ -200,6 +197,79 @@ fn digits_csv_through_the_cnn_match_tensorflow() {
         "{stderr}"
     );
     check_digit_outputs(&broker, "digits_cnn", &coords, 4);
+}
+
+/// The three header modes on the same records: `full` writes every coordinate and the whole
+/// SHA-256, `compact` (the default) the same coordinates in one header with a 16-digit SHA-256
+/// prefix, `none` nothing; the values are the same either way.
+#[test]
+fn output_headers_full_compact_and_none_name_the_same_source() {
+    let broker = Broker::start("output_headers");
+    broker.create_topic("pixels", 2);
+    let recs: Vec<Rec> = dataset("digits.csv")
+        .iter()
+        .take(40)
+        .enumerate()
+        .map(|(i, (_, px))| Rec::kv(&format!("digit-{i}"), csv_line(px)))
+        .collect();
+    let coords = broker.produce("pixels", &recs);
+    let sha = streamtract::model::Model::load(root().join("models/digits_mlp.onnx"))
+        .unwrap()
+        .sha256()
+        .to_string();
+    let mut by_mode = BTreeMap::new();
+    for mode in ["full", "compact", "none", "default"] {
+        let topic = format!("out-{mode}");
+        broker.create_topic(&topic, 1);
+        let mut extra = vec!["--until-end"];
+        if mode != "default" {
+            extra.extend(["--output-headers", mode]);
+        }
+        run_ok(&run_args(
+            &broker,
+            "pixels",
+            &topic,
+            "models/digits_mlp.onnx",
+            &extra,
+        ));
+        let (_, by_key) = outputs_by_key(&broker, &topic, recs.len());
+        by_mode.insert(mode, by_key);
+    }
+    for (i, coord) in coords.iter().enumerate() {
+        let key = format!("digit-{i}");
+        let full = &by_mode["full"][&key];
+        let names: Vec<&str> = full.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "model.sha256",
+                "source.offset",
+                "source.partition",
+                "source.timestamp",
+                "source.topic"
+            ],
+            "{key}"
+        );
+        assert_eq!(full.header("source.topic").as_deref(), Some("pixels"));
+        assert_eq!(full.header("source.partition"), Some(coord.0.to_string()));
+        assert_eq!(full.header("source.offset"), Some(coord.1.to_string()));
+        assert_eq!(full.header("model.sha256").as_deref(), Some(sha.as_str()));
+        for mode in ["compact", "default"] {
+            let compact = &by_mode[mode][&key];
+            assert_eq!(compact.headers.len(), 1, "{mode} {key}: one header");
+            let source = compact.source();
+            assert_eq!(source.topic, "pixels");
+            assert_eq!((source.partition, source.offset), *coord, "{mode} {key}");
+            assert_eq!(
+                Some(source.timestamp_ms.to_string()),
+                full.header("source.timestamp"),
+                "{mode} {key}"
+            );
+            assert_eq!(source.model, sha_prefix(&sha), "{mode} {key}");
+            assert_eq!(compact.value, full.value, "{mode} {key}: same prediction");
+        }
+        assert!(by_mode["none"][&key].headers.is_empty(), "{key}");
+    }
 }
 
 #[test]
@@ -521,10 +591,8 @@ fn follow_mode_reads_several_topics_and_stops_cleanly_on_sigterm() {
         stderr.contains("15 records in, 15 outputs written"),
         "{stderr}"
     );
-    let topics: std::collections::BTreeSet<String> = outs
-        .iter()
-        .map(|o| o.header("source.topic").unwrap())
-        .collect();
+    let topics: std::collections::BTreeSet<String> =
+        outs.iter().map(|o| o.source().topic).collect();
     assert_eq!(topics.into_iter().collect::<Vec<_>>(), ["a", "b"]);
 }
 

@@ -300,7 +300,7 @@ fn serve_and_compare(
     assert_eq!(outputs.len(), rows.len());
     let mut correct = 0;
     for output in &outputs {
-        let offset: usize = output.header("source.offset").unwrap().parse().unwrap();
+        let offset = output.source().offset as usize;
         let ours: Vec<f64> = output.value_json()["probabilities"]
             .as_array()
             .unwrap()
@@ -761,7 +761,7 @@ fn online_training_is_served_hot_and_resumes_after_kill_9() {
         .iter()
         .map(|o| {
             (
-                o.header("source.offset").unwrap().parse().unwrap(),
+                o.source().offset,
                 o.header("model.version")
                     .expect("model.version header")
                     .parse()

@@ -21,7 +21,7 @@ use streamtract::kafka::{Password, SaslConfig, SaslMechanism, SecurityConfig, Tl
 use streamtract::kafka::{StartPosition, TopicSelection};
 use streamtract::model::GraphRewrites;
 use streamtract::pipeline::ConfigError;
-use streamtract::pipeline::{ErrorPolicy, PipelineConfig};
+use streamtract::pipeline::{ErrorPolicy, OutputHeaders, PipelineConfig};
 
 /// Flags of `streamtract run`; also the keys of its TOML config file.
 #[derive(Debug, Clone, Default, Args, Deserialize)]
@@ -93,7 +93,7 @@ pub struct RunArgs {
     pub fetch_max_wait_ms: Option<u64>,
 
     /// Most bytes one fetch asks for per partition; a larger record is still read (the fetch
-    /// grows for it). Fetch buffers are most of the memory a run holds. [default: 262144]
+    /// grows for it). Fetch buffers are most of the memory a run holds. [default: 524288]
     #[arg(long, value_name = "BYTES")]
     pub fetch_max_bytes: Option<u32>,
 
@@ -120,9 +120,13 @@ pub struct RunArgs {
     #[arg(long, value_name = "TOPIC")]
     pub dlq: Option<String>,
 
-    /// Write `source.*` and `model.sha256` headers on every output. [default: true]
-    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
-    pub output_headers: Option<bool>,
+    /// Provenance headers on every output: `compact` (one `streamtract.source` header,
+    /// `TOPIC:PARTITION:OFFSET:TIMESTAMP_MS:MODEL`), `full` (`source.topic`, `source.partition`,
+    /// `source.offset`, `source.timestamp`, `model.sha256`) or `none`; `true`/`false` (and the
+    /// bare flag) mean full/none. [default: compact]
+    #[arg(long, num_args = 0..=1, default_missing_value = "full", value_name = "full|compact|none")]
+    #[serde(default, deserialize_with = "text_or_bool")]
+    pub output_headers: Option<String>,
 
     /// Consumer group id. Without explicit partitions, Kafka spreads the input partitions over
     /// every process with this id; with `--input TOPIC:P1,P2` the positions are still fetched
@@ -485,7 +489,9 @@ impl RunArgs {
             }
             config.dlq = Some(topic.clone());
         }
-        config.output_headers = self.output_headers.unwrap_or(true);
+        if let Some(mode) = &self.output_headers {
+            config.output_headers = parse::<OutputHeaders>("output_headers", mode)?;
+        }
         Ok(())
     }
 
@@ -727,6 +733,21 @@ impl SecuritySettings {
     }
 }
 
+/// A setting that was a boolean and grew more values (`output_headers = false` in older
+/// config files): a string, or `true`/`false` as their string.
+fn text_or_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum TextOrBool {
+        Text(String),
+        Bool(bool),
+    }
+    Ok(Some(match TextOrBool::deserialize(d)? {
+        TextOrBool::Text(text) => text,
+        TextOrBool::Bool(yes) => yes.to_string(),
+    }))
+}
+
 fn required<T>(v: Option<T>, field: &'static str, flag: &'static str) -> Result<T, ConfigError> {
     v.ok_or(ConfigError::Missing { field, flag })
 }
@@ -775,6 +796,34 @@ mod tests {
         assert_eq!(config.linger, Duration::from_millis(50));
         assert!(!config.flush_when_caught_up);
         assert!(base().into_pipeline_config().unwrap().flush_when_caught_up);
+    }
+
+    #[test]
+    fn output_headers_are_compact_unless_asked_and_old_booleans_still_parse() {
+        let mode = |toml_line: &str| {
+            let file: RunArgs = toml::from_str(toml_line).unwrap();
+            base()
+                .over(file)
+                .into_pipeline_config()
+                .map(|c| c.output_headers)
+        };
+        assert_eq!(mode("").unwrap(), OutputHeaders::Compact);
+        assert_eq!(
+            mode("output_headers = \"full\"").unwrap(),
+            OutputHeaders::Full
+        );
+        assert_eq!(
+            mode("output_headers = \"none\"").unwrap(),
+            OutputHeaders::None
+        );
+        // Config files written when the setting was a boolean.
+        assert_eq!(mode("output_headers = true").unwrap(), OutputHeaders::Full);
+        assert_eq!(mode("output_headers = false").unwrap(), OutputHeaders::None);
+        let err = mode("output_headers = \"some\"").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "`output_headers`: expected `full`, `compact` or `none` (`true` means full, `false` none), found `some`"
+        );
     }
 
     #[test]

@@ -187,14 +187,14 @@ impl Encoder {
             s.push_str(&text);
         };
         for v in outputs.iter().flat_map(|o| o.iter()) {
-            field(&mut s, v.to_string());
+            field(&mut s, number_text(*v));
         }
         let ranked = self.top_k(outputs);
         for (index, _) in &ranked {
             field(&mut s, index.to_string());
         }
         for (_, score) in &ranked {
-            field(&mut s, score.to_string());
+            field(&mut s, number_text(*score));
         }
         s
     }
@@ -222,13 +222,49 @@ fn write_nested<'a>(s: &mut String, shape: &[usize], values: &mut impl Iterator<
 /// JSON has no NaN or infinity: those are written as `null`.
 fn write_json_number(s: &mut String, v: f32) {
     if v.is_finite() {
-        let _ = write!(s, "{v}");
+        s.push_str(ryu::Buffer::new().format_finite(v));
     } else {
         s.push_str("null");
+    }
+}
+
+/// The shortest text that reads back as exactly `v` (`5.8151083e-16`, `0.99999845`, `1.0`);
+/// `NaN`, `inf` and `-inf` as Rust writes them.
+fn number_text(v: f32) -> String {
+    if v.is_finite() {
+        ryu::Buffer::new().format_finite(v).to_owned()
+    } else {
+        v.to_string()
     }
 }
 
 fn write_json_string(s: &mut String, text: &str) {
     // serde_json escapes exactly as JSON requires; output names are short.
     s.push_str(&serde_json::Value::String(text.to_owned()).to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_are_the_shortest_text_that_reads_back_exactly() {
+        for v in [
+            5.815_108_3e-16f32,
+            0.999_998_45,
+            1.0,
+            0.0,
+            -2.5e12,
+            f32::MIN_POSITIVE,
+        ] {
+            let text = number_text(v);
+            assert_eq!(text.parse::<f32>().unwrap(), v, "{text}");
+            assert!(text.len() <= 16, "{v}: {text}");
+        }
+        assert_eq!(number_text(5.815_108_3e-16), "5.8151083e-16");
+        assert_eq!(number_text(f32::NAN), "NaN");
+        let mut json = String::new();
+        write_json_number(&mut json, f32::INFINITY);
+        assert_eq!(json, "null");
+    }
 }

@@ -12,6 +12,7 @@ mod partitioner;
 pub mod security;
 mod sink;
 mod source;
+pub mod stats;
 
 pub use client::{connect, parse_brokers, topic_partitions, KafkaConfig};
 pub use consumer::{Consumer, ConsumerError};
@@ -26,3 +27,4 @@ pub use source::{
     PartitionRange, Source, SourceConfig, SourceRecord, StartPosition, TopicSelection,
     LARGEST_FETCH,
 };
+pub use stats::{RequestCounts, RequestStats};

@@ -48,6 +48,14 @@ pub struct OutputRecord {
     pub source: Option<SourceCoordinates>,
 }
 
+impl OutputRecord {
+    /// Bytes of key, value and headers: what the record adds to a produce request, roughly.
+    pub fn size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
+        self.key.as_ref().map_or(0, Vec::len) + self.value.len() + headers
+    }
+}
+
 /// How the sink batches.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
@@ -55,20 +63,24 @@ pub struct SinkConfig {
     pub topic: String,
     /// Most records in one produce request.
     pub max_batch_records: usize,
-    /// Most value bytes in one produce request.
+    /// Most bytes of keys, values and headers in one produce request.
     pub max_batch_bytes: usize,
     /// Records queued per partition before [`Sink::send`] waits.
     pub queue_per_partition: usize,
+    /// Produce requests acknowledged and the records they carried (shared by clones).
+    pub produces: super::RequestStats,
 }
 
 impl SinkConfig {
-    /// Defaults: up to 2000 records or 1 MiB per request, 4096 records queued per partition.
+    /// Defaults: up to 10,000 records or 1 MiB per request (librdkafka's `batch.num.messages`
+    /// and `batch.size`), 4096 records queued per partition.
     pub fn new(topic: impl Into<String>) -> SinkConfig {
         SinkConfig {
             topic: topic.into(),
-            max_batch_records: 2000,
+            max_batch_records: 10_000,
             max_batch_bytes: 1 << 20,
             queue_per_partition: 4096,
+            produces: super::RequestStats::default(),
         }
     }
 }
@@ -214,7 +226,7 @@ async fn produce_partition(
         // Take what is already queued: while a request is in flight the queue fills, so the
         // batch size follows the load without a linger timer.
         while let Some(r) = next.take() {
-            bytes += r.value.len();
+            bytes += r.size();
             if let Some(s) = r.source {
                 sources.push(s);
             }
@@ -229,6 +241,7 @@ async fn produce_partition(
             }
         }
         let n = batch.len() as u64;
+        let size = bytes;
         pc.produce(std::mem::take(&mut batch), Compression::NoCompression)
             .await
             .map_err(|e| KafkaError::Request {
@@ -238,6 +251,7 @@ async fn produce_partition(
                 message: e.to_string(),
             })?;
         acked.fetch_add(n, Ordering::Relaxed);
+        config.produces.add(n as usize, size);
         let done = std::mem::take(&mut sources);
         if let Some(acks) = &acks {
             let _ = acks.send(done);

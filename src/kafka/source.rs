@@ -170,6 +170,8 @@ pub struct SourceConfig {
     /// Whether the broker holds fetches, as the fetchers found out (shared by clones, so a
     /// source started again after a rebalance knows it from the start).
     pub fetch_evidence: super::FetchEvidence,
+    /// Fetch requests answered and the records they carried (shared by clones).
+    pub fetches: super::RequestStats,
 }
 
 impl SourceConfig {
@@ -179,12 +181,17 @@ impl SourceConfig {
             topics,
             start: StartPosition::Earliest,
             until_end: false,
-            fetch_max_bytes: 256 << 10,
+            // 512 KiB: on tansu each fetch costs the broker a database query, and fetches of
+            // 256 KiB made the broker, not the pipeline, the limit (docs/performance.md "Kafka
+            // path", 2026-12-05); 1 MiB (librdkafka's max.partition.fetch.bytes) ran about as
+            // fast with a third more memory.
+            fetch_max_bytes: 512 << 10,
             fetch_max_wait: Duration::from_millis(100),
             channel_capacity: 2,
             resume: BTreeMap::new(),
             lag: super::ConsumerLag::default(),
             fetch_evidence: super::FetchEvidence::default(),
+            fetches: super::RequestStats::default(),
         }
     }
 }
@@ -581,6 +588,8 @@ impl PartitionFetcher {
                 .await;
             let records = match fetched {
                 Ok((records, high_watermark)) => {
+                    let bytes = records.iter().map(|r| r.record.approximate_size()).sum();
+                    self.config.fetches.add(records.len(), bytes);
                     if self.note_high_watermark(&records, high_watermark) {
                         continue;
                     }

@@ -39,8 +39,13 @@ use crate::kafka::{
 use crate::metrics::{Metrics, MetricsServer, Readiness};
 use crate::model::{GraphRewrites, Model, ModelOptions};
 
-/// Header names written on every output record.
+/// Header names written on output records and dead letters.
 pub mod headers {
+    /// The compact provenance header ([`OutputHeaders::Compact`](super::OutputHeaders), the
+    /// default): `TOPIC:PARTITION:OFFSET:TIMESTAMP_MS:MODEL`, where `MODEL` is the first 16 hex
+    /// digits of the model's SHA-256 (Kafka topic names cannot contain `:`). Read it with
+    /// [`CompactSource::parse`].
+    pub const SOURCE: &str = "streamtract.source";
     /// Topic of the input record.
     pub const SOURCE_TOPIC: &str = "source.topic";
     /// Partition of the input record (decimal).
@@ -65,6 +70,64 @@ pub mod headers {
     /// On a dead letter: a one-line reason.
     pub const DLQ_REASON: &str = "dlq.reason";
 
+    /// Hex digits of the model's SHA-256 in the compact header: 64 bits, enough to tell model
+    /// versions apart, a quarter of the bytes.
+    pub const COMPACT_SHA256_DIGITS: usize = 16;
+
+    /// The fields of a [`SOURCE`] header.
+    ///
+    /// ```
+    /// use streamtract::pipeline::headers::CompactSource;
+    /// let source = CompactSource::parse(b"pixels:2:1041:1764940000123:3f2a9c1e0b7d4a51").unwrap();
+    /// assert_eq!((source.topic.as_str(), source.partition, source.offset), ("pixels", 2, 1041));
+    /// assert_eq!(source.timestamp_ms, 1764940000123);
+    /// assert_eq!(source.model_sha256_prefix, "3f2a9c1e0b7d4a51");
+    /// assert_eq!(source.to_bytes(), b"pixels:2:1041:1764940000123:3f2a9c1e0b7d4a51");
+    /// ```
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct CompactSource {
+        /// Topic of the input record.
+        pub topic: String,
+        /// Its partition.
+        pub partition: i32,
+        /// Its offset.
+        pub offset: i64,
+        /// Its timestamp, milliseconds since the epoch.
+        pub timestamp_ms: i64,
+        /// The first [`COMPACT_SHA256_DIGITS`] hex digits of the model's SHA-256.
+        pub model_sha256_prefix: String,
+    }
+
+    impl CompactSource {
+        /// Reads a header value; `None` if it is not five `:`-separated fields of the right
+        /// kinds.
+        pub fn parse(value: &[u8]) -> Option<CompactSource> {
+            let text = std::str::from_utf8(value).ok()?;
+            let mut fields = text.split(':');
+            let source = CompactSource {
+                topic: fields.next().filter(|t| !t.is_empty())?.to_string(),
+                partition: fields.next()?.parse().ok()?,
+                offset: fields.next()?.parse().ok()?,
+                timestamp_ms: fields.next()?.parse().ok()?,
+                model_sha256_prefix: fields.next()?.to_string(),
+            };
+            fields.next().is_none().then_some(source)
+        }
+
+        /// The header value.
+        pub fn to_bytes(&self) -> Vec<u8> {
+            format!(
+                "{}:{}:{}:{}:{}",
+                self.topic,
+                self.partition,
+                self.offset,
+                self.timestamp_ms,
+                self.model_sha256_prefix
+            )
+            .into_bytes()
+        }
+    }
+
     /// A rejected record's headers as its dead letter carries them: its own, then where it
     /// came from, the stage that rejected it and why (on one line, as people and tools read
     /// it). Used by `run` and by `train`.
@@ -88,6 +151,36 @@ pub mod headers {
             h.insert(name.to_string(), value);
         }
         h
+    }
+}
+
+/// Which provenance headers each output record carries.
+///
+/// Headers cost the broker work per record (tansu stores each as a database row) and bytes on
+/// the wire; docs/performance.md "Output headers" has the figures behind the default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OutputHeaders {
+    /// Each coordinate in a header of its own: `source.topic`, `source.partition`,
+    /// `source.offset`, `source.timestamp`, `model.sha256` (and `model.version` for a model
+    /// `streamtract train` wrote).
+    Full,
+    /// One header, [`headers::SOURCE`], with the same coordinates and a 16-digit prefix of the
+    /// model's SHA-256 (and `model.version` for a versioned model): the default.
+    #[default]
+    Compact,
+    /// No headers: outputs no longer say where they came from.
+    None,
+}
+
+impl FromStr for OutputHeaders {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "full" | "true" => Ok(OutputHeaders::Full),
+            "compact" => Ok(OutputHeaders::Compact),
+            "none" | "false" => Ok(OutputHeaders::None),
+            _ => Err("`full`, `compact` or `none` (`true` means full, `false` none)".into()),
+        }
     }
 }
 
@@ -151,10 +244,8 @@ pub struct PipelineConfig {
     /// Dead-letter topic: rejected records are written there unchanged, with headers saying
     /// where they came from and why they were rejected.
     pub dlq: Option<String>,
-    /// Write the source coordinates and model SHA-256 as headers on every output (default).
-    /// Turning this off saves broker work where headers are costly (tansu stores each header
-    /// as a database row), at the price of outputs that no longer say where they came from.
-    pub output_headers: bool,
+    /// The provenance headers on every output ([`OutputHeaders::Compact`] by default).
+    pub output_headers: OutputHeaders,
     /// Consumer group: with it, positions are fetched from and committed to the group, and
     /// (unless every input names explicit partitions) Kafka assigns the partitions.
     pub group: Option<GroupConfig>,
@@ -228,7 +319,7 @@ impl PipelineConfig {
             max_record_bytes: 1 << 20,
             on_error: ErrorPolicy::Skip,
             dlq: None,
-            output_headers: true,
+            output_headers: OutputHeaders::Compact,
             group: None,
             commit_interval: Duration::from_secs(1),
             max_uncommitted: 10_000,
@@ -321,6 +412,10 @@ pub struct RunSummary {
     pub latency: Latency,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// Fetch requests answered and the records they carried.
+    pub fetches: kafka::RequestCounts,
+    /// Produce requests of the output topic acknowledged and the records they carried.
+    pub produces: kafka::RequestCounts,
 }
 
 /// A validated, connected pipeline, ready to [`run`](Pipeline::run).
@@ -513,6 +608,8 @@ impl Pipeline {
         watcher.abort();
         wind_down(&config, consumer, &mut run).await;
         run.summary.elapsed = started.elapsed();
+        run.summary.fetches = config.source.fetches.read();
+        run.summary.produces = config.sink.produces.read();
         let summary = run.finish().await?;
         result?;
         log_summary(&summary);
@@ -555,6 +652,10 @@ fn log_summary(summary: &RunSummary) {
         latency_p50_ms = millis(summary.latency.p50),
         latency_p99_ms = millis(summary.latency.p99),
         latency_max_ms = millis(summary.latency.max),
+        fetch_requests = summary.fetches.requests,
+        records_per_fetch = summary.fetches.records_per_request().round(),
+        produce_requests = summary.produces.requests,
+        records_per_produce = summary.produces.records_per_request().round(),
         seconds = summary.elapsed.as_secs_f64(),
         "run finished"
     );

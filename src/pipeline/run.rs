@@ -14,7 +14,7 @@ use tract_onnx::prelude::{Tensor, TractResult};
 
 use super::latency::LatencyRecorder;
 use super::serving::Serving;
-use super::{headers, ErrorPolicy, PipelineConfig, RunSummary};
+use super::{headers, ErrorPolicy, OutputHeaders, PipelineConfig, RunSummary};
 use super::{Error, Result};
 use crate::codec::{split_outputs, Batch};
 use crate::codec::{DecodeError, Decoder, Row};
@@ -487,11 +487,7 @@ impl RunLoop {
             let record = OutputRecord {
                 key: r.key.clone(),
                 value: serving.encoder.encode(&row),
-                headers: if self.config.output_headers {
-                    output_headers(r, serving)
-                } else {
-                    BTreeMap::new()
-                },
+                headers: output_headers(self.config.output_headers, r, serving),
                 timestamp: Utc::now(),
                 source: None,
             };
@@ -517,11 +513,7 @@ impl RunLoop {
         let mut out_partitions = Vec::with_capacity(records.len());
         for (r, row) in records.into_iter().zip(rows) {
             let value = serving.encoder.encode(&row);
-            let h = if self.config.output_headers {
-                output_headers(&r, serving)
-            } else {
-                BTreeMap::new()
-            };
+            let h = output_headers(self.config.output_headers, &r, serving);
             let partition = self.sink.partition_for(r.key.as_deref(), r.partition);
             let source = SourceCoordinates {
                 topic: r.topic,
@@ -569,9 +561,46 @@ fn count_by_partition<'a>(
     }
 }
 
-/// The headers naming an output's source record and the model that produced it.
-fn output_headers(r: &SourceRecord, serving: &Serving) -> BTreeMap<String, Vec<u8>> {
-    let mut h = header_map([
+/// The headers naming an output's source record and the model that produced it, as `mode`
+/// asks.
+fn output_headers(
+    mode: OutputHeaders,
+    r: &SourceRecord,
+    serving: &Serving,
+) -> BTreeMap<String, Vec<u8>> {
+    let mut h = match mode {
+        OutputHeaders::None => return BTreeMap::new(),
+        OutputHeaders::Compact => compact_header(r, serving),
+        OutputHeaders::Full => full_headers(r, serving),
+    };
+    if let Some(version) = &serving.version {
+        h.insert(headers::MODEL_VERSION.to_string(), version.to_vec());
+    }
+    h
+}
+
+/// [`OutputHeaders::Compact`]: one `streamtract.source` header, written straight into its
+/// value (this runs once per record).
+fn compact_header(r: &SourceRecord, serving: &Serving) -> BTreeMap<String, Vec<u8>> {
+    use std::io::Write;
+    let digits = headers::COMPACT_SHA256_DIGITS.min(serving.sha.len());
+    let mut value = Vec::with_capacity(r.topic.len() + 48 + digits);
+    // Writing to a Vec cannot fail.
+    let _ = write!(
+        value,
+        "{}:{}:{}:{}:",
+        r.topic,
+        r.partition,
+        r.offset,
+        r.timestamp.timestamp_millis()
+    );
+    value.extend_from_slice(&serving.sha[..digits]);
+    header_map([(headers::SOURCE, value)])
+}
+
+/// [`OutputHeaders::Full`]: a header per coordinate and the model's whole SHA-256.
+fn full_headers(r: &SourceRecord, serving: &Serving) -> BTreeMap<String, Vec<u8>> {
+    header_map([
         (headers::SOURCE_TOPIC, r.topic.as_bytes().to_vec()),
         (
             headers::SOURCE_PARTITION,
@@ -583,11 +612,7 @@ fn output_headers(r: &SourceRecord, serving: &Serving) -> BTreeMap<String, Vec<u
             r.timestamp.timestamp_millis().to_string().into_bytes(),
         ),
         (headers::MODEL_SHA256, serving.sha.to_vec()),
-    ]);
-    if let Some(version) = &serving.version {
-        h.insert(headers::MODEL_VERSION.to_string(), version.to_vec());
-    }
-    h
+    ])
 }
 
 /// The batch's input tensors reshaped to the shadow model's row shapes (same values).

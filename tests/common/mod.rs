@@ -585,6 +585,22 @@ impl Rec {
     }
 }
 
+/// The fields of an output's `streamtract.source` header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub timestamp_ms: i64,
+    /// The first 16 hex digits of the model's SHA-256.
+    pub model: String,
+}
+
+/// The first 16 hex digits of a SHA-256, as the compact header carries it.
+pub fn sha_prefix(sha256: &str) -> &str {
+    &sha256[..16]
+}
+
 /// A record read back by the independent client.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Consumed {
@@ -605,6 +621,24 @@ impl Consumed {
             .find(|(n, _)| n == name)
             .and_then(|(_, v)| v.as_ref())
             .map(|v| String::from_utf8_lossy(v).into_owned())
+    }
+
+    /// The default provenance header, `streamtract.source` =
+    /// `TOPIC:PARTITION:OFFSET:TIMESTAMP_MS:MODEL_SHA256_PREFIX` (docs/running.md), read here
+    /// independently of the library's own parser. Panics if it is absent or malformed.
+    pub fn source(&self) -> Source {
+        let text = self
+            .header("streamtract.source")
+            .unwrap_or_else(|| panic!("no streamtract.source header on {self:?}"));
+        let fields: Vec<&str> = text.split(':').collect();
+        assert_eq!(fields.len(), 5, "streamtract.source = {text:?}");
+        Source {
+            topic: fields[0].to_string(),
+            partition: fields[1].parse().expect("partition"),
+            offset: fields[2].parse().expect("offset"),
+            timestamp_ms: fields[3].parse().expect("timestamp"),
+            model: fields[4].to_string(),
+        }
     }
 
     /// The key as (lossy) UTF-8.
