@@ -48,14 +48,6 @@ pub struct OutputRecord {
     pub source: Option<SourceCoordinates>,
 }
 
-impl OutputRecord {
-    /// Bytes of key, value and headers: what the record adds to a produce request, roughly.
-    pub fn size(&self) -> usize {
-        let headers: usize = self.headers.iter().map(|(k, v)| k.len() + v.len()).sum();
-        self.key.as_ref().map_or(0, Vec::len) + self.value.len() + headers
-    }
-}
-
 /// How the sink batches.
 #[derive(Debug, Clone)]
 pub struct SinkConfig {
@@ -226,22 +218,22 @@ async fn produce_partition(
         // Take what is already queued: while a request is in flight the queue fills, so the
         // batch size follows the load without a linger timer.
         while let Some(r) = next.take() {
-            bytes += r.size();
             if let Some(s) = r.source {
                 sources.push(s);
             }
-            batch.push(Record {
+            let record = Record {
                 key: r.key,
                 value: Some(r.value),
                 headers: r.headers,
                 timestamp: r.timestamp,
-            });
+            };
+            bytes += record.approximate_size();
+            batch.push(record);
             if batch.len() < config.max_batch_records && bytes < config.max_batch_bytes {
                 next = queue.try_recv().ok();
             }
         }
         let n = batch.len() as u64;
-        let size = bytes;
         pc.produce(std::mem::take(&mut batch), Compression::NoCompression)
             .await
             .map_err(|e| KafkaError::Request {
@@ -251,7 +243,7 @@ async fn produce_partition(
                 message: e.to_string(),
             })?;
         acked.fetch_add(n, Ordering::Relaxed);
-        config.produces.add(n as usize, size);
+        config.produces.add(n as usize, bytes);
         let done = std::mem::take(&mut sources);
         if let Some(acks) = &acks {
             let _ = acks.send(done);

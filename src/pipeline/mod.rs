@@ -116,16 +116,32 @@ pub mod headers {
 
         /// The header value.
         pub fn to_bytes(&self) -> Vec<u8> {
-            format!(
-                "{}:{}:{}:{}:{}",
-                self.topic,
+            compact_source(
+                &self.topic,
                 self.partition,
                 self.offset,
                 self.timestamp_ms,
-                self.model_sha256_prefix
+                self.model_sha256_prefix.as_bytes(),
             )
-            .into_bytes()
         }
+    }
+
+    /// A [`SOURCE`] header value written straight from the coordinates (this runs once per
+    /// output record): `model_sha256` is cut to [`COMPACT_SHA256_DIGITS`].
+    pub fn compact_source(
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: i64,
+        model_sha256: &[u8],
+    ) -> Vec<u8> {
+        use std::io::Write;
+        let model = &model_sha256[..COMPACT_SHA256_DIGITS.min(model_sha256.len())];
+        let mut value = Vec::with_capacity(topic.len() + 48 + model.len());
+        // Writing to a Vec cannot fail.
+        let _ = write!(value, "{topic}:{partition}:{offset}:{timestamp_ms}:");
+        value.extend_from_slice(model);
+        value
     }
 
     /// A rejected record's headers as its dead letter carries them: its own, then where it

@@ -579,22 +579,15 @@ fn output_headers(
     h
 }
 
-/// [`OutputHeaders::Compact`]: one `streamtract.source` header, written straight into its
-/// value (this runs once per record).
+/// [`OutputHeaders::Compact`]: one `streamtract.source` header.
 fn compact_header(r: &SourceRecord, serving: &Serving) -> BTreeMap<String, Vec<u8>> {
-    use std::io::Write;
-    let digits = headers::COMPACT_SHA256_DIGITS.min(serving.sha.len());
-    let mut value = Vec::with_capacity(r.topic.len() + 48 + digits);
-    // Writing to a Vec cannot fail.
-    let _ = write!(
-        value,
-        "{}:{}:{}:{}:",
-        r.topic,
+    let value = headers::compact_source(
+        &r.topic,
         r.partition,
         r.offset,
-        r.timestamp.timestamp_millis()
+        r.timestamp.timestamp_millis(),
+        &serving.sha,
     );
-    value.extend_from_slice(&serving.sha[..digits]);
     header_map([(headers::SOURCE, value)])
 }
 
