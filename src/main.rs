@@ -46,7 +46,7 @@ enum Command {
     /// info). SIGINT/SIGTERM stop reading, finish the batches in flight and exit 0.
     Run(Box<RunArgs>),
     /// Print a model's inputs and outputs (names, element types, shapes with the symbolic batch
-    /// dimension) and its SHA-256.
+    /// dimension), its SHA-256 and the matrix-multiply kernel family this machine runs.
     Inspect {
         /// ONNX model file.
         model: std::path::PathBuf,
@@ -109,6 +109,7 @@ fn main() -> ExitCode {
                     }
                 );
                 print!("{}", m.signature());
+                println!("kernels: {}", streamtract::model::Kernels::native());
                 ExitCode::SUCCESS
             }
             Err(e) => fail(&e.into(), cli.log_format),

@@ -17,7 +17,10 @@
 //! binary: the routines are compiled on x86_64 under names of their own
 //! (`streamtract_memcpy`, `streamtract_memmove`, tested below on every x86_64 build), and only
 //! the x86_64 musl build makes them the program's `memcpy` and `memmove`; elsewhere the C
-//! library's routines are already fast and nothing changes. The inference bench includes this
+//! library's routines are already fast and nothing changes. The C library's routines are the
+//! portable twin: the ARM builds (aarch64, armv7) copy with musl's own ARM routines, and a test
+//! below runs ours against the C library's on the same buffers wherever both are linked (the
+//! x86_64 glibc test build). The inference bench includes this
 //! file too, so it measures the copies the binary links.
 //!
 //! The routines are written in assembly (`memcopy_x86_64.s`, assembled by rustc, no C
@@ -140,6 +143,64 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    /// The portable twin: on a test build whose `memcpy`/`memmove` are the C library's (not
+    /// the x86_64 musl binary, where they are ours), both routines must leave every byte of
+    /// the buffer exactly as the C library's do, overlapping moves included.
+    #[cfg(not(all(target_env = "musl", not(feature = "libc-memcpy"))))]
+    #[test]
+    fn ours_and_the_c_librarys_leave_the_same_bytes() {
+        extern "C" {
+            fn memcpy(dst: *mut u8, src: *const u8, n: usize) -> *mut u8;
+            fn memmove(dst: *mut u8, src: *const u8, n: usize) -> *mut u8;
+        }
+        type Copy = unsafe extern "C" fn(*mut u8, *const u8, usize) -> *mut u8;
+        let pairs: [(&str, Copy, Copy); 2] = [
+            ("memcpy", streamtract_memcpy, memcpy),
+            ("memmove", streamtract_memmove, memmove),
+        ];
+        // A small deterministic generator (xorshift) picks sizes, offsets and overlaps.
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |bound: usize| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % bound as u64) as usize
+        };
+        for round in 0..20_000 {
+            let n = if round % 10 == 0 {
+                next(70_000)
+            } else {
+                next(700)
+            };
+            let buf_len = 2 * n + 256;
+            let overlapping = round % 3 == 0;
+            for (name, ours, theirs) in pairs {
+                if overlapping && name == "memcpy" {
+                    continue; // memcpy's contract excludes overlap
+                }
+                // Disjoint: the source in the first 128 bytes, the destination after it.
+                let (src_off, dst_off) = if overlapping {
+                    (next(buf_len - n), next(buf_len - n))
+                } else {
+                    (next(128), n + 128 + next(64))
+                };
+                let mut a = pattern(buf_len);
+                let mut b = a.clone();
+                // SAFETY: both ranges lie inside their buffer of `buf_len` bytes (2n + 256); memcpy
+                // gets disjoint ranges (dst_off >= 128 + n > src_off + n).
+                let (ra, rb) = unsafe {
+                    (
+                        ours(a.as_mut_ptr().add(dst_off), a.as_ptr().add(src_off), n),
+                        theirs(b.as_mut_ptr().add(dst_off), b.as_ptr().add(src_off), n),
+                    )
+                };
+                assert_eq!(ra.wrapping_sub(a.as_mut_ptr() as usize) as usize, dst_off);
+                assert_eq!(rb.wrapping_sub(b.as_mut_ptr() as usize) as usize, dst_off);
+                assert!(a == b, "{name}: n = {n}, src {src_off}, dst {dst_off}");
             }
         }
     }

@@ -17,12 +17,14 @@
 //! that is whether streamtract's graph rewrites ([`rewrites`]) apply.
 
 mod error;
+mod kernels;
 pub mod rewrites;
 mod runner;
 mod signature;
 mod softmax;
 
 pub use error::ModelError;
+pub use kernels::Kernels;
 pub use rewrites::{rewrite_for_batch, GraphRewrites, RewriteCounts};
 pub use runner::{InferencePool, PendingBatch};
 

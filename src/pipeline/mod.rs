@@ -502,6 +502,7 @@ impl Pipeline {
             workers = serving.pool.workers(),
             compiled_batch_sizes = ?model.compiled_batch_sizes(),
             model_load_ms = serving.load_time.as_millis() as u64,
+            kernels = %crate::model::Kernels::native(),
             "pipeline ready"
         );
         config.metrics.model(model.sha256(), model.path());

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Tests one ARM target under qemu-user on this x86_64 machine:
+#   1. the crate's unit tests, the binary's tests and the TensorFlow parity test
+#      (tests/parity.rs: every model against TensorFlow's outputs to 1e-5, on the ARM kernels),
+#      cross-compiled and run under qemu (the runner in .cargo/config.toml);
+#   2. the end-to-end smoke test (tests/smoke.rs) with the static ARM release binary under qemu
+#      against an x86_64 tansu broker on loopback: digits MLP and CNN outputs equal to
+#      TensorFlow's reference files to 1e-4.
+#   scripts/test-emulated.sh aarch64-unknown-linux-musl
+#   scripts/test-emulated.sh armv7-unknown-linux-musleabihf
+# Needs scripts/setup-cross.sh, scripts/setup-test-env.sh and the release binary of
+# scripts/build-static.sh TARGET (it is built here when missing).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+TARGET="${1:?usage: scripts/test-emulated.sh aarch64-unknown-linux-musl|armv7-unknown-linux-musleabihf}"
+case "$TARGET" in
+    aarch64-*|armv7-*) ;;
+    *) echo "FAIL: $TARGET is not an emulated ARM target"; exit 1 ;;
+esac
+BIN="${CARGO_TARGET_DIR:-target}/$TARGET/release/streamtract"
+[ -x "$BIN" ] || scripts/build-static.sh "$TARGET"
+
+# The subshell keeps the cross environment (RUSTC_BOOTSTRAP, CC_…) away from the host build
+# of step 2.
+(
+    # shellcheck source=scripts/cross-env.sh
+    source "$ROOT/scripts/cross-env.sh"
+    build_std=()
+    # The armv7 standard library is built from source; tests also need the `test` crate.
+    [ ${#cross_cargo_args[@]} -gt 0 ] && build_std=(-Z build-std=std,panic_unwind,test)
+    echo "== $TARGET: unit, binary and parity tests under ${runner[*]}"
+    start=$(date +%s)
+    cargo test ${build_std[@]+"${build_std[@]}"} --target "$TARGET" \
+        --lib --bins --test parity
+    echo "== $TARGET: emulated tests took $(( $(date +%s) - start )) s"
+)
+
+runner="qemu-aarch64-static" arch=aarch64
+[ "${TARGET%%-*}" = armv7 ] && runner="qemu-arm-static" arch=arm
+echo "== $TARGET: end-to-end smoke run of $BIN under $runner against tansu"
+STREAMTRACT_SMOKE_BIN="$BIN" STREAMTRACT_SMOKE_RUNNER="$runner" STREAMTRACT_SMOKE_ARCH="$arch" cargo test --test smoke
