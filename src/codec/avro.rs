@@ -327,8 +327,13 @@ impl AvroDecoder {
             .filter_map(schema_id)
             .filter(|id| registry.cached(*id).is_none())
             .collect();
-        for id in missing {
-            if let Err(e) = registry.fetch_retrying(id).await {
+        // Concurrently: with several new ids in a chunk, an outage costs one retry period,
+        // not one per id.
+        let fetches = missing
+            .into_iter()
+            .map(|id| async move { (id, registry.fetch_retrying(id).await) });
+        for (id, fetched) in futures::future::join_all(fetches).await {
+            if let Err(e) = fetched {
                 lock(&self.failures).insert(
                     id,
                     DecodeError::Schema {
