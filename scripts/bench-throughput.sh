@@ -9,7 +9,10 @@
 # Default binary: target/release/streamtract (cargo build --release). Env: RECORDS (default
 # 50000), PARTITIONS (default 1), MODEL (default models/digits_mlp.onnx), ROUNDS (default 1:
 # every engine once per round, rounds alternate, each figure printed), ST_ARGS (extra flags
-# for every streamtract run), ENGINES (default "ceiling python default full none"). Needs
+# for every streamtract run), ENGINES (default "ceiling python default full none"; also `json`
+# and `avro`: the same digits as JSON arrays, and as Confluent Avro records written by
+# confluent-kafka's AvroSerializer to scripts/schema-registry.py, each in its own topic, read
+# with --format json / --format confluent-avro; `default` is the CSV figure). Needs
 # scripts/setup-test-env.sh. Prints one table: records/s (whole process, start-up included),
 # ratio to the Python loop and to the ceiling, peak RSS.
 set -euo pipefail
@@ -53,6 +56,48 @@ if left:
     sys.exit(f"{left} input records not delivered")
 PY
 
+# The same records as JSON arrays and as Confluent Avro, for the `json` and `avro` engines.
+REGISTRY=""
+if [[ " ${ENGINES:-} " == *" avro "* ]]; then
+    "$PY" scripts/schema-registry.py >"$DIR/registry.out" 2>&1 &
+    REGISTRY_PID=$!
+    trap 'kill $REGISTRY_PID 2>/dev/null; scripts/broker.sh stop "$DIR" >/dev/null 2>&1 || true' EXIT
+    for _ in $(seq 50); do grep -q listening "$DIR/registry.out" && break; sleep 0.1; done
+    REGISTRY="$(sed -n 's/^listening on //p' "$DIR/registry.out")"
+fi
+for format in json avro; do
+    [[ " ${ENGINES:-} " == *" $format "* ]] || continue
+    kclient create-topic --topic "input-$format" --partitions "$PARTITIONS" >/dev/null
+    "$PY" - "$BROKERS" "$RECORDS" "$format" "$REGISTRY" <<'PY'
+import json, sys
+from confluent_kafka import Producer
+brokers, n, fmt, registry = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+rows = [[float(v) for v in l.split(",")[1:]] for l in open("data/digits.csv").read().splitlines()]
+if fmt == "avro":
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+    schema = open("tests/avro-schemas/digits_v1.avsc").read()
+    ser = AvroSerializer(SchemaRegistryClient({"url": registry}), schema)
+    ctx = SerializationContext("input-avro", MessageField.VALUE)
+    values = [ser({"pixels": r}, ctx) for r in rows]
+else:
+    values = [json.dumps(r).encode() for r in rows]
+p = Producer({"bootstrap.servers": brokers, "linger.ms": 20})
+for i in range(n):
+    while True:
+        try:
+            p.produce(f"input-{fmt}", key=f"k{i}".encode(), value=values[i % len(values)])
+            break
+        except BufferError:
+            p.poll(0.1)
+    p.poll(0)
+left = p.flush(120)
+if left:
+    sys.exit(f"{left} input records not delivered")
+PY
+done
+
 # One engine: a fresh output topic, the command under /usr/bin/time; prints "records/s rss_kib".
 run() {
     local name="$1" out="out-$1-$2"
@@ -95,6 +140,8 @@ declare -A NAMES=(
     [default]="streamtract run (default headers)"
     [full]="streamtract run --output-headers full"
     [none]="streamtract run --output-headers none"
+    [json]="streamtract run --format json (same digits as JSON arrays)"
+    [avro]="streamtract run --format confluent-avro (same digits, AvroSerializer)"
 )
 read -r -a ORDER <<<"${ENGINES:-ceiling python default full none}"
 declare -A RESULTS
@@ -106,6 +153,8 @@ for round in $(seq 1 "$ROUNDS"); do
             default) r=$(run default "$round" "${ST[@]}") ;;
             full) r=$(run full "$round" "${ST[@]}" --output-headers "$FULL") ;;
             none) r=$(run none "$round" "${ST[@]}" --output-headers "$NONE") ;;
+            json) r=$(run json "$round" "${ST[@]/#input/input-json}" --format json) ;;
+            avro) r=$(run avro "$round" "${ST[@]/#input/input-avro}" --format confluent-avro --schema-registry "$REGISTRY") ;;
         esac
         RESULTS[$e]="${RESULTS[$e]:-} $r"
     done

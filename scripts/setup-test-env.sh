@@ -10,6 +10,12 @@ CONFLUENT_KAFKA_VERSION="2.16.1"
 # onnxruntime scores the models `streamtract train` writes (tests/train.rs): an ONNX runtime we
 # did not write, as confluent-kafka is a Kafka client we did not write.
 ONNXRUNTIME_VERSION="1.32.0"
+# confluent-kafka's schema-registry client, AvroSerializer and AvroDeserializer (tests/avro.rs)
+# need these; pinned to the versions the tests were written against.
+AVRO_PACKAGES=(
+    "fastavro==1.13.1" "avro==1.12.2" "httpx2==2.17.0" "httpcore2==2.17.0" "attrs==26.1.0"
+    "cachetools==8.0.2" "certifi==2026.10.19.post1" "authlib==1.9.10" "requests==2.34.2"
+)
 NUMPY_VERSION="1.26.4"
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -70,6 +76,13 @@ if [ "$have_ort" = "$ONNXRUNTIME_VERSION" ]; then
 else
     say "installing onnxruntime==$ONNXRUNTIME_VERSION numpy==$NUMPY_VERSION into $PYENV (found: '${have_ort:-none}')"
     "$PYENV/bin/python" -m pip install --quiet --disable-pip-version-check "onnxruntime==$ONNXRUNTIME_VERSION" "numpy==$NUMPY_VERSION"
+fi
+
+if "$PYENV/bin/python" -c 'import fastavro, confluent_kafka.schema_registry.avro' 2>/dev/null; then
+    say "confluent-kafka's Avro serializers already importable"
+else
+    say "installing the Avro and schema-registry dependencies of confluent-kafka into $PYENV"
+    "$PYENV/bin/python" -m pip install --quiet --disable-pip-version-check "${AVRO_PACKAGES[@]}"
 fi
 
 say "done"

@@ -176,6 +176,8 @@ pub(crate) fn fail(e: &Error, format: LogFormat) -> ExitCode {
     match e {
         Error::Config(_) | Error::Model(_) => ExitCode::from(2),
         Error::Kafka(k) if k.is_startup() => ExitCode::from(2),
+        // Only raised at start-up (mid-stream registry failures become dead letters).
+        Error::Registry(_) => ExitCode::from(2),
         _ => ExitCode::from(1),
     }
 }

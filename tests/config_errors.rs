@@ -91,7 +91,23 @@ fn invalid_configurations_fail_before_consuming() {
         ),
         (
             base(addr, &["--format", "xml"]),
-            "`format`: expected one of csv, json, raw, found `xml`",
+            "`format`: expected one of csv, json, raw, avro, confluent-avro, found `xml`",
+        ),
+        (
+            base(addr, &["--format", "avro"]),
+            "`schema` is required (flag --schema FILE.avsc",
+        ),
+        (
+            base(addr, &["--format", "confluent-avro"]),
+            "`schema_registry` is required (flag --schema-registry URL",
+        ),
+        (
+            base(addr, &["--output-format", "confluent-avro"]),
+            "`schema_registry` is required (flag --schema-registry URL",
+        ),
+        (
+            base(addr, &["--fields", "a,b"]),
+            "`format`: expected avro or confluent-avro when schema or fields is set, found `csv`",
         ),
         (
             base(addr, &["--top-k", "11"]),

@@ -516,7 +516,7 @@ async fn batches_of_decoded_records() {
 
     let model = Model::load(MODEL).unwrap();
     let csv = InputFormat::Csv { delimiter: b',' };
-    let preprocess = Preprocess::for_model(&model, csv)
+    let preprocess = Preprocess::for_model(&model, csv.clone())
         .unwrap()
         .label(Label::CsvColumn(0))
         .unwrap();

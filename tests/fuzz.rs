@@ -48,7 +48,7 @@ fn decode_everywhere(bytes: &[u8]) {
     for sig in signatures() {
         let lens: Vec<usize> = sig.inputs.iter().map(|i| i.row_len().unwrap()).collect();
         for format in formats() {
-            let decoder = Decoder::new(format, &sig, "fuzz").unwrap();
+            let decoder = Decoder::new(format.clone(), &sig, "fuzz").unwrap();
             if let Ok(row) = decoder.decode(bytes) {
                 let got: Vec<usize> = row.values.iter().map(Vec::len).collect();
                 assert_eq!(got, lens, "{format}: accepted row of the wrong shape");

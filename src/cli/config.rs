@@ -15,7 +15,7 @@ use std::time::Duration;
 use clap::Args;
 use serde::Deserialize;
 
-use streamtract::codec::{InputFormat, OutputFormat};
+use streamtract::codec::{AvroInput, InputFormat, OutputFormat, RegistryConfig, SchemaRegistry};
 use streamtract::kafka::group::{Assignor, GroupConfig};
 use streamtract::kafka::{Password, SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
 use streamtract::kafka::{StartPosition, TopicSelection};
@@ -48,9 +48,47 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     pub model: Option<PathBuf>,
 
-    /// Input record format: csv, json or raw (little-endian float32). [default: csv]
+    /// Input record format: csv, json, raw (little-endian float32), avro (bare datums, needs
+    /// `schema`) or confluent-avro (Confluent wire format, needs `schema_registry`). [default: csv]
     #[arg(long, value_name = "FORMAT")]
     pub format: Option<String>,
+
+    /// Avro schema file (.avsc): the writer schema of `avro` values; with `confluent-avro`, an
+    /// optional reader schema every record is resolved to (fields added with a default in
+    /// newer versions then read as that default in older records).
+    #[arg(long, value_name = "FILE")]
+    pub schema: Option<PathBuf>,
+
+    /// Avro: for a single-input model, the scalar fields that make up its feature vector, in
+    /// order, comma separated. Without it, record fields feed the model inputs of the same name.
+    #[arg(long, value_name = "NAME,...")]
+    pub fields: Option<String>,
+
+    /// Confluent Schema Registry URL (http:// or https://; `user:password@` in it gives basic
+    /// auth): writer schemas of `confluent-avro` input by id, and where `confluent-avro` output
+    /// registers its schema. https uses the `tls_ca_file` (and client certificate) settings,
+    /// else the system CA bundle.
+    #[arg(long, value_name = "URL")]
+    pub schema_registry: Option<String>,
+
+    /// Schema registry basic-auth user; needs one of `schema_registry_password_file` /
+    /// `schema_registry_password_env`.
+    #[arg(long, value_name = "USER")]
+    pub schema_registry_user: Option<String>,
+
+    /// File holding the schema registry password (one trailing newline is ignored).
+    #[arg(long, value_name = "FILE")]
+    pub schema_registry_password_file: Option<PathBuf>,
+
+    /// Name of the environment variable holding the schema registry password.
+    #[arg(long, value_name = "VAR")]
+    pub schema_registry_password_env: Option<String>,
+
+    /// Seconds a schema fetch keeps retrying a registry that is down or failing (5xx, 401)
+    /// before the records that need the schema go to the dead-letter topic; reading waits
+    /// meanwhile. An unknown schema id (404) is rejected at once. [default: 60]
+    #[arg(long, value_name = "SECONDS")]
+    pub schema_registry_timeout: Option<u64>,
 
     /// CSV field delimiter, one ASCII character. [default: ,]
     #[arg(long, value_name = "CHAR")]
@@ -267,6 +305,13 @@ impl RunArgs {
             output,
             model,
             format,
+            schema,
+            fields,
+            schema_registry,
+            schema_registry_user,
+            schema_registry_password_file,
+            schema_registry_password_env,
+            schema_registry_timeout,
             delimiter,
             output_format,
             top_k,
@@ -323,6 +368,7 @@ impl RunArgs {
         self.extras(&mut config)?;
         self.connection(&mut config)?;
         config.kafka.security = self.security_settings().into_security_config()?;
+        self.avro(&mut config)?;
         Ok(config)
     }
 
@@ -366,8 +412,11 @@ impl RunArgs {
 
     /// Input and output record formats, and where reading starts.
     fn formats(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
-        if let Some(f) = &self.format {
-            config.input_format = parse("format", f)?;
+        match self.format.as_deref() {
+            // Built by `avro` once the TLS settings are known.
+            Some("avro" | "confluent-avro") => {}
+            Some(f) => config.input_format = parse("format", f)?,
+            None => {}
         }
         if let Some(d) = &self.delimiter {
             let InputFormat::Csv { delimiter } = &mut config.input_format else {
@@ -628,6 +677,120 @@ impl RunArgs {
         Ok(())
     }
 
+    /// The Avro formats: the schema file, the fields, the schema registry and its
+    /// credentials; each setting only where a format uses it.
+    fn avro(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
+        let registry = self.registry(config)?;
+        let input = match self.format.as_deref() {
+            Some("avro") => {
+                let path = required(
+                    self.schema.as_ref(),
+                    "schema",
+                    "schema FILE.avsc (format = \"avro\" reads bare datums of that schema)",
+                )?;
+                Some(AvroInput::bare(schema_file(path)?))
+            }
+            Some("confluent-avro") => {
+                let registry = required(registry.clone(), "schema_registry", "schema-registry URL (format = \"confluent-avro\" fetches writer schemas there)")?;
+                let mut input = AvroInput::confluent(registry);
+                if let Some(path) = &self.schema {
+                    input = input.reader_schema(schema_file(path)?);
+                }
+                Some(input)
+            }
+            _ => None,
+        };
+        match input {
+            Some(mut input) => {
+                if let Some(list) = &self.fields {
+                    let names: Vec<String> =
+                        list.split(',').map(|f| f.trim().to_string()).collect();
+                    if names.iter().any(String::is_empty) {
+                        return Err(invalid("fields", "field names separated by commas", list));
+                    }
+                    input = input.fields(names);
+                }
+                config.input_format = InputFormat::Avro(input);
+            }
+            None if self.schema.is_some() || self.fields.is_some() => {
+                return Err(invalid(
+                    "format",
+                    "avro or confluent-avro when schema or fields is set",
+                    self.format.as_deref().unwrap_or("csv"),
+                ));
+            }
+            None => {}
+        }
+        if config.output_format == OutputFormat::ConfluentAvro && registry.is_none() {
+            return Err(ConfigError::Missing { field: "schema_registry", flag: "schema-registry URL (output_format = \"confluent-avro\" registers its schema there)" });
+        }
+        config.schema_registry = registry;
+        Ok(())
+    }
+
+    /// The schema registry client, if `schema_registry` is set (and its other settings only
+    /// then).
+    fn registry(&self, config: &PipelineConfig) -> Result<Option<SchemaRegistry>, ConfigError> {
+        let Some(url) = &self.schema_registry else {
+            if self.schema_registry_user.is_some()
+                || self.schema_registry_password_file.is_some()
+                || self.schema_registry_password_env.is_some()
+                || self.schema_registry_timeout.is_some()
+            {
+                return Err(ConfigError::Missing {
+                    field: "schema_registry",
+                    flag: "schema-registry URL (the other schema_registry_* settings need it)",
+                });
+            }
+            return Ok(None);
+        };
+        let mut settings = RegistryConfig::new(url.clone());
+        settings.username = self.schema_registry_user.clone();
+        settings.password = match (
+            &self.schema_registry_password_file,
+            &self.schema_registry_password_env,
+        ) {
+            (Some(path), None) => Some(read_password_file("schema_registry_password_file", path)?),
+            (None, Some(var)) => Some(std::env::var(var).map_err(|_| {
+                invalid(
+                    "schema_registry_password_env",
+                    "the name of a set environment variable",
+                    var,
+                )
+            })?),
+            (Some(_), Some(_)) => return Err(invalid(
+                "schema_registry_password_file",
+                "either schema_registry_password_file or schema_registry_password_env, not both",
+                "both",
+            )),
+            (None, None) => None,
+        };
+        if settings.password.is_some() && settings.username.is_none() {
+            return Err(ConfigError::Missing {
+                field: "schema_registry_user",
+                flag: "schema-registry-user (a password needs a user)",
+            });
+        }
+        if let Some(s) = self.schema_registry_timeout {
+            settings.retry_for = Duration::from_secs(s);
+        }
+        if url.trim_start().starts_with("https://") {
+            // The brokers' TLS settings (CA file, client certificate), else the system CAs.
+            let tls = match &config.kafka.security.tls {
+                Some(tls) => tls.clone(),
+                None => TlsConfig::from_system_roots()?,
+            };
+            settings.tls = Some(tls.client_config());
+        }
+        SchemaRegistry::new(&settings).map(Some).map_err(|e| {
+            invalid(
+                "schema_registry",
+                "http://HOST:PORT or https://HOST:PORT",
+                &e.to_string(),
+            )
+        })
+    }
+
     /// The TLS and SASL fields, to be checked together.
     fn security_settings(&self) -> SecuritySettings {
         SecuritySettings {
@@ -746,6 +909,27 @@ fn text_or_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>
         TextOrBool::Text(text) => text,
         TextOrBool::Bool(yes) => yes.to_string(),
     }))
+}
+
+/// An Avro schema file, parsed.
+fn schema_file(path: &std::path::Path) -> Result<apache_avro::Schema, ConfigError> {
+    AvroInput::parse_schema_file(path).map_err(|message| ConfigError::File {
+        path: path.to_path_buf(),
+        message,
+    })
+}
+
+/// A password file's text without one trailing newline.
+fn read_password_file(field: &'static str, path: &std::path::Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        invalid(
+            field,
+            "a readable file",
+            &format!("{} ({e})", path.display()),
+        )
+    })?;
+    let text = text.strip_suffix('\n').unwrap_or(&text);
+    Ok(text.strip_suffix('\r').unwrap_or(text).to_string())
 }
 
 fn required<T>(v: Option<T>, field: &'static str, flag: &'static str) -> Result<T, ConfigError> {

@@ -225,7 +225,7 @@ impl TrainArgs {
     }
 
     fn format(&self) -> Result<InputFormat, String> {
-        match self.format {
+        match &self.format {
             InputFormat::Csv { .. } if self.delimiter.is_ascii() => Ok(InputFormat::Csv {
                 delimiter: self.delimiter as u8,
             }),
@@ -233,7 +233,7 @@ impl TrainArgs {
                 "--delimiter: expected one ASCII character, found `{}`",
                 self.delimiter
             )),
-            other => Ok(other),
+            other => Ok(other.clone()),
         }
     }
 

@@ -5,11 +5,14 @@ use std::str::FromStr;
 
 use serde_json::Value;
 
+use super::avro::{AvroDecoder, AvroInput};
+pub use super::input::DecodeError;
+use super::input::InputLayout;
 use crate::model::ModelError;
 use crate::model::Signature;
 
 /// How record values are laid out.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InputFormat {
     /// Numbers separated by `delimiter`, filling the inputs row-major, in signature order.
     Csv {
@@ -21,6 +24,9 @@ pub enum InputFormat {
     Json,
     /// Little-endian float32 bytes of every input in signature order, exact length.
     Raw,
+    /// Avro records, bare (`avro`) or in Confluent's wire format (`confluent-avro`); fields
+    /// map to inputs by name (see [`AvroInput`]).
+    Avro(AvroInput),
 }
 
 impl FromStr for InputFormat {
@@ -30,7 +36,10 @@ impl FromStr for InputFormat {
             "csv" => Ok(InputFormat::Csv { delimiter: b',' }),
             "json" => Ok(InputFormat::Json),
             "raw" => Ok(InputFormat::Raw),
-            _ => Err("one of csv, json, raw".into()),
+            "avro" | "confluent-avro" => Err(format!(
+                "{s} needs a schema: build it with InputFormat::Avro (the CLI's `schema` and `schema_registry` settings)"
+            )),
+            _ => Err("one of csv, json, raw, avro, confluent-avro".into()),
         }
     }
 }
@@ -41,78 +50,9 @@ impl fmt::Display for InputFormat {
             InputFormat::Csv { .. } => "csv",
             InputFormat::Json => "json",
             InputFormat::Raw => "raw",
+            InputFormat::Avro(a) => a.name(),
         })
     }
-}
-
-/// Why one record could not become a row. Each message fits on one line, since it also travels
-/// in dead-letter headers and logs.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum DecodeError {
-    /// The record has no value or an empty one.
-    #[error("empty value")]
-    Empty,
-    /// The value is larger than the configured maximum.
-    #[error("value of {size} bytes exceeds the maximum of {max} bytes")]
-    TooLarge {
-        /// Bytes in the value.
-        size: usize,
-        /// The configured limit.
-        max: usize,
-    },
-    /// A text format got bytes that are not UTF-8.
-    #[error("value is not valid UTF-8 (at byte {0})")]
-    NotUtf8(usize),
-    /// Wrong number of values.
-    #[error("expected {expected} values for {what}, found {found}")]
-    Count {
-        /// Which input(s).
-        what: String,
-        /// Values the shape needs.
-        expected: usize,
-        /// Values in the record.
-        found: usize,
-    },
-    /// A field is not a number.
-    #[error("value {index} is not a number: `{found}`")]
-    NotANumber {
-        /// Zero-based position.
-        index: usize,
-        /// The offending text (shortened).
-        found: String,
-    },
-    /// NaN or infinity.
-    #[error("value {index} is not finite ({found})")]
-    NotFinite {
-        /// Zero-based position.
-        index: usize,
-        /// `NaN`, `inf` or `-inf`.
-        found: String,
-    },
-    /// JSON could not be parsed.
-    #[error("invalid JSON: {0}")]
-    Json(String),
-    /// JSON parsed but does not have the input's shape.
-    #[error("input `{input}`: {message}")]
-    Shape {
-        /// Input name.
-        input: String,
-        /// What was wrong.
-        message: String,
-    },
-    /// The JSON object lacks an input.
-    #[error("object has no field `{0}` (the model's inputs are: {1})")]
-    MissingField(String, String),
-    /// Raw bytes of the wrong length.
-    #[error("expected {expected} bytes ({values} float32 values), found {found}")]
-    RawLength {
-        /// Bytes needed.
-        expected: usize,
-        /// Values needed.
-        values: usize,
-        /// Bytes in the record.
-        found: usize,
-    },
 }
 
 /// One record's worth of every model input, in signature order, each flattened row-major.
@@ -120,13 +60,6 @@ pub enum DecodeError {
 pub struct Row {
     /// One vector per model input.
     pub values: Vec<Vec<f32>>,
-}
-
-#[derive(Debug, Clone)]
-struct InputLayout {
-    name: String,
-    shape: Vec<usize>,
-    len: usize,
 }
 
 /// Turns record values into [`Row`]s for one model.
@@ -148,6 +81,7 @@ pub struct Decoder {
     format: InputFormat,
     inputs: Vec<InputLayout>,
     total_len: usize,
+    avro: Option<AvroDecoder>,
 }
 
 impl Decoder {
@@ -177,16 +111,53 @@ impl Decoder {
             });
         }
         let total_len = inputs.iter().map(|i| i.len).sum();
+        let avro = match &format {
+            InputFormat::Avro(input) => Some(
+                AvroDecoder::new(input.clone(), inputs.clone()).map_err(|message| {
+                    ModelError::Signature {
+                        model: model.into(),
+                        message,
+                    }
+                })?,
+            ),
+            _ => None,
+        };
         Ok(Decoder {
             format,
             inputs,
             total_len,
+            avro,
         })
     }
 
     /// The format this decoder reads.
-    pub fn format(&self) -> InputFormat {
-        self.format
+    pub fn format(&self) -> &InputFormat {
+        &self.format
+    }
+
+    /// Confluent Avro: fetches the writer schemas of `values` that are not cached yet, so that
+    /// [`decode`](Self::decode) (synchronous) finds them. A registry that fails is retried
+    /// with backoff for its `retry_for`; the records whose schema it could not give then fail
+    /// to decode with the reason, until the next call. Other formats: nothing to do.
+    pub async fn resolve_schemas<'a>(&self, values: impl IntoIterator<Item = &'a [u8]>) {
+        if let Some(avro) = &self.avro {
+            avro.resolve(values).await;
+        }
+    }
+
+    /// Confluent Avro: whether records written with `schema` (e.g. the latest version
+    /// registered for the input topic) can feed the model; the error names the input that
+    /// has no field and lists the record's fields.
+    pub fn check_avro_schema(&self, schema: apache_avro::Schema) -> Result<(), String> {
+        match &self.avro {
+            Some(avro) => avro.check(schema),
+            None => Ok(()),
+        }
+    }
+
+    /// The Avro settings, for the Avro formats.
+    pub fn avro_input(&self) -> Option<&AvroInput> {
+        self.avro.as_ref().map(|a| a.input())
     }
 
     /// Decodes one record value.
@@ -194,10 +165,16 @@ impl Decoder {
         if value.is_empty() {
             return Err(DecodeError::Empty);
         }
-        match self.format {
-            InputFormat::Csv { delimiter } => self.decode_csv(value, delimiter),
+        match &self.format {
+            InputFormat::Csv { delimiter } => self.decode_csv(value, *delimiter),
             InputFormat::Json => self.decode_json(value),
             InputFormat::Raw => self.decode_raw(value),
+            InputFormat::Avro(_) => match &self.avro {
+                Some(avro) => Ok(Row {
+                    values: avro.decode(value)?,
+                }),
+                None => Err(DecodeError::Avro("no Avro decoder".into())),
+            },
         }
     }
 

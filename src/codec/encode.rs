@@ -3,6 +3,7 @@
 use std::fmt::{self, Write as _};
 use std::str::FromStr;
 
+use super::avro::AvroOutput;
 use crate::model::ModelError;
 use crate::model::Signature;
 
@@ -17,6 +18,13 @@ pub enum OutputFormat {
     Csv,
     /// Little-endian float32 bytes of every output in signature order.
     Raw,
+    /// A bare Avro datum of a record schema generated from the model's outputs: the input
+    /// record's key, one field per output (floats, arrays nested like its shape), `top_k`
+    /// when asked ([`Encoder::avro_schema`]).
+    Avro,
+    /// The same datum in Confluent's wire format, framed with the id the schema registry gave
+    /// the schema ([`Encoder::with_schema_id`]).
+    ConfluentAvro,
 }
 
 impl FromStr for OutputFormat {
@@ -26,7 +34,9 @@ impl FromStr for OutputFormat {
             "json" => Ok(OutputFormat::Json),
             "csv" => Ok(OutputFormat::Csv),
             "raw" => Ok(OutputFormat::Raw),
-            _ => Err("one of json, csv, raw".into()),
+            "avro" => Ok(OutputFormat::Avro),
+            "confluent-avro" => Ok(OutputFormat::ConfluentAvro),
+            _ => Err("one of json, csv, raw, avro, confluent-avro".into()),
         }
     }
 }
@@ -37,6 +47,8 @@ impl fmt::Display for OutputFormat {
             OutputFormat::Json => "json",
             OutputFormat::Csv => "csv",
             OutputFormat::Raw => "raw",
+            OutputFormat::Avro => "avro",
+            OutputFormat::ConfluentAvro => "confluent-avro",
         })
     }
 }
@@ -68,6 +80,7 @@ pub struct Encoder {
     format: OutputFormat,
     outputs: Vec<OutputLayout>,
     top_k: Option<usize>,
+    avro: Option<AvroOutput>,
 }
 
 impl Encoder {
@@ -109,11 +122,43 @@ impl Encoder {
                 });
             }
         }
+        let avro = match format {
+            OutputFormat::Avro | OutputFormat::ConfluentAvro => {
+                let named: Vec<(String, Vec<usize>)> = outputs
+                    .iter()
+                    .map(|o| (o.name.clone(), o.shape.clone()))
+                    .collect();
+                Some(AvroOutput::new(&named, top_k.is_some()).map_err(|message| {
+                    ModelError::Signature {
+                        model: model.into(),
+                        message,
+                    }
+                })?)
+            }
+            _ => None,
+        };
         Ok(Encoder {
             format,
             outputs,
             top_k,
+            avro,
         })
+    }
+
+    /// The Avro output formats: the generated record schema (Avro JSON), to register or to
+    /// hand to readers.
+    pub fn avro_schema(&self) -> Option<&str> {
+        self.avro.as_ref().map(|a| a.schema())
+    }
+
+    /// [`OutputFormat::ConfluentAvro`]: frames every value with the Confluent header carrying
+    /// `id`, the id the schema registry returned for [`avro_schema`](Self::avro_schema).
+    /// Until then values are framed with id 0, which no registry assigns.
+    pub fn with_schema_id(mut self, id: u32) -> Encoder {
+        if let (OutputFormat::ConfluentAvro, Some(avro)) = (self.format, &mut self.avro) {
+            avro.set_schema_id(id);
+        }
+        self
     }
 
     /// Number of values of each output for one record, in signature order.
@@ -123,6 +168,15 @@ impl Encoder {
 
     /// Encodes one record: `outputs[i]` is this record's slice of output `i`.
     pub fn encode(&self, outputs: &[&[f32]]) -> Vec<u8> {
+        self.encode_keyed(None, outputs)
+    }
+
+    /// [`encode`](Self::encode), with the input record's key (which the Avro formats carry in
+    /// their `key` field; the others ignore it).
+    pub fn encode_keyed(&self, key: Option<&[u8]>, outputs: &[&[f32]]) -> Vec<u8> {
+        if let Some(avro) = &self.avro {
+            return avro.encode(key, outputs, &self.top_k(outputs));
+        }
         match self.format {
             OutputFormat::Json => self.encode_json(outputs).into_bytes(),
             OutputFormat::Csv => self.encode_csv(outputs).into_bytes(),
@@ -130,6 +184,8 @@ impl Encoder {
                 .iter()
                 .flat_map(|o| o.iter().flat_map(|v| v.to_le_bytes()))
                 .collect(),
+            // Both carry an `AvroOutput` (built in `new`), handled above.
+            OutputFormat::Avro | OutputFormat::ConfluentAvro => Vec::new(),
         }
     }
 

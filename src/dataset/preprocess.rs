@@ -110,7 +110,7 @@ impl Preprocess {
             Label::CsvColumn(_) | Label::CsvLastColumn => {
                 matches!(format, InputFormat::Csv { .. })
             }
-            Label::JsonField(_) => format == InputFormat::Json,
+            Label::JsonField(_) => *format == InputFormat::Json,
             Label::Key | Label::Header(_) => true,
         };
         if !fits {
@@ -177,7 +177,7 @@ impl Preprocess {
         value: &[u8],
         label: &Label,
     ) -> Result<(f32, String), DatasetError> {
-        let InputFormat::Csv { delimiter } = self.decoder.format() else {
+        let &InputFormat::Csv { delimiter } = self.decoder.format() else {
             return Err(label_error(record, label, "the values are not CSV".into()));
         };
         let text = std::str::from_utf8(value)

@@ -48,6 +48,9 @@ pub enum Error {
         /// The policy that made this fatal.
         policy: &'static str,
     },
+    /// The schema registry could not be reached or refused a request at start-up.
+    #[error(transparent)]
+    Registry(#[from] crate::codec::RegistryError),
     /// A worker thread or task ended unexpectedly.
     #[error("internal error: {0}")]
     Internal(String),

@@ -239,6 +239,9 @@ pub struct PipelineConfig {
     pub input_format: InputFormat,
     /// How outputs are encoded.
     pub output_format: OutputFormat,
+    /// The schema registry [`OutputFormat::ConfluentAvro`] registers its schema with (the
+    /// Confluent Avro input carries its own, usually a clone of this one).
+    pub schema_registry: Option<crate::codec::SchemaRegistry>,
     /// Add the K best classes of the first output.
     pub top_k: Option<usize>,
     /// Most rows per inference batch.
@@ -325,6 +328,7 @@ impl PipelineConfig {
             model_options: ModelOptions::default(),
             input_format: InputFormat::Csv { delimiter: b',' },
             output_format: OutputFormat::Json,
+            schema_registry: None,
             top_k: None,
             batch_size: 256,
             linger: Duration::from_millis(5),
@@ -465,6 +469,7 @@ impl Pipeline {
         // The models before Kafka: a model that cannot work fails before anything is consumed.
         let (serving, shadow_serving) = load_models(&config).await?;
         let model = serving.model.clone();
+        check_registry(&config, &serving).await?;
         let client = kafka::connect(&config.kafka).await?;
         let (sink, dlq, acks) = start_sinks(&client, &config).await?;
         let shadow = match (shadow_serving, &config.shadow) {
@@ -724,6 +729,36 @@ async fn load_models(config: &PipelineConfig) -> Result<(Serving, Option<Serving
         .into());
     }
     Ok((serving, Some(s)))
+}
+
+/// Confluent Avro input: the registry must answer at start-up (an unreachable registry or
+/// one refusing our credentials is a configuration problem, not a stream of bad records), and
+/// the latest schema registered for each input topic (`<topic>-value`, Confluent's
+/// TopicNameStrategy), if any, must be able to feed the model.
+async fn check_registry(config: &PipelineConfig, serving: &Serving) -> Result<()> {
+    let Some(registry) = serving.decoder.avro_input().and_then(|a| a.registry()) else {
+        return Ok(());
+    };
+    for sel in &config.source.topics {
+        let subject = format!("{}-value", sel.topic);
+        let latest = registry
+            .check(&subject, config.kafka.connect_timeout)
+            .await?;
+        if let Some(schema) = latest {
+            serving
+                .decoder
+                .check_avro_schema(schema)
+                .map_err(|message| crate::model::ModelError::Signature {
+                    model: serving.model.file_name(),
+                    message: format!(
+                        "the latest schema of subject `{subject}` in {}: {message}",
+                        registry.url()
+                    ),
+                })?;
+        }
+    }
+    tracing::info!(registry = registry.url(), "schema registry reachable");
+    Ok(())
 }
 
 /// Acknowledged outputs of the sink and the dead-letter sink, as source coordinates.

@@ -272,6 +272,13 @@ impl RunLoop {
     }
 
     async fn on_records(&mut self, records: Vec<SourceRecord>) {
+        // Confluent Avro: writer schemas not seen yet are fetched here, before the synchronous
+        // decoding below (retrying a failing registry, so an outage delays records instead of
+        // rejecting them). Nothing to do for the other formats.
+        let decoder = &self.serving.decoder;
+        decoder
+            .resolve_schemas(records.iter().filter_map(|r| r.value.as_deref()))
+            .await;
         count_by_partition(
             records.iter().map(|r| (&*r.topic, r.partition)),
             |t, p, n| self.config.metrics.record_in(t, p, n),
@@ -486,7 +493,7 @@ impl RunLoop {
         for (r, row) in records.iter().zip(shadow_rows) {
             let record = OutputRecord {
                 key: r.key.clone(),
-                value: serving.encoder.encode(&row),
+                value: serving.encoder.encode_keyed(r.key.as_deref(), &row),
                 headers: output_headers(self.config.output_headers, r, serving),
                 timestamp: Utc::now(),
                 source: None,
@@ -512,7 +519,7 @@ impl RunLoop {
         let now = Utc::now();
         let mut out_partitions = Vec::with_capacity(records.len());
         for (r, row) in records.into_iter().zip(rows) {
-            let value = serving.encoder.encode(&row);
+            let value = serving.encoder.encode_keyed(r.key.as_deref(), &row);
             let h = output_headers(self.config.output_headers, &r, serving);
             let partition = self.sink.partition_for(r.key.as_deref(), r.partition);
             let source = SourceCoordinates {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::PipelineConfig;
 use super::{Error, Result};
-use crate::codec::{Decoder, Encoder};
+use crate::codec::{Decoder, Encoder, OutputFormat};
 use crate::model::{InferencePool, Model};
 
 /// A loaded, checked and warmed-up model ready to take batches.
@@ -38,8 +38,9 @@ impl Serving {
             .await
             .map_err(|e| Error::Internal(format!("model loading task: {e}")))??;
         let name = model.file_name();
-        let decoder = Decoder::new(config.input_format, model.signature(), &name)?;
+        let decoder = Decoder::new(config.input_format.clone(), model.signature(), &name)?;
         let encoder = Encoder::new(config.output_format, model.signature(), config.top_k, &name)?;
+        let encoder = register_output_schema(config, encoder).await?;
         let row_shapes = model
             .signature()
             .inputs
@@ -72,4 +73,27 @@ impl Serving {
     pub fn sha256(&self) -> &str {
         self.model.sha256()
     }
+}
+
+/// The Avro output formats: logs the generated schema; for Confluent Avro, registers it under
+/// `<output topic>-value` (TopicNameStrategy) and frames the records with the id it gets.
+async fn register_output_schema(config: &PipelineConfig, encoder: Encoder) -> Result<Encoder> {
+    let Some(schema) = encoder.avro_schema() else {
+        return Ok(encoder);
+    };
+    if config.output_format != OutputFormat::ConfluentAvro {
+        tracing::info!(%schema, "output records are Avro datums of this schema");
+        return Ok(encoder);
+    }
+    let Some(registry) = &config.schema_registry else {
+        return Err(super::ConfigError::Missing {
+            field: "schema_registry",
+            flag: "schema-registry (output_format = \"confluent-avro\" registers its schema there)",
+        }
+        .into());
+    };
+    let subject = format!("{}-value", config.sink.topic);
+    let id = registry.register(&subject, schema).await?;
+    tracing::info!(%subject, id, registry = registry.url(), "output schema registered");
+    Ok(encoder.with_schema_id(id))
 }

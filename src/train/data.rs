@@ -179,6 +179,9 @@ impl RowFormat {
                 return Some(count_numbers(features)).filter(|&n| n > 0);
             }
             InputFormat::Raw => value.len() / 4,
+            // Training reads its features from CSV, JSON or raw values only (`streamtract
+            // train --format`); an Avro record has no feature count without a model.
+            InputFormat::Avro(_) => return None,
         };
         let n = if label_in_value { n.checked_sub(1)? } else { n };
         Some(n).filter(|&n| n > 0)
@@ -194,7 +197,7 @@ impl RowFormat {
             }],
             outputs: Vec::new(),
         };
-        Ok(Preprocess::new(self.format, &signature)?.label(self.label.clone())?)
+        Ok(Preprocess::new(self.format.clone(), &signature)?.label(self.label.clone())?)
     }
 }
 

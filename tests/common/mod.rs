@@ -118,7 +118,7 @@ pub fn require_test_env() -> PathBuf {
     tansu.unwrap()
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("bind 127.0.0.1:0 to find a free port")
@@ -783,6 +783,12 @@ impl KClient {
             );
         }
         out.stdout
+    }
+
+    /// Runs `kclient.py SUBCOMMAND` with `args`, feeding `stdin`; its JSON output lines.
+    pub fn run_json(&self, sub: &str, args: &[&str], stdin: &str) -> Vec<Value> {
+        let out = self.run_ok(sub, args, stdin, Duration::from_secs(120));
+        Self::json_lines(sub, &out)
     }
 
     fn json_lines(sub: &str, stdout: &str) -> Vec<Value> {
