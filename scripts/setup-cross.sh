@@ -2,7 +2,10 @@
 # Installs what the ARM edge builds and their emulated tests need, from Debian's packages and
 # rustup; each step is skipped when its result is already present.
 #   - Debian's GNU cross compilers (they assemble tract's and ring's ARM code and link),
-#     qemu-user (runs ARM binaries on this x86_64 machine) and `file`;
+#     qemu-user 10 from bookworm-backports (runs ARM binaries on this x86_64 machine; Debian
+#     12's own qemu 7.2 made the armv7 binary die with SIGSEGV at exit in a third of the
+#     CNN runs (16 of 43), which qemu 10 never did in 18; and it cannot show an ARM /proc/cpuinfo, so
+#     tract never chose its NEON kernels under it) and `file`;
 #   - Rust's aarch64-unknown-linux-musl standard library (rustup);
 #   - for armv7-unknown-linux-musleabihf, which rustup has no prebuilt standard library for
 #     here: Rust's library sources (rust-src, built by scripts/build-static.sh with
@@ -17,7 +20,6 @@ say() { printf '[setup-cross] %s\n' "$*" >&2; }
 need=()
 command -v aarch64-linux-gnu-gcc >/dev/null 2>&1 || need+=(gcc-aarch64-linux-gnu)
 command -v arm-linux-gnueabihf-gcc >/dev/null 2>&1 || need+=(gcc-arm-linux-gnueabihf)
-command -v qemu-aarch64-static >/dev/null 2>&1 || need+=(qemu-user-static)
 command -v file >/dev/null 2>&1 || need+=(file)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 if [ ${#need[@]} -gt 0 ]; then
@@ -25,6 +27,20 @@ if [ ${#need[@]} -gt 0 ]; then
     apt-get update -qq >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >&2
 fi
+qemu_major="$(qemu-arm-static --version 2>/dev/null | awk '/version/ {split($3, v, "."); print v[1]; exit}')"
+if [ "${qemu_major:-0}" -lt 8 ]; then
+    codename="$(. /etc/os-release && echo "${VERSION_CODENAME:-bookworm}")"
+    if [ "$codename" = bookworm ]; then
+        echo "deb http://deb.debian.org/debian bookworm-backports main" \
+            >/etc/apt/sources.list.d/streamtract-backports.list
+        say "apt-get install -t bookworm-backports qemu-user-static (qemu ${qemu_major:-none} is too old)"
+        apt-get update -qq >&2
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -t bookworm-backports qemu-user-static >&2
+    else
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user-static >&2
+    fi
+fi
+say "$(qemu-arm-static --version | head -1)"
 
 installed="$(rustup target list --installed)"
 grep -qx aarch64-unknown-linux-musl <<<"$installed" || rustup target add aarch64-unknown-linux-musl >&2

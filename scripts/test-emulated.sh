@@ -33,6 +33,13 @@ BIN="${CARGO_TARGET_DIR:-target}/$TARGET/release/streamtract"
     start=$(date +%s)
     cargo test ${build_std[@]+"${build_std[@]}"} --target "$TARGET" \
         --lib --bins --test parity
+    if [ "${TARGET%%-*}" = armv7 ]; then
+        # qemu's CPU has NEON, so tract ran its armv7neon kernels above; boards without NEON
+        # get the armvfpv2 ones: the same tests again with NEON switched off in tract.
+        echo "== $TARGET: the same tests with tract's NEON kernels off (armvfpv2)"
+        TRACT_CPU_ARM32_NEON=false cargo test ${build_std[@]+"${build_std[@]}"} \
+            --target "$TARGET" --lib --bins --test parity
+    fi
     echo "== $TARGET: emulated tests took $(( $(date +%s) - start )) s"
 )
 

@@ -36,8 +36,9 @@ fn binary() -> (PathBuf, Option<String>) {
     (bin, runner)
 }
 
-/// Runs the binary under test with `args`, killed after `limit`; returns (success, stderr).
-fn run_binary(args: &[&str], limit: Duration) -> (bool, String) {
+/// Runs the binary under test with `args`, killed after `limit`; returns its exit status and
+/// stderr.
+fn run_binary(args: &[&str], limit: Duration) -> (std::process::ExitStatus, String) {
     let (bin, runner) = binary();
     let mut command = match &runner {
         Some(runner) => {
@@ -64,7 +65,7 @@ fn run_binary(args: &[&str], limit: Duration) -> (bool, String) {
     }
     let out = child.wait_with_output().unwrap();
     (
-        out.status.success(),
+        out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
@@ -134,10 +135,10 @@ fn check_against_reference(broker: &Broker, name: &str) {
         "--until-end",
     ];
     // Emulation runs the whole binary, model compilation included, 10-50x slower.
-    let (ok, stderr) = run_binary(&args, Duration::from_secs(600));
+    let (status, stderr) = run_binary(&args, Duration::from_secs(600));
     assert!(
-        ok,
-        "streamtract run on {name} ({input_name}) failed:\n{stderr}"
+        status.success(),
+        "streamtract run on {name} ({input_name}) failed ({status}):\n{stderr}"
     );
     // The start-up log names the kernel family, of the architecture under test (tract's
     // name for 32-bit ARM is `arm`): this proves which binary ran, and that it ran its own

@@ -1039,7 +1039,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "`format`: expected one of csv, json, raw, found `xml`"
+            "`format`: expected one of csv, json, raw, avro, confluent-avro, found `xml`"
         );
         let err = RunArgs {
             brokers: Some("localhost".into()),
