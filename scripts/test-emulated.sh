@@ -30,6 +30,8 @@ BIN="${CARGO_TARGET_DIR:-target}/$TARGET/release/streamtract"
     # The armv7 standard library is built from source; tests also need the `test` crate.
     [ ${#cross_cargo_args[@]} -gt 0 ] && build_std=(-Z build-std=std,panic_unwind,test)
     echo "== $TARGET: unit, binary and parity tests under ${runner[*]}"
+    # tests/parity.rs starts the binary too: through the emulator.
+    export STREAMTRACT_TEST_RUNNER="${runner[0]}"
     start=$(date +%s)
     cargo test ${build_std[@]+"${build_std[@]}"} --target "$TARGET" \
         --lib --bins --test parity
