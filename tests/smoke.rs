@@ -13,7 +13,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{Broker, Rec};
 use serde_json::Value;
@@ -48,22 +48,14 @@ fn run_binary(args: &[&str], limit: Duration) -> (std::process::ExitStatus, Stri
         }
         None => Command::new(&bin),
     };
-    let mut child = command
+    let child = command
         .args(args)
         .current_dir(common::repo_root())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start {} (runner {runner:?}): {e}", bin.display()));
-    let deadline = Instant::now() + limit;
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let out = child.wait_with_output().unwrap();
+    let out = common::output_within(child, limit);
     (
         out.status,
         String::from_utf8_lossy(&out.stderr).into_owned(),

@@ -1004,13 +1004,18 @@ pub fn stop_with_sigterm(child: std::process::Child) -> String {
 /// Runs `streamtract ARGS` from the repository root, killing it after `limit`; returns its
 /// output.
 pub fn streamtract_within(args: &[&str], limit: Duration) -> std::process::Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
+    let child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
         .args(args)
         .current_dir(repo_root())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    output_within(child, limit)
+}
+
+/// Waits for `child`, killing it once `limit` has passed; returns its output.
+pub fn output_within(mut child: std::process::Child, limit: Duration) -> std::process::Output {
     let deadline = Instant::now() + limit;
     while child.try_wait().unwrap().is_none() {
         if Instant::now() > deadline {
