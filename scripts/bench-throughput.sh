@@ -36,17 +36,32 @@ trap 'scripts/broker.sh stop "$DIR" >/dev/null 2>&1 || true' EXIT
 BROKERS="$(cat "$DIR/broker.addr")"
 
 kclient() { "$PY" scripts/kclient.py "$1" --brokers "$BROKERS" "${@:2}"; }
-kclient create-topic --topic input --partitions "$PARTITIONS" >/dev/null
-"$PY" - "$BROKERS" "$RECORDS" <<'PY'
-import sys
+# Writes RECORDS digits rows to TOPIC with confluent-kafka, as FORMAT: csv (the pixels of
+# data/digits.csv), json (arrays) or avro (Confluent wire format, AvroSerializer, $REGISTRY).
+produce_digits() {
+    "$PY" - "$BROKERS" "$RECORDS" "$1" "$2" "$REGISTRY" <<'PY'
+import json, sys
 from confluent_kafka import Producer
-brokers, n = sys.argv[1], int(sys.argv[2])
-rows = [l.split(",", 1)[1] for l in open("data/digits.csv").read().splitlines()]
+brokers, n, fmt, topic, registry = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+lines = [l.split(",", 1)[1] for l in open("data/digits.csv").read().splitlines()]
+rows = [[float(v) for v in l.split(",")] for l in lines]
+if fmt == "avro":
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroSerializer
+    from confluent_kafka.serialization import MessageField, SerializationContext
+    schema = open("tests/avro-schemas/digits_v1.avsc").read()
+    ser = AvroSerializer(SchemaRegistryClient({"url": registry}), schema)
+    ctx = SerializationContext(topic, MessageField.VALUE)
+    values = [ser({"pixels": r}, ctx) for r in rows]
+elif fmt == "json":
+    values = [json.dumps(r).encode() for r in rows]
+else:
+    values = [l.encode() for l in lines]
 p = Producer({"bootstrap.servers": brokers, "linger.ms": 20})
 for i in range(n):
     while True:
         try:
-            p.produce("input", key=f"k{i}".encode(), value=rows[i % len(rows)].encode())
+            p.produce(topic, key=f"k{i}".encode(), value=values[i % len(values)])
             break
         except BufferError:
             p.poll(0.1)
@@ -55,9 +70,13 @@ left = p.flush(120)
 if left:
     sys.exit(f"{left} input records not delivered")
 PY
+}
+
+REGISTRY=""
+kclient create-topic --topic input --partitions "$PARTITIONS" >/dev/null
+produce_digits csv input
 
 # The same records as JSON arrays and as Confluent Avro, for the `json` and `avro` engines.
-REGISTRY=""
 if [[ " ${ENGINES:-} " == *" avro "* ]]; then
     "$PY" scripts/schema-registry.py >"$DIR/registry.out" 2>&1 &
     REGISTRY_PID=$!
@@ -68,34 +87,7 @@ fi
 for format in json avro; do
     [[ " ${ENGINES:-} " == *" $format "* ]] || continue
     kclient create-topic --topic "input-$format" --partitions "$PARTITIONS" >/dev/null
-    "$PY" - "$BROKERS" "$RECORDS" "$format" "$REGISTRY" <<'PY'
-import json, sys
-from confluent_kafka import Producer
-brokers, n, fmt, registry = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-rows = [[float(v) for v in l.split(",")[1:]] for l in open("data/digits.csv").read().splitlines()]
-if fmt == "avro":
-    from confluent_kafka.schema_registry import SchemaRegistryClient
-    from confluent_kafka.schema_registry.avro import AvroSerializer
-    from confluent_kafka.serialization import MessageField, SerializationContext
-    schema = open("tests/avro-schemas/digits_v1.avsc").read()
-    ser = AvroSerializer(SchemaRegistryClient({"url": registry}), schema)
-    ctx = SerializationContext("input-avro", MessageField.VALUE)
-    values = [ser({"pixels": r}, ctx) for r in rows]
-else:
-    values = [json.dumps(r).encode() for r in rows]
-p = Producer({"bootstrap.servers": brokers, "linger.ms": 20})
-for i in range(n):
-    while True:
-        try:
-            p.produce(f"input-{fmt}", key=f"k{i}".encode(), value=values[i % len(values)])
-            break
-        except BufferError:
-            p.poll(0.1)
-    p.poll(0)
-left = p.flush(120)
-if left:
-    sys.exit(f"{left} input records not delivered")
-PY
+    produce_digits "$format" "input-$format"
 done
 
 # One engine: a fresh output topic, the command under /usr/bin/time; prints "records/s rss_kib".

@@ -364,6 +364,15 @@ fn v1(i: usize, px: &[f32]) -> Value {
     json!({"key": key(i), "schema": 0, "value": {"pixels": px}})
 }
 
+/// The first `n` digits as v1 records, keyed `r0`, `r1`, ….
+fn v1_items(n: usize) -> Vec<Value> {
+    digits(n)
+        .iter()
+        .enumerate()
+        .map(|(i, (_, px))| v1(i, px))
+        .collect()
+}
+
 /// Every kind of bad record, among good ones, through a registry that needs basic auth: each
 /// bad record becomes a dead letter with its reason, every good one an output, and the
 /// group's positions are committed past all of them. Without the credentials the run does not
@@ -375,12 +384,7 @@ fn bad_avro_records_become_dead_letters_with_the_reason() {
     broker.create_topic("pixels", 2);
     broker.create_topic("preds", 2);
     broker.create_topic("pixels-dlq", 1);
-    let rows = digits(100);
-    let mut items: Vec<Value> = rows
-        .iter()
-        .enumerate()
-        .map(|(i, (_, px))| v1(i, px))
-        .collect();
+    let mut items = v1_items(100);
     // A v1 datum is [0x80, 0x01] (64, zig-zag), 64 floats, [0]: cut inside the floats.
     let mut truncated = frame(1);
     truncated.extend_from_slice(&[0x80, 0x01]);
@@ -450,11 +454,7 @@ fn bad_avro_records_become_dead_letters_with_the_reason() {
         let got = letter.header("dlq.reason").unwrap();
         assert!(got.contains(reason), "{k}: `{got}` lacks `{reason}`");
     }
-    let committed = broker.committed("avro-bad", "pixels", 2);
-    let ends = broker.topic_info("pixels").unwrap().high_watermarks;
-    for p in 0..2 {
-        assert_eq!(committed[&p], Some(ends[p as usize]), "partition {p}");
-    }
+    broker.assert_committed_to_end("avro-bad", "pixels", 2);
 }
 
 /// The registry fails (503) for the first seconds of the run: records wait, are retried, and
@@ -466,11 +466,7 @@ fn a_registry_outage_mid_stream_delays_records_and_loses_none() {
     broker.create_topic("pixels", 2);
     broker.create_topic("preds", 2);
     broker.create_topic("pixels-dlq", 1);
-    let items: Vec<Value> = digits(100)
-        .iter()
-        .enumerate()
-        .map(|(i, (_, px))| v1(i, px))
-        .collect();
+    let items = v1_items(100);
     produce_avro(
         &broker,
         Some(&registry),
@@ -518,11 +514,7 @@ fn registry_failures_past_the_timeout_become_dead_letters() {
     let broker = Broker::start("avro-registry-down");
     let registry = Registry::start(None);
     broker.create_topic("pixels", 1);
-    let items: Vec<Value> = digits(20)
-        .iter()
-        .enumerate()
-        .map(|(i, (_, px))| v1(i, px))
-        .collect();
+    let items = v1_items(20);
     produce_avro(
         &broker,
         Some(&registry),

@@ -313,15 +313,7 @@ fn three_bounded_members_lose_nothing_and_commit_to_the_end() {
 
 /// Every partition's committed position in `group` is its end.
 fn assert_committed_to_end(broker: &Broker, group: &str) {
-    let positions = broker.committed(group, "events", PARTITIONS);
-    let info = broker.topic_info("events").unwrap();
-    for p in 0..PARTITIONS {
-        assert_eq!(
-            positions[&p],
-            Some(info.high_watermarks[p as usize]),
-            "partition {p}"
-        );
-    }
+    broker.assert_committed_to_end(group, "events", PARTITIONS);
 }
 
 #[test]

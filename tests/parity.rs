@@ -4,6 +4,8 @@
 
 use std::path::Path;
 
+mod common;
+
 use serde_json::Value;
 use streamtract::model::{Dim, GraphRewrites, Model, ModelOptions, Signature};
 use tract_onnx::prelude::Tensor;
@@ -122,7 +124,7 @@ fn digits_cnn_dynamic_matches_tensorflow_and_gets_the_rewrites() {
     );
     // And the same through the binary's flag.
     let batch_line = |rewrites: &str| {
-        let out = streamtract_command()
+        let out = common::command_for(Path::new(env!("CARGO_BIN_EXE_streamtract")))
             .args([
                 "inspect",
                 "models/digits_cnn_dynamic.onnx",
@@ -240,19 +242,4 @@ fn missing_model_file_is_a_clear_error() {
         err.contains("no_such_model.onnx") && err.contains("No such file"),
         "{err}"
     );
-}
-
-/// The binary under test. Under emulation (scripts/test-emulated.sh) this test process is an
-/// ARM program run by qemu-user, and so is the binary: `STREAMTRACT_TEST_RUNNER` names the
-/// emulator to start it with, since the kernel cannot exec an ARM file itself here.
-fn streamtract_command() -> std::process::Command {
-    let bin = env!("CARGO_BIN_EXE_streamtract");
-    match std::env::var("STREAMTRACT_TEST_RUNNER") {
-        Ok(runner) if !runner.is_empty() => {
-            let mut command = std::process::Command::new(runner);
-            command.arg(bin);
-            command
-        }
-        _ => std::process::Command::new(bin),
-    }
 }

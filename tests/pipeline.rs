@@ -747,11 +747,7 @@ fn malformed_records_go_to_the_dead_letter_topic_unchanged() {
         .contains("expected 64 values"));
 
     // Dead letters count as done: the group's offsets are committed past every bad record.
-    let committed = broker.committed("dlq-test", "pixels", 3);
-    let ends = broker.topic_info("pixels").unwrap().high_watermarks;
-    for p in 0..3 {
-        assert_eq!(committed[&p], Some(ends[p as usize]), "partition {p}");
-    }
+    broker.assert_committed_to_end("dlq-test", "pixels", 3);
 }
 
 /// Records that decode and fit the input signature but make the model itself fail: the
@@ -840,11 +836,7 @@ fn records_the_model_fails_on_go_to_the_dead_letter_topic() {
             "{reason}"
         );
     }
-    let ends = broker.topic_info("pixels").unwrap().high_watermarks;
-    let committed = broker.committed("model-dlq", "pixels", 2);
-    for p in 0..2 {
-        assert_eq!(committed[&p], Some(ends[p as usize]), "{committed:?}");
-    }
+    broker.assert_committed_to_end("model-dlq", "pixels", 2);
 
     // Without a dead-letter topic, `--on-error stop` fails on the first such record, after
     // committing everything before it in its partition.

@@ -5,14 +5,14 @@
 //! By default the binary is the one cargo built for this test run. The emulated ARM check
 //! (scripts/test-emulated.sh) runs the same test with
 //! `STREAMTRACT_SMOKE_BIN=target/aarch64-unknown-linux-musl/release/streamtract` and
-//! `STREAMTRACT_SMOKE_RUNNER=qemu-aarch64-static` and `STREAMTRACT_SMOKE_ARCH=aarch64`: the ARM binary under qemu-user talks to the
+//! `STREAMTRACT_TEST_RUNNER=qemu-aarch64-static` and `STREAMTRACT_SMOKE_ARCH=aarch64`: the ARM binary under qemu-user talks to the
 //! x86_64 broker on loopback.
 
 mod common;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::{Broker, Rec};
@@ -20,8 +20,8 @@ use serde_json::Value;
 
 const TOLERANCE: f64 = 1e-4;
 
-/// The binary under test and the emulator to start it with, if any.
-fn binary() -> (PathBuf, Option<String>) {
+/// The binary under test.
+fn binary() -> PathBuf {
     let bin = std::env::var_os("STREAMTRACT_SMOKE_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_streamtract")));
@@ -30,31 +30,20 @@ fn binary() -> (PathBuf, Option<String>) {
         "STREAMTRACT_SMOKE_BIN {} is not a file",
         bin.display()
     );
-    let runner = std::env::var("STREAMTRACT_SMOKE_RUNNER")
-        .ok()
-        .filter(|r| !r.is_empty());
-    (bin, runner)
+    bin
 }
 
 /// Runs the binary under test with `args`, killed after `limit`; returns its exit status and
 /// stderr.
 fn run_binary(args: &[&str], limit: Duration) -> (std::process::ExitStatus, String) {
-    let (bin, runner) = binary();
-    let mut command = match &runner {
-        Some(runner) => {
-            let mut c = Command::new(runner);
-            c.arg(&bin);
-            c
-        }
-        None => Command::new(&bin),
-    };
-    let child = command
+    let bin = binary();
+    let child = common::command_for(&bin)
         .args(args)
         .current_dir(common::repo_root())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {} (runner {runner:?}): {e}", bin.display()));
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
     let out = common::output_within(child, limit);
     (
         out.status,

@@ -480,6 +480,23 @@ impl Broker {
             .collect()
     }
 
+    /// Asserts that `group` has committed every partition `0..partitions` of `topic` up to its
+    /// end (the high watermark): nothing accepted is left to read again.
+    pub fn assert_committed_to_end(&self, group: &str, topic: &str, partitions: i32) {
+        let committed = self.committed(group, topic, partitions);
+        let ends = self
+            .topic_info(topic)
+            .expect("topic exists")
+            .high_watermarks;
+        for p in 0..partitions {
+            assert_eq!(
+                committed[&p],
+                Some(ends[p as usize]),
+                "{group} on {topic} partition {p}: {committed:?}"
+            );
+        }
+    }
+
     /// Creates `topic` with `partitions` partitions (already existing with that count is fine)
     /// and waits until metadata shows it.
     pub fn create_topic(&self, topic: &str, partitions: i32) {
@@ -1012,6 +1029,20 @@ pub fn streamtract_within(args: &[&str], limit: Duration) -> std::process::Outpu
         .spawn()
         .unwrap();
     output_within(child, limit)
+}
+
+/// A command that starts the program `bin`, through the emulator named by
+/// `STREAMTRACT_TEST_RUNNER` when it is set: under emulation (scripts/test-emulated.sh) the
+/// binary under test is an ARM file, which this machine's kernel cannot exec by itself.
+pub fn command_for(bin: &Path) -> Command {
+    match std::env::var("STREAMTRACT_TEST_RUNNER") {
+        Ok(runner) if !runner.is_empty() => {
+            let mut command = Command::new(runner);
+            command.arg(bin);
+            command
+        }
+        _ => Command::new(bin),
+    }
 }
 
 /// Waits for `child`, killing it once `limit` has passed; returns its output.
