@@ -54,6 +54,9 @@ pub enum KafkaError {
     /// certificate.
     #[error(transparent)]
     Security(#[from] super::SecurityError),
+    /// The output spool could not be opened or written.
+    #[error(transparent)]
+    Spool(Box<super::SpoolError>),
 }
 
 impl KafkaError {
@@ -81,6 +84,7 @@ impl KafkaError {
                 | KafkaError::UnknownTopic { .. }
                 | KafkaError::UnknownPartition { .. }
                 | KafkaError::Security(_)
+                | KafkaError::Spool(_)
         )
     }
 }

@@ -12,6 +12,7 @@ mod partitioner;
 pub mod security;
 mod sink;
 mod source;
+pub mod spool;
 pub mod stats;
 
 pub use client::{connect, parse_brokers, topic_partitions, KafkaConfig};
@@ -27,4 +28,5 @@ pub use source::{
     PartitionRange, Source, SourceConfig, SourceRecord, StartPosition, TopicSelection,
     LARGEST_FETCH,
 };
+pub use spool::{Spool, SpoolConfig, SpoolError, SpoolReading, SpoolStatus};
 pub use stats::{RequestCounts, RequestStats};

@@ -18,6 +18,7 @@ use tokio::task::JoinSet;
 
 use super::client::{topic_partitions, KafkaConfig};
 use super::partitioner::partition_for_key;
+use super::spool::{writer::Writer, Spool, SpoolError};
 use super::KafkaError;
 
 /// Where an output record came from; reported back when the broker acknowledged it.
@@ -61,6 +62,9 @@ pub struct SinkConfig {
     pub queue_per_partition: usize,
     /// Produce requests acknowledged and the records they carried (shared by clones).
     pub produces: super::RequestStats,
+    /// Where records go while the output cluster cannot take them (see [`Spool`]); without
+    /// one, a partition's writer waits for the cluster (up to the request timeout).
+    pub spool: Option<Spool>,
 }
 
 impl SinkConfig {
@@ -73,7 +77,22 @@ impl SinkConfig {
             max_batch_bytes: 1 << 20,
             queue_per_partition: 4096,
             produces: super::RequestStats::default(),
+            spool: None,
         }
+    }
+
+    /// Writes through `spool` while the output cluster cannot take records.
+    ///
+    /// ```no_run
+    /// use streamtract::kafka::{SinkConfig, Spool, SpoolConfig};
+    /// # fn demo() -> Result<(), streamtract::kafka::SpoolError> {
+    /// let spool = Spool::open(SpoolConfig::new("/var/lib/streamtract/spool", 512 << 20))?;
+    /// let config = SinkConfig::new("scores").with_spool(spool);
+    /// # let _ = config; Ok(()) }
+    /// ```
+    pub fn with_spool(mut self, spool: Spool) -> SinkConfig {
+        self.spool = Some(spool);
+        self
     }
 }
 
@@ -99,6 +118,9 @@ impl Sink {
         acks: Option<mpsc::UnboundedSender<Vec<SourceCoordinates>>>,
     ) -> Result<Sink, KafkaError> {
         let partitions = topic_partitions(&client, kafka, &config.topic, "output").await?;
+        if let Some(spool) = &config.spool {
+            check_spooled_partitions(spool, &config.topic, partitions.len() as i32)?;
+        }
         let mut queues = Vec::new();
         let mut tasks = JoinSet::new();
         let acked = Arc::new(AtomicU64::new(0));
@@ -115,13 +137,29 @@ impl Sink {
                 })?;
             let (tx, rx) = mpsc::channel(config.queue_per_partition.max(1));
             queues.push(tx);
-            tasks.spawn(produce_partition(
-                pc,
-                rx,
-                config.clone(),
-                Arc::clone(&acked),
-                acks.clone(),
-            ));
+            match &config.spool {
+                Some(spool) => {
+                    let writer = Writer {
+                        pc,
+                        queue: rx,
+                        config: config.clone(),
+                        spool: spool.clone(),
+                        partition: spool.partition(&config.topic, p).map_err(spool_error)?,
+                        stored: Arc::clone(&acked),
+                        acks: acks.clone(),
+                    };
+                    tasks.spawn(writer.run());
+                }
+                None => {
+                    tasks.spawn(produce_partition(
+                        pc,
+                        rx,
+                        config.clone(),
+                        Arc::clone(&acked),
+                        acks.clone(),
+                    ));
+                }
+            }
         }
         Ok(Sink {
             topic: config.topic.clone(),
@@ -173,7 +211,7 @@ impl Sink {
         })
     }
 
-    /// Records acknowledged by the broker so far.
+    /// Records stored so far: acknowledged by the broker, or synced into the spool.
     pub fn acked(&self) -> u64 {
         self.acked.load(Ordering::Relaxed)
     }
@@ -201,6 +239,28 @@ impl Sink {
             None => Ok(self.acked()),
         }
     }
+}
+
+/// Refuses a spool holding records for partitions the topic no longer has: they could not be
+/// sent in order anywhere.
+fn check_spooled_partitions(spool: &Spool, topic: &str, partitions: i32) -> Result<(), KafkaError> {
+    match spool
+        .partitions_on_disk(topic)
+        .into_iter()
+        .find(|&p| p >= partitions)
+    {
+        Some(partition) => Err(spool_error(SpoolError::PartitionGone {
+            topic: topic.to_string(),
+            partition,
+            partitions,
+            dir: spool.partition_dir(topic, partition),
+        })),
+        None => Ok(()),
+    }
+}
+
+fn spool_error(e: SpoolError) -> KafkaError {
+    KafkaError::Spool(Box::new(e))
 }
 
 async fn produce_partition(
