@@ -6,61 +6,10 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{argmax, digits, sha_prefix, tf_classes, Broker, Rec};
-
-/// GET `url` with Python's urllib: (status, body). Status 0 when nothing answers.
-fn http_get(url: &str) -> (u16, String) {
-    let script = r#"
-import sys, urllib.request, urllib.error
-try:
-    r = urllib.request.urlopen(sys.argv[1], timeout=5)
-    print(r.status); sys.stdout.write(r.read().decode())
-except urllib.error.HTTPError as e:
-    print(e.code); sys.stdout.write(e.read().decode())
-except OSError:
-    print(0)
-"#;
-    let out = Command::new(common::python())
-        .args(["-c", script, url])
-        .output()
-        .expect("run python");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    let (status, body) = text.split_once('\n').unwrap_or((text.trim(), ""));
-    (status.trim().parse().unwrap_or(0), body.to_string())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Metric samples `name{labels} value` → value, for the lines starting with `name`.
-fn samples(text: &str, name: &str) -> BTreeMap<String, f64> {
-    text.lines()
-        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
-        .filter_map(|l| {
-            let (key, value) = l.rsplit_once(' ')?;
-            Some((key.to_string(), value.parse().ok()?))
-        })
-        .collect()
-}
-
-fn total(text: &str, name: &str) -> f64 {
-    samples(text, name).values().sum()
-}
-
-fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !ok() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
+use common::{argmax, digits, free_port, http_get, samples, sha_prefix, tf_classes, total};
+use common::{wait_for, Broker, Rec};
 
 struct Killed(Child);
 

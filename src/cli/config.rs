@@ -18,7 +18,8 @@ use serde::Deserialize;
 use streamtract::codec::{AvroInput, InputFormat, OutputFormat, RegistryConfig, SchemaRegistry};
 use streamtract::kafka::group::{Assignor, GroupConfig};
 use streamtract::kafka::{Password, SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
-use streamtract::kafka::{StartPosition, TopicSelection};
+use streamtract::kafka::spool::MIN_SPOOL_BYTES;
+use streamtract::kafka::{SpoolConfig, StartPosition, TopicSelection};
 use streamtract::model::GraphRewrites;
 use streamtract::pipeline::ConfigError;
 use streamtract::pipeline::{ErrorPolicy, OutputHeaders, PipelineConfig};
@@ -276,6 +277,61 @@ pub struct RunArgs {
     /// Name of the environment variable holding the SASL password.
     #[arg(long, value_name = "VAR")]
     pub sasl_password_env: Option<String>,
+
+    /// Bootstrap brokers of the cluster outputs go to (also dead letters and shadow outputs),
+    /// when it is not the input cluster, e.g. a central cluster over an uplink. It takes the
+    /// `output_tls*` and `output_sasl*` settings below, not the input ones. [default: brokers]
+    #[arg(long, value_name = "HOST:PORT,...")]
+    pub output_brokers: Option<String>,
+
+    /// Connect to the output brokers with TLS (as `tls`, for `output_brokers`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", value_name = "BOOL")]
+    pub output_tls: Option<bool>,
+
+    /// CA certificates of the output brokers (as `tls_ca_file`, for `output_brokers`).
+    #[arg(long, value_name = "FILE")]
+    pub output_tls_ca_file: Option<PathBuf>,
+
+    /// Client certificate for the output brokers (as `tls_cert_file`).
+    #[arg(long, value_name = "FILE")]
+    pub output_tls_cert_file: Option<PathBuf>,
+
+    /// Private key of `output_tls_cert_file` (as `tls_key_file`).
+    #[arg(long, value_name = "FILE")]
+    pub output_tls_key_file: Option<PathBuf>,
+
+    /// SASL mechanism for the output brokers (as `sasl_mechanism`).
+    #[arg(long, value_name = "MECHANISM")]
+    pub output_sasl_mechanism: Option<String>,
+
+    /// SASL user name for the output brokers.
+    #[arg(long, value_name = "USER")]
+    pub output_sasl_username: Option<String>,
+
+    /// File holding the output brokers' SASL password.
+    #[arg(long, value_name = "FILE")]
+    pub output_sasl_password_file: Option<PathBuf>,
+
+    /// Name of the environment variable holding the output brokers' SASL password.
+    #[arg(long, value_name = "VAR")]
+    pub output_sasl_password_env: Option<String>,
+
+    /// Directory of a disk spool for outputs the output cluster cannot take: records are
+    /// written there (synced) when a produce request fails or takes longer than
+    /// `uplink_timeout_ms`, their inputs are committed, and they are sent first, in order per
+    /// output partition, when the cluster answers again. One directory per process.
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+
+    /// Bound on the spool's files (bytes); when full, reading slows down until it drains. At
+    /// least 1,052,672 (one 1 MiB produce request and its framing). [default: 1073741824]
+    #[arg(long, value_name = "BYTES")]
+    pub spool_max_bytes: Option<u64>,
+
+    /// How long a produce request to the output cluster may take before its records go to the
+    /// spool (needs `spool_dir`). [default: 10000]
+    #[arg(long, value_name = "MS")]
+    pub uplink_timeout_ms: Option<u64>,
 }
 
 macro_rules! overlay {
@@ -350,7 +406,19 @@ impl RunArgs {
             sasl_mechanism,
             sasl_username,
             sasl_password_file,
-            sasl_password_env
+            sasl_password_env,
+            output_brokers,
+            output_tls,
+            output_tls_ca_file,
+            output_tls_cert_file,
+            output_tls_key_file,
+            output_sasl_mechanism,
+            output_sasl_username,
+            output_sasl_password_file,
+            output_sasl_password_env,
+            spool_dir,
+            spool_max_bytes,
+            uplink_timeout_ms
         )
     }
 
@@ -368,6 +436,8 @@ impl RunArgs {
         self.extras(&mut config)?;
         self.connection(&mut config)?;
         config.kafka.security = self.security_settings().into_security_config()?;
+        self.output_cluster(&mut config)?;
+        self.spool(&mut config)?;
         self.avro(&mut config)?;
         Ok(config)
     }
@@ -375,19 +445,10 @@ impl RunArgs {
     /// The required fields (brokers, inputs, output, model), checked: the config every other
     /// step fills in.
     fn endpoints(&self) -> Result<PipelineConfig, ConfigError> {
-        let brokers = required(self.brokers.as_deref(), "brokers", "brokers")?;
-        let brokers = streamtract::kafka::parse_brokers(brokers);
-        for b in &brokers {
-            let valid = b
-                .rsplit_once(':')
-                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
-            if !valid {
-                return Err(invalid("brokers", "HOST:PORT[,HOST:PORT...]", b));
-            }
-        }
-        if brokers.is_empty() {
-            return Err(invalid("brokers", "HOST:PORT[,HOST:PORT...]", ""));
-        }
+        let brokers = broker_list(
+            "brokers",
+            required(self.brokers.as_deref(), "brokers", "brokers")?,
+        )?;
         let inputs = required(self.input.as_ref(), "input", "input")?;
         if inputs.is_empty() {
             return Err(ConfigError::Missing {
@@ -677,6 +738,52 @@ impl RunArgs {
         Ok(())
     }
 
+    /// The output cluster, when it is not the input one, with its own TLS and SASL.
+    fn output_cluster(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
+        let security = self.output_security_settings();
+        let Some(list) = &self.output_brokers else {
+            if security.any() {
+                return Err(ConfigError::Missing {
+                    field: "output_brokers",
+                    flag: "output-brokers (the output_tls*/output_sasl* settings are for it; without it outputs go to the input cluster with its settings)",
+                });
+            }
+            return Ok(());
+        };
+        let mut kafka = config.kafka.clone();
+        kafka.brokers = broker_list("output_brokers", list)?;
+        kafka.security = security.into_security_config()?;
+        config.output_kafka = Some(kafka);
+        Ok(())
+    }
+
+    /// The output spool: directory, bound and uplink timeout.
+    fn spool(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
+        let Some(dir) = &self.spool_dir else {
+            if self.spool_max_bytes.is_some() || self.uplink_timeout_ms.is_some() {
+                return Err(ConfigError::Missing {
+                    field: "spool_dir",
+                    flag: "spool-dir (spool_max_bytes and uplink_timeout_ms configure the spool)",
+                });
+            }
+            return Ok(());
+        };
+        let max_bytes = self.spool_max_bytes.unwrap_or(1 << 30);
+        if max_bytes < MIN_SPOOL_BYTES {
+            return Err(invalid(
+                "spool_max_bytes",
+                "at least 1052672 bytes (one 1 MiB produce request and its framing)",
+                &max_bytes.to_string(),
+            ));
+        }
+        let mut spool = SpoolConfig::new(dir, max_bytes);
+        if let Some(ms) = self.uplink_timeout_ms {
+            spool.uplink_timeout = Duration::from_millis(ms.max(1));
+        }
+        config.spool = Some(spool);
+        Ok(())
+    }
+
     /// The Avro formats: the schema file, the fields, the schema registry and its
     /// credentials; each setting only where a format uses it.
     fn avro(&self, config: &mut PipelineConfig) -> Result<(), ConfigError> {
@@ -794,6 +901,7 @@ impl RunArgs {
     /// The TLS and SASL fields, to be checked together.
     fn security_settings(&self) -> SecuritySettings {
         SecuritySettings {
+            names: &INPUT_SECURITY,
             tls: self.tls,
             tls_ca_file: self.tls_ca_file.clone(),
             tls_cert_file: self.tls_cert_file.clone(),
@@ -804,10 +912,83 @@ impl RunArgs {
             sasl_password_env: self.sasl_password_env.clone(),
         }
     }
+
+    fn output_security_settings(&self) -> SecuritySettings {
+        SecuritySettings {
+            names: &OUTPUT_SECURITY,
+            tls: self.output_tls,
+            tls_ca_file: self.output_tls_ca_file.clone(),
+            tls_cert_file: self.output_tls_cert_file.clone(),
+            tls_key_file: self.output_tls_key_file.clone(),
+            sasl_mechanism: self.output_sasl_mechanism.clone(),
+            sasl_username: self.output_sasl_username.clone(),
+            sasl_password_file: self.output_sasl_password_file.clone(),
+            sasl_password_env: self.output_sasl_password_env.clone(),
+        }
+    }
 }
 
-/// The TLS and SASL fields of [`RunArgs`], checked together.
+/// Checks `HOST:PORT[,HOST:PORT...]`.
+fn broker_list(field: &'static str, list: &str) -> Result<Vec<String>, ConfigError> {
+    let brokers = streamtract::kafka::parse_brokers(list);
+    for b in &brokers {
+        let valid = b
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !valid {
+            return Err(invalid(field, "HOST:PORT[,HOST:PORT...]", b));
+        }
+    }
+    if brokers.is_empty() {
+        return Err(invalid(field, "HOST:PORT[,HOST:PORT...]", ""));
+    }
+    Ok(brokers)
+}
+
+/// The setting names an error about [`SecuritySettings`] uses: the input cluster's or the
+/// output cluster's (`output_` in front). Field names are the file keys, flags the flags.
+struct SecurityNames {
+    tls: &'static str,
+    tls_cert_file: (&'static str, &'static str),
+    tls_key_file: (&'static str, &'static str),
+    sasl_mechanism: (&'static str, &'static str),
+    sasl_username: (&'static str, &'static str),
+    sasl_password_file: (&'static str, &'static str),
+    tls_rule: &'static str,
+    password_rule: &'static str,
+}
+
+const INPUT_SECURITY: SecurityNames = SecurityNames {
+    tls: "tls",
+    tls_cert_file: ("tls_cert_file", "tls-cert-file"),
+    tls_key_file: ("tls_key_file", "tls-key-file"),
+    sasl_mechanism: ("sasl_mechanism", "sasl-mechanism"),
+    sasl_username: ("sasl_username", "sasl-username"),
+    sasl_password_file: (
+        "sasl_password_file",
+        "sasl-password-file (or --sasl-password-env VAR)",
+    ),
+    tls_rule: "true (or unset) when tls_ca_file, tls_cert_file or tls_key_file is set",
+    password_rule: "either sasl_password_file or sasl_password_env, not both",
+};
+
+const OUTPUT_SECURITY: SecurityNames = SecurityNames {
+    tls: "output_tls",
+    tls_cert_file: ("output_tls_cert_file", "output-tls-cert-file"),
+    tls_key_file: ("output_tls_key_file", "output-tls-key-file"),
+    sasl_mechanism: ("output_sasl_mechanism", "output-sasl-mechanism"),
+    sasl_username: ("output_sasl_username", "output-sasl-username"),
+    sasl_password_file: (
+        "output_sasl_password_file",
+        "output-sasl-password-file (or --output-sasl-password-env VAR)",
+    ),
+    tls_rule: "true (or unset) when output_tls_ca_file, output_tls_cert_file or output_tls_key_file is set",
+    password_rule: "either output_sasl_password_file or output_sasl_password_env, not both",
+};
+
+/// The TLS and SASL fields of [`RunArgs`] for one cluster, checked together.
 struct SecuritySettings {
+    names: &'static SecurityNames,
     tls: Option<bool>,
     tls_ca_file: Option<PathBuf>,
     tls_cert_file: Option<PathBuf>,
@@ -819,19 +1000,28 @@ struct SecuritySettings {
 }
 
 impl SecuritySettings {
+    /// Any setting given.
+    fn any(&self) -> bool {
+        self.tls.is_some()
+            || self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || self.tls_key_file.is_some()
+            || self.sasl_mechanism.is_some()
+            || self.sasl_username.is_some()
+            || self.sasl_password_file.is_some()
+            || self.sasl_password_env.is_some()
+    }
+
     /// Reads and checks the files now, so a missing CA file or a malformed key stops the run
     /// before it connects.
     fn into_security_config(self) -> Result<SecurityConfig, ConfigError> {
+        let names = self.names;
         let mut security = SecurityConfig::default();
         let any_tls_file = self.tls_ca_file.is_some()
             || self.tls_cert_file.is_some()
             || self.tls_key_file.is_some();
         if self.tls == Some(false) && any_tls_file {
-            return Err(invalid(
-                "tls",
-                "true (or unset) when tls_ca_file, tls_cert_file or tls_key_file is set",
-                "false",
-            ));
+            return Err(invalid(names.tls, names.tls_rule, "false"));
         }
         if self.tls == Some(true) || any_tls_file {
             let mut tls = match &self.tls_ca_file {
@@ -842,14 +1032,14 @@ impl SecuritySettings {
                 (Some(cert), Some(key)) => tls = tls.with_client_cert(cert, key)?,
                 (Some(_), None) => {
                     return Err(ConfigError::Missing {
-                        field: "tls_key_file",
-                        flag: "tls-key-file",
+                        field: names.tls_key_file.0,
+                        flag: names.tls_key_file.1,
                     })
                 }
                 (None, Some(_)) => {
                     return Err(ConfigError::Missing {
-                        field: "tls_cert_file",
-                        flag: "tls-cert-file",
+                        field: names.tls_cert_file.0,
+                        flag: names.tls_cert_file.1,
                     })
                 }
                 (None, None) => {}
@@ -863,31 +1053,35 @@ impl SecuritySettings {
                 || self.sasl_password_env.is_some()
             {
                 return Err(ConfigError::Missing {
-                    field: "sasl_mechanism",
-                    flag: "sasl-mechanism",
+                    field: names.sasl_mechanism.0,
+                    flag: names.sasl_mechanism.1,
                 });
             }
             return Ok(security);
         };
-        let mechanism: SaslMechanism = parse("sasl_mechanism", &mechanism)?;
-        let username = required(self.sasl_username, "sasl_username", "sasl-username")?;
+        let mechanism: SaslMechanism = parse(names.sasl_mechanism.0, &mechanism)?;
+        let username = required(
+            self.sasl_username,
+            names.sasl_username.0,
+            names.sasl_username.1,
+        )?;
         if username.is_empty() {
-            return Err(invalid("sasl_username", "a user name", ""));
+            return Err(invalid(names.sasl_username.0, "a user name", ""));
         }
         let password = match (self.sasl_password_file, self.sasl_password_env) {
             (Some(path), None) => Password::from_file(path)?,
             (None, Some(var)) => Password::from_env(&var)?,
             (Some(_), Some(_)) => {
                 return Err(invalid(
-                    "sasl_password_file",
-                    "either sasl_password_file or sasl_password_env, not both",
+                    names.sasl_password_file.0,
+                    names.password_rule,
                     "both",
                 ))
             }
             (None, None) => {
                 return Err(ConfigError::Missing {
-                    field: "sasl_password_file",
-                    flag: "sasl-password-file (or --sasl-password-env VAR)",
+                    field: names.sasl_password_file.0,
+                    flag: names.sasl_password_file.1,
                 })
             }
         };

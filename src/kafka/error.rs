@@ -59,6 +59,12 @@ pub enum KafkaError {
     Spool(Box<super::SpoolError>),
 }
 
+impl From<super::SpoolError> for KafkaError {
+    fn from(e: super::SpoolError) -> KafkaError {
+        KafkaError::Spool(Box::new(e))
+    }
+}
+
 impl KafkaError {
     /// A failed request on one partition, with rskafka's (or the broker's) message.
     pub(crate) fn request(

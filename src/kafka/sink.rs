@@ -144,7 +144,7 @@ impl Sink {
                         queue: rx,
                         config: config.clone(),
                         spool: spool.clone(),
-                        partition: spool.partition(&config.topic, p).map_err(spool_error)?,
+                        partition: spool.partition(&config.topic, p).map_err(KafkaError::from)?,
                         stored: Arc::clone(&acked),
                         acks: acks.clone(),
                     };
@@ -249,7 +249,7 @@ fn check_spooled_partitions(spool: &Spool, topic: &str, partitions: i32) -> Resu
         .into_iter()
         .find(|&p| p >= partitions)
     {
-        Some(partition) => Err(spool_error(SpoolError::PartitionGone {
+        Some(partition) => Err(KafkaError::from(SpoolError::PartitionGone {
             topic: topic.to_string(),
             partition,
             partitions,
@@ -257,10 +257,6 @@ fn check_spooled_partitions(spool: &Spool, topic: &str, partitions: i32) -> Resu
         })),
         None => Ok(()),
     }
-}
-
-fn spool_error(e: SpoolError) -> KafkaError {
-    KafkaError::Spool(Box::new(e))
 }
 
 async fn produce_partition(

@@ -32,7 +32,7 @@ use prometheus_client::registry::Registry;
 
 pub use server::{serve, MetricsServer};
 
-use crate::kafka::ConsumerLag;
+use crate::kafka::{ConsumerLag, SpoolReading, SpoolStatus};
 
 /// A topic partition as metric labels.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -115,8 +115,10 @@ struct Inner {
     timing: TimingMetrics,
     consumer: ConsumerMetrics,
     serving: ModelMetrics,
+    uplink: UplinkMetrics,
     readiness: Mutex<Readiness>,
     lag_source: Mutex<Option<ConsumerLag>>,
+    spool_source: Mutex<Option<SpoolStatus>>,
     /// Totals over all partitions, for progress displays.
     read: AtomicU64,
     written: AtomicU64,
@@ -234,6 +236,49 @@ impl ConsumerMetrics {
     }
 }
 
+/// The output spool and the uplink (with `--spool-dir`).
+struct UplinkMetrics {
+    spool_bytes: Gauge,
+    spool_records: Gauge,
+    spool_oldest_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    uplink_up: Gauge,
+}
+
+impl UplinkMetrics {
+    fn register(registry: &mut Registry) -> UplinkMetrics {
+        let spool_bytes = Gauge::default();
+        registry.register(
+            "spool_bytes",
+            "Bytes of output spool files on disk",
+            spool_bytes.clone(),
+        );
+        let spool_records = Gauge::default();
+        registry.register(
+            "spool_records",
+            "Output records in the spool, waiting for the output cluster",
+            spool_records.clone(),
+        );
+        let spool_oldest_age = Gauge::default();
+        registry.register(
+            "spool_oldest_age_seconds",
+            "Age of the oldest record in the spool (0 when empty)",
+            spool_oldest_age.clone(),
+        );
+        let uplink_up = Gauge::default();
+        registry.register(
+            "uplink_up",
+            "1 while the output cluster takes records, 0 while outputs are spooled",
+            uplink_up.clone(),
+        );
+        UplinkMetrics {
+            spool_bytes,
+            spool_records,
+            spool_oldest_age,
+            uplink_up,
+        }
+    }
+}
+
 /// The model being served: reloads, the shadow model's figures and the model's identity.
 struct ModelMetrics {
     reloads: Family<OutcomeLabels, Counter>,
@@ -306,14 +351,17 @@ impl Default for Metrics {
         let timing = TimingMetrics::register(&mut registry);
         let consumer = ConsumerMetrics::register(&mut registry);
         let serving = ModelMetrics::register(&mut registry);
+        let uplink = UplinkMetrics::register(&mut registry);
         Metrics(Arc::new(Inner {
             registry,
             records,
             timing,
             consumer,
             serving,
+            uplink,
             readiness: Mutex::new(Readiness::Starting),
             lag_source: Mutex::new(None),
+            spool_source: Mutex::new(None),
             read: AtomicU64::new(0),
             written: AtomicU64::new(0),
         }))
@@ -438,6 +486,35 @@ impl Metrics {
         }
     }
 
+    /// Where the spool's figures are read from when metrics are scraped or health is asked.
+    pub fn watch_spool(&self, spool: SpoolStatus) {
+        if let Ok(mut source) = self.0.spool_source.lock() {
+            *source = Some(spool);
+        }
+    }
+
+    /// What `/healthz` says: `ok`, or `degraded: uplink down since …` while outputs are
+    /// spooled because the output cluster does not take them (the process still works: inputs
+    /// are read, outputs stored on disk).
+    pub fn health(&self) -> String {
+        let reading = self.spool_reading();
+        match reading.and_then(|r| Some((r.uplink_down_since?, r))) {
+            Some((since, r)) => format!(
+                "degraded: uplink down since {}; {} records ({} bytes of {}) spooled",
+                since.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                r.records,
+                r.bytes,
+                r.max_bytes
+            ),
+            None => "ok".into(),
+        }
+    }
+
+    fn spool_reading(&self) -> Option<SpoolReading> {
+        let source = self.0.spool_source.lock().ok()?;
+        Some(source.as_ref()?.read())
+    }
+
     /// Sets the readiness reported by `/readyz`.
     pub fn set_readiness(&self, readiness: Readiness) {
         if let Ok(mut r) = self.0.readiness.lock() {
@@ -457,10 +534,25 @@ impl Metrics {
     /// Every metric in the OpenMetrics text format (what `/metrics` serves).
     pub fn encode(&self) -> String {
         self.refresh_lag();
+        self.refresh_spool();
         let mut text = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.0.registry);
         text
+    }
+
+    fn refresh_spool(&self) {
+        let Some(r) = self.spool_reading() else {
+            return;
+        };
+        let m = &self.0.uplink;
+        m.spool_bytes.set(r.bytes as i64);
+        m.spool_records.set(r.records as i64);
+        let age = r.oldest.map_or(0.0, |t| {
+            (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0
+        });
+        m.spool_oldest_age.set(age);
+        m.uplink_up.set(i64::from(r.uplink_down_since.is_none()));
     }
 
     fn refresh_lag(&self) {

@@ -36,7 +36,8 @@ impl Drop for MetricsServer {
 /// Listens on `addr` and serves, until the returned server is dropped:
 ///
 /// - `GET /metrics`: every metric in the OpenMetrics text format Prometheus scrapes;
-/// - `GET /healthz`: `200 ok` while the process runs;
+/// - `GET /healthz`: `200 ok` while the process runs, `200 degraded: uplink down since …` while
+///   outputs are spooled because the output cluster does not take them;
 /// - `GET /readyz`: `200 ready` once connected, assigned and with the model loaded, else
 ///   `503` and what it is doing (`starting`, `rebalancing`, `stopping`).
 ///
@@ -93,7 +94,9 @@ fn respond(metrics: &Metrics, req: &Request<Incoming>) -> Response<Full<Bytes>> 
             }
             response
         }
-        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        // Degraded is still 200: the process works (outputs go to the spool), and restarting it
+        // would not bring the uplink back.
+        "/healthz" => text(StatusCode::OK, format!("{}\n", metrics.health())),
         "/readyz" => match metrics.readiness() {
             Readiness::Ready => text(StatusCode::OK, "ready\n".into()),
             other => text(

@@ -33,7 +33,8 @@ use crate::codec::{InputFormat, OutputFormat};
 use crate::kafka::group::GroupConfig;
 use crate::kafka::ConsumerLag;
 use crate::kafka::{
-    self, Consumer, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, StartPosition,
+    self, Consumer, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, Spool, SpoolConfig,
+    StartPosition,
     TopicSelection,
 };
 use crate::metrics::{Metrics, MetricsServer, Readiness};
@@ -224,8 +225,15 @@ impl FromStr for ErrorPolicy {
 /// Everything a [`Pipeline`] needs. Build it with [`PipelineConfig::new`] and the setters.
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
-    /// Cluster connection.
+    /// Cluster connection (inputs, and outputs unless `output_kafka` is set).
     pub kafka: KafkaConfig,
+    /// The cluster outputs (and dead letters and shadow outputs) go to, when it is not the
+    /// input cluster: e.g. an edge box reading a broker on the box and sending results to a
+    /// central cluster. Its own brokers, TLS and SASL.
+    pub output_kafka: Option<KafkaConfig>,
+    /// A disk spool for outputs while the output cluster cannot take them (see
+    /// [`crate::kafka::spool`]); opened by [`Pipeline::connect`] and used by every sink.
+    pub spool: Option<SpoolConfig>,
     /// What to read and from where.
     pub source: SourceConfig,
     /// Output topic and its batching.
@@ -319,6 +327,8 @@ impl PipelineConfig {
     ) -> PipelineConfig {
         PipelineConfig {
             kafka: KafkaConfig::new(brokers),
+            output_kafka: None,
+            spool: None,
             source: SourceConfig::new(vec![TopicSelection {
                 topic: input.to_string(),
                 partitions: None,
@@ -470,17 +480,26 @@ impl Pipeline {
         let (serving, shadow_serving) = load_models(&config).await?;
         let model = serving.model.clone();
         check_registry(&config, &serving).await?;
+        let spool = open_spool(&config)?;
         let client = kafka::connect(&config.kafka).await?;
-        let (sink, dlq, acks) = start_sinks(&client, &config).await?;
+        let output = match &config.output_kafka {
+            Some(kafka) => Output {
+                client: kafka::connect(kafka).await?,
+                kafka,
+                spool,
+            },
+            None => Output {
+                client: Arc::clone(&client),
+                kafka: &config.kafka,
+                spool,
+            },
+        };
+        let (sink, dlq, acks) = start_sinks(&output, &config).await?;
         let shadow = match (shadow_serving, &config.shadow) {
             (Some(s), Some(shadow)) => {
-                let sink = Sink::start(
-                    Arc::clone(&client),
-                    &config.kafka,
-                    &SinkConfig::new(shadow.output.as_str()),
-                    None,
-                )
-                .await?;
+                let sink = output
+                    .start(SinkConfig::new(shadow.output.as_str()), None)
+                    .await?;
                 tracing::info!(model = %shadow.model.display(), sha256 = s.sha256(),
                     output = %shadow.output, "shadow model ready");
                 Some((s, sink))
@@ -766,27 +785,48 @@ type Acks = mpsc::UnboundedReceiver<Vec<kafka::SourceCoordinates>>;
 
 /// Starts the output sink and the dead-letter sink; both report acknowledged records on the
 /// returned channel, which is what commits follow.
-async fn start_sinks(
-    client: &Arc<rskafka::client::Client>,
-    config: &PipelineConfig,
-) -> Result<(Sink, Option<Sink>, Acks)> {
+/// Where outputs go: the output cluster's client and settings, and the spool if any.
+struct Output<'a> {
+    client: Arc<rskafka::client::Client>,
+    kafka: &'a KafkaConfig,
+    spool: Option<Spool>,
+}
+
+impl Output<'_> {
+    /// Starts a sink on the output cluster, through the spool if there is one.
+    async fn start(&self, mut sink: SinkConfig, acks: Option<mpsc::UnboundedSender<Vec<kafka::SourceCoordinates>>>) -> Result<Sink> {
+        if let Some(spool) = &self.spool {
+            sink.spool = Some(spool.clone());
+        }
+        Ok(Sink::start(Arc::clone(&self.client), self.kafka, &sink, acks).await?)
+    }
+}
+
+/// Opens the spool (a bad directory or bound fails here, before anything is read) and says
+/// what an earlier run left in it.
+fn open_spool(config: &PipelineConfig) -> Result<Option<Spool>> {
+    let spool = match (&config.spool, &config.sink.spool) {
+        (Some(options), _) => Spool::open(options.clone()).map_err(kafka::KafkaError::from)?,
+        (None, Some(spool)) => spool.clone(),
+        (None, None) => return Ok(None),
+    };
+    config.metrics.watch_spool(spool.status());
+    let r = spool.status().read();
+    tracing::info!(dir = %spool.config().dir.display(), max_bytes = r.max_bytes,
+        uplink_timeout_ms = spool.config().uplink_timeout.as_millis() as u64, "output spool ready");
+    Ok(Some(spool))
+}
+
+async fn start_sinks(output: &Output<'_>, config: &PipelineConfig) -> Result<(Sink, Option<Sink>, Acks)> {
     let (ack_tx, acks) = mpsc::unbounded_channel();
-    let sink = Sink::start(
-        Arc::clone(client),
-        &config.kafka,
-        &config.sink,
-        Some(ack_tx.clone()),
-    )
-    .await?;
+    let sink = output
+        .start(config.sink.clone(), Some(ack_tx.clone()))
+        .await?;
     let dlq = match &config.dlq {
         Some(topic) => Some(
-            Sink::start(
-                Arc::clone(client),
-                &config.kafka,
-                &SinkConfig::new(topic.as_str()),
-                Some(ack_tx),
-            )
-            .await?,
+            output
+                .start(SinkConfig::new(topic.as_str()), Some(ack_tx))
+                .await?,
         ),
         None => None,
     };
