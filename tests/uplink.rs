@@ -20,7 +20,13 @@ const GROUP: &str = "uplink";
 /// told apart by its `streamtract.source` header (input partition and offset).
 fn pixels() -> String {
     let text = fs::read_to_string(common::repo_root().join("data/digits.csv")).unwrap();
-    text.lines().next().unwrap().split_once(',').unwrap().1.to_string()
+    text.lines()
+        .next()
+        .unwrap()
+        .split_once(',')
+        .unwrap()
+        .1
+        .to_string()
 }
 
 fn records(range: std::ops::Range<usize>) -> Vec<Rec> {
@@ -50,7 +56,13 @@ impl Run {
         let port = free_port();
         let log = spool.with_extension(format!("{name}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_streamtract"))
-            .args(["run", "--brokers", &edge.addr, "--output-brokers", &central.addr])
+            .args([
+                "run",
+                "--brokers",
+                &edge.addr,
+                "--output-brokers",
+                &central.addr,
+            ])
             .args(["--input", "events", "--output", "predictions"])
             .args(["--model", "models/digits_mlp.onnx", "--group", GROUP])
             .args(["--commit-interval-ms", "300", "--workers", "1"])
@@ -245,15 +257,26 @@ fn outputs_wait_in_the_spool_through_a_60_s_uplink_outage_and_all_arrive_in_orde
     inputs.extend(produce(&edge, &records(10_000..20_000)));
     // The work goes on: every input is processed and committed while the uplink is down.
     let mut lags = Vec::new();
-    wait_for("the input lag to reach 0 during the outage", Duration::from_secs(55), || {
-        let lag = input_lag(&edge);
-        lags.push(lag);
-        lag == 0
-    });
+    wait_for(
+        "the input lag to reach 0 during the outage",
+        Duration::from_secs(55),
+        || {
+            let lag = input_lag(&edge);
+            lags.push(lag);
+            lag == 0
+        },
+    );
     let health = run.health();
-    assert!(health.starts_with("degraded: uplink down since "), "{health}");
+    assert!(
+        health.starts_with("degraded: uplink down since "),
+        "{health}"
+    );
     let spooled = run.metric("streamtract_spool_records");
-    assert!(spooled >= 9_000.0, "only {spooled} records spooled:\n{}", run.log());
+    assert!(
+        spooled >= 9_000.0,
+        "only {spooled} records spooled:\n{}",
+        run.log()
+    );
     assert!(run.metric("streamtract_spool_bytes") > 0.0);
     assert_eq!(run.metric("streamtract_uplink_up"), 0.0);
     // The lag stayed flat: sampled until the end of the 60 s outage, it is 0 every time.
@@ -269,13 +292,24 @@ fn outputs_wait_in_the_spool_through_a_60_s_uplink_outage_and_all_arrive_in_orde
     central.start_again();
     // Newer records go behind the spooled ones.
     inputs.extend(produce(&edge, &records(20_000..30_000)));
-    wait_for("every output after the outage", Duration::from_secs(240), || {
-        outputs_on(&central) >= 30_000 && run.metric("streamtract_spool_records") == 0.0
+    wait_for(
+        "every output after the outage",
+        Duration::from_secs(240),
+        || outputs_on(&central) >= 30_000 && run.metric("streamtract_spool_records") == 0.0,
+    );
+    wait_for("health back to ok", Duration::from_secs(30), || {
+        run.health() == "ok"
     });
-    wait_for("health back to ok", Duration::from_secs(30), || run.health() == "ok");
     let log = run.stop();
-    assert!(log.contains("the output cluster takes records again"), "{log}");
-    assert!(segments(&spool).is_empty(), "drained segments left: {:?}", segments(&spool));
+    assert!(
+        log.contains("the output cluster takes records again"),
+        "{log}"
+    );
+    assert!(
+        segments(&spool).is_empty(),
+        "drained segments left: {:?}",
+        segments(&spool)
+    );
 
     let total = outputs_on(&central) as usize;
     let outputs = central.consume("predictions", total, Duration::from_secs(120));
@@ -290,14 +324,16 @@ fn outputs_wait_in_the_spool_through_a_60_s_uplink_outage_and_all_arrive_in_orde
 }
 
 #[test]
-fn a_killed_run_sends_its_spool_after_a_restart_and_cuts_a_torn_tail() {
+fn a_killed_run_restarts_during_the_outage_cuts_a_torn_tail_and_sends_its_spool() {
     let (edge, mut central, spool) = setup("uplink-kill");
     let run = Run::start(&edge, &central, &spool, 64 << 20, "first");
     central.stop();
-    let inputs = produce(&edge, &records(0..5_000));
-    wait_for("every input spooled and committed", Duration::from_secs(60), || {
-        input_lag(&edge) == 0
-    });
+    let mut inputs = produce(&edge, &records(0..5_000));
+    wait_for(
+        "every input spooled and committed",
+        Duration::from_secs(60),
+        || input_lag(&edge) == 0,
+    );
     assert_eq!(run.metric("streamtract_spool_records"), 5_000.0);
     let first_log = run.kill();
 
@@ -311,20 +347,38 @@ fn a_killed_run_sends_its_spool_after_a_restart_and_cuts_a_torn_tail() {
     torn.extend_from_slice(&bytes[..8 + len / 2]);
     fs::write(last, &torn).unwrap();
 
-    central.start_again();
+    // Restarted while the uplink is still down (an edge box rebooting during an outage): it
+    // starts from the spool's record of the topic, keeps spooling and keeps reading.
     let run = Run::start(&edge, &central, &spool, 64 << 20, "second");
-    wait_for("the spool sent after the restart", Duration::from_secs(120), || {
-        outputs_on(&central) >= 5_000 && run.metric("streamtract_spool_records") == 0.0
+    assert!(run.health().starts_with("degraded"), "{}", run.health());
+    assert!(
+        fs::read(last).unwrap().len() < torn.len(),
+        "torn tail not cut"
+    );
+    inputs.extend(produce(&edge, &records(5_000..6_000)));
+    wait_for("the new inputs spooled", Duration::from_secs(60), || {
+        input_lag(&edge) == 0 && run.metric("streamtract_spool_records") == 6_000.0
     });
+
+    central.start_again();
+    wait_for(
+        "the spool sent once the uplink is back",
+        Duration::from_secs(120),
+        || outputs_on(&central) >= 6_000 && run.metric("streamtract_spool_records") == 0.0,
+    );
+    assert_eq!(run.health(), "ok");
     let log = run.stop();
     assert!(log.contains("cut a torn last record"), "{log}");
-    assert!(fs::read(last).map_or(true, |b| b.len() < torn.len()));
+    assert!(
+        log.contains("output cluster unreachable at start-up"),
+        "{log}"
+    );
 
     let total = outputs_on(&central) as usize;
     let outputs = central.consume("predictions", total, Duration::from_secs(60));
     let duplicates = check_outputs(&outputs, &inputs);
     println!(
-        "kill -9 with 5,000 records spooled: {} outputs after the restart, {duplicates} duplicates",
+        "kill -9 with 5,000 records spooled, restart during the outage, 1,000 more: {} outputs, {duplicates} duplicates",
         outputs.len()
     );
     edge.assert_committed_to_end(GROUP, "events", 3);
@@ -345,7 +399,10 @@ fn a_full_spool_slows_the_input_and_never_exceeds_its_bound() {
             .iter()
             .map(|p| fs::metadata(p).map_or(0, |m| m.len()))
             .sum();
-        assert!(on_disk <= MAX, "spool files hold {on_disk} bytes, bound {MAX}");
+        assert!(
+            on_disk <= MAX,
+            "spool files hold {on_disk} bytes, bound {MAX}"
+        );
         let reported = run.metric("streamtract_spool_bytes") as u64;
         assert!(reported <= MAX, "spool_bytes {reported}");
         most = most.max(on_disk);
@@ -357,14 +414,18 @@ fn a_full_spool_slows_the_input_and_never_exceeds_its_bound() {
     assert!(run.health().starts_with("degraded"));
 
     central.start_again();
-    wait_for("every output once the uplink is back", Duration::from_secs(240), || {
-        outputs_on(&central) >= 20_000 && input_lag(&edge) == 0
-    });
+    wait_for(
+        "every output once the uplink is back",
+        Duration::from_secs(240),
+        || outputs_on(&central) >= 20_000 && input_lag(&edge) == 0,
+    );
     let log = run.stop();
     let total = outputs_on(&central) as usize;
     let outputs = central.consume("predictions", total, Duration::from_secs(120));
     let duplicates = check_outputs(&outputs, &inputs);
-    println!("spool full at {most} of {MAX} bytes; input lag {lag} while full; {duplicates} duplicates");
+    println!(
+        "spool full at {most} of {MAX} bytes; input lag {lag} while full; {duplicates} duplicates"
+    );
     assert!(!log.contains("ERROR"), "{log}");
 }
 
@@ -385,11 +446,19 @@ fn bad_spool_and_output_settings_fail_at_start_up_with_what_to_do() {
     ];
     let cases: [(Vec<String>, &[&str]); 4] = [
         (
-            vec!["--spool-dir".into(), file.join("spool").display().to_string()],
+            vec![
+                "--spool-dir".into(),
+                file.join("spool").display().to_string(),
+            ],
             &["spool directory", "not usable", "may write there"],
         ),
         (
-            vec!["--spool-dir".into(), "/tmp/s".into(), "--spool-max-bytes".into(), "1000".into()],
+            vec![
+                "--spool-dir".into(),
+                "/tmp/s".into(),
+                "--spool-max-bytes".into(),
+                "1000".into(),
+            ],
             &["spool_max_bytes", "at least 1052672"],
         ),
         (

@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use streamtract::codec::{AvroInput, InputFormat, OutputFormat, RegistryConfig, SchemaRegistry};
 use streamtract::kafka::group::{Assignor, GroupConfig};
-use streamtract::kafka::{Password, SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
 use streamtract::kafka::spool::MIN_SPOOL_BYTES;
+use streamtract::kafka::{Password, SaslConfig, SaslMechanism, SecurityConfig, TlsConfig};
 use streamtract::kafka::{SpoolConfig, StartPosition, TopicSelection};
 use streamtract::model::GraphRewrites;
 use streamtract::pipeline::ConfigError;

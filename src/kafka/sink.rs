@@ -104,6 +104,8 @@ pub struct Sink {
     tasks: JoinSet<Result<(), KafkaError>>,
     acked: Arc<AtomicU64>,
     acks: Option<mpsc::UnboundedSender<Vec<SourceCoordinates>>>,
+    /// Keeps connecting a sink started without its cluster ([`Sink::start_offline`]).
+    connector: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Sink {
@@ -117,56 +119,143 @@ impl Sink {
         config: &SinkConfig,
         acks: Option<mpsc::UnboundedSender<Vec<SourceCoordinates>>>,
     ) -> Result<Sink, KafkaError> {
-        let partitions = topic_partitions(&client, kafka, &config.topic, "output").await?;
+        let partitions = topic_partitions(&client, kafka, &config.topic, "output")
+            .await?
+            .len() as i32;
         if let Some(spool) = &config.spool {
-            check_spooled_partitions(spool, &config.topic, partitions.len() as i32)?;
+            check_spooled_partitions(spool, &config.topic, partitions)?;
+            spool.remember_partitions(&config.topic, partitions)?;
         }
-        let mut queues = Vec::new();
-        let mut tasks = JoinSet::new();
-        let acked = Arc::new(AtomicU64::new(0));
         // Partition numbers of a Kafka topic are 0..n; the partitioner relies on that.
-        for p in 0..partitions.len() as i32 {
-            let pc = client
-                .partition_client(config.topic.clone(), p, UnknownTopicHandling::Retry)
-                .await
-                .map_err(|e| KafkaError::Request {
-                    operation: "connect to leader",
-                    topic: config.topic.clone(),
-                    partition: p,
-                    message: e.to_string(),
-                })?;
+        let mut clients = Vec::new();
+        for p in 0..partitions {
+            clients.push(partition_client(&client, &config.topic, p).await?);
+        }
+        let mut sink = Sink::assemble(config, acks, partitions);
+        for (p, pc) in clients.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(config.queue_per_partition.max(1));
-            queues.push(tx);
+            sink.queues.push(tx);
             match &config.spool {
                 Some(spool) => {
-                    let writer = Writer {
-                        pc,
-                        queue: rx,
-                        config: config.clone(),
-                        spool: spool.clone(),
-                        partition: spool.partition(&config.topic, p).map_err(KafkaError::from)?,
-                        stored: Arc::clone(&acked),
-                        acks: acks.clone(),
-                    };
-                    tasks.spawn(writer.run());
+                    let writer = sink.writer(config, spool, p as i32, rx, Some(pc), None)?;
+                    sink.tasks.spawn(writer.run());
                 }
                 None => {
-                    tasks.spawn(produce_partition(
+                    sink.tasks.spawn(produce_partition(
                         pc,
                         rx,
                         config.clone(),
-                        Arc::clone(&acked),
-                        acks.clone(),
+                        Arc::clone(&sink.acked),
+                        sink.acks.clone(),
                     ));
                 }
             }
         }
-        Ok(Sink {
+        Ok(sink)
+    }
+
+    /// Starts a spooled sink while the output cluster cannot be reached: every record goes to
+    /// the spool, and a background task keeps connecting (`connect`) and, once it can, hands
+    /// each partition's writer its connection, which then drains the spool.
+    ///
+    /// The partition count is the one the spool remembered from the last start with the
+    /// cluster up; without one (a spool that never saw the topic) this fails.
+    pub fn start_offline<F>(
+        config: &SinkConfig,
+        acks: Option<mpsc::UnboundedSender<Vec<SourceCoordinates>>>,
+        connect: F,
+    ) -> Result<Sink, KafkaError>
+    where
+        F: Fn() -> futures::future::BoxFuture<'static, Result<Arc<Client>, KafkaError>>
+            + Send
+            + 'static,
+    {
+        let Some(spool) = &config.spool else {
+            return Err(KafkaError::Request {
+                operation: "produce",
+                topic: config.topic.clone(),
+                partition: -1,
+                message: "the output cluster is unreachable and there is no spool to write to"
+                    .into(),
+            });
+        };
+        let partitions = spool.remembered_partitions(&config.topic)?;
+        check_spooled_partitions(spool, &config.topic, partitions)?;
+        let mut sink = Sink::assemble(config, acks, partitions);
+        let mut handoffs = Vec::new();
+        for p in 0..partitions {
+            let (tx, rx) = mpsc::channel(config.queue_per_partition.max(1));
+            sink.queues.push(tx);
+            let (give, take) = tokio::sync::oneshot::channel();
+            handoffs.push(give);
+            let writer = sink.writer(config, spool, p, rx, None, Some(take))?;
+            sink.tasks.spawn(writer.run());
+        }
+        let topic = config.topic.clone();
+        let retry = spool.config().retry_interval;
+        sink.connector = Some(tokio::spawn(async move {
+            loop {
+                match connect().await {
+                    Ok(client) => {
+                        let mut clients = Vec::new();
+                        for p in 0..partitions {
+                            match partition_client(&client, &topic, p).await {
+                                Ok(pc) => clients.push(pc),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "output cluster reached, but not its partitions yet");
+                                    break;
+                                }
+                            }
+                        }
+                        if clients.len() == partitions as usize {
+                            tracing::info!(topic = %topic, "output cluster reached; sending the spool");
+                            for (give, pc) in handoffs.into_iter().zip(clients) {
+                                let _ = give.send(pc);
+                            }
+                            return;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "output cluster still unreachable"),
+                }
+                tokio::time::sleep(retry).await;
+            }
+        }));
+        Ok(sink)
+    }
+
+    fn assemble(
+        config: &SinkConfig,
+        acks: Option<mpsc::UnboundedSender<Vec<SourceCoordinates>>>,
+        partitions: i32,
+    ) -> Sink {
+        Sink {
             topic: config.topic.clone(),
-            queues,
-            tasks,
-            acked,
+            queues: Vec::with_capacity(partitions.max(0) as usize),
+            tasks: JoinSet::new(),
+            acked: Arc::new(AtomicU64::new(0)),
             acks,
+            connector: None,
+        }
+    }
+
+    fn writer(
+        &self,
+        config: &SinkConfig,
+        spool: &Spool,
+        partition: i32,
+        queue: mpsc::Receiver<OutputRecord>,
+        pc: Option<PartitionClient>,
+        later: Option<tokio::sync::oneshot::Receiver<PartitionClient>>,
+    ) -> Result<Writer, KafkaError> {
+        Ok(Writer {
+            pc: pc.map(Arc::new),
+            later,
+            queue,
+            config: config.clone(),
+            spool: spool.clone(),
+            partition: spool.partition(&config.topic, partition)?,
+            stored: Arc::clone(&self.acked),
+            acks: self.acks.clone(),
         })
     }
 
@@ -219,6 +308,9 @@ impl Sink {
     /// Waits until every queued record is acknowledged, then stops. Returns the first error.
     pub async fn close(mut self) -> Result<u64, KafkaError> {
         self.queues.clear();
+        if let Some(connector) = self.connector.take() {
+            connector.abort();
+        }
         self.acks = None;
         let mut first_error = None;
         while let Some(done) = self.tasks.join_next().await {
@@ -239,6 +331,17 @@ impl Sink {
             None => Ok(self.acked()),
         }
     }
+}
+
+async fn partition_client(
+    client: &Client,
+    topic: &str,
+    partition: i32,
+) -> Result<PartitionClient, KafkaError> {
+    client
+        .partition_client(topic.to_string(), partition, UnknownTopicHandling::Retry)
+        .await
+        .map_err(|e| KafkaError::request("connect to leader", topic, partition, e))
 }
 
 /// Refuses a spool holding records for partitions the topic no longer has: they could not be

@@ -34,8 +34,7 @@ use crate::kafka::group::GroupConfig;
 use crate::kafka::ConsumerLag;
 use crate::kafka::{
     self, Consumer, KafkaConfig, Sink, SinkConfig, Source, SourceConfig, Spool, SpoolConfig,
-    StartPosition,
-    TopicSelection,
+    StartPosition, TopicSelection,
 };
 use crate::metrics::{Metrics, MetricsServer, Readiness};
 use crate::model::{GraphRewrites, Model, ModelOptions};
@@ -484,12 +483,12 @@ impl Pipeline {
         let client = kafka::connect(&config.kafka).await?;
         let output = match &config.output_kafka {
             Some(kafka) => Output {
-                client: kafka::connect(kafka).await?,
+                client: connect_output(kafka, spool.as_ref()).await?,
                 kafka,
                 spool,
             },
             None => Output {
-                client: Arc::clone(&client),
+                client: Some(Arc::clone(&client)),
                 kafka: &config.kafka,
                 spool,
             },
@@ -785,20 +784,56 @@ type Acks = mpsc::UnboundedReceiver<Vec<kafka::SourceCoordinates>>;
 
 /// Starts the output sink and the dead-letter sink; both report acknowledged records on the
 /// returned channel, which is what commits follow.
-/// Where outputs go: the output cluster's client and settings, and the spool if any.
+/// Where outputs go: the output cluster's client (none while it cannot be reached and a
+/// spool takes the outputs), its settings, and the spool if any.
 struct Output<'a> {
-    client: Arc<rskafka::client::Client>,
+    client: Option<Arc<rskafka::client::Client>>,
     kafka: &'a KafkaConfig,
     spool: Option<Spool>,
 }
 
 impl Output<'_> {
     /// Starts a sink on the output cluster, through the spool if there is one.
-    async fn start(&self, mut sink: SinkConfig, acks: Option<mpsc::UnboundedSender<Vec<kafka::SourceCoordinates>>>) -> Result<Sink> {
+    async fn start(
+        &self,
+        mut sink: SinkConfig,
+        acks: Option<mpsc::UnboundedSender<Vec<kafka::SourceCoordinates>>>,
+    ) -> Result<Sink> {
         if let Some(spool) = &self.spool {
             sink.spool = Some(spool.clone());
         }
-        Ok(Sink::start(Arc::clone(&self.client), self.kafka, &sink, acks).await?)
+        match &self.client {
+            Some(client) => Ok(Sink::start(Arc::clone(client), self.kafka, &sink, acks).await?),
+            None => {
+                let kafka = self.kafka.clone();
+                let connect = move || {
+                    let kafka = kafka.clone();
+                    async move { kafka::connect(&kafka).await }.boxed()
+                };
+                Ok(Sink::start_offline(&sink, acks, connect)?)
+            }
+        }
+    }
+}
+
+/// Connects to a separate output cluster. With a spool, an unreachable cluster is not an
+/// error: outputs go to the spool until it answers (tried for the uplink timeout here).
+async fn connect_output(
+    kafka: &KafkaConfig,
+    spool: Option<&Spool>,
+) -> Result<Option<Arc<rskafka::client::Client>>> {
+    let Some(spool) = spool else {
+        return Ok(Some(kafka::connect(kafka).await?));
+    };
+    let mut probe = kafka.clone();
+    probe.connect_timeout = probe.connect_timeout.min(spool.config().uplink_timeout);
+    match kafka::connect(&probe).await {
+        Ok(client) => Ok(Some(client)),
+        Err(e @ kafka::KafkaError::Unreachable { .. }) => {
+            tracing::warn!(error = %e, "output cluster unreachable at start-up; outputs go to the spool until it answers");
+            Ok(None)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -817,7 +852,10 @@ fn open_spool(config: &PipelineConfig) -> Result<Option<Spool>> {
     Ok(Some(spool))
 }
 
-async fn start_sinks(output: &Output<'_>, config: &PipelineConfig) -> Result<(Sink, Option<Sink>, Acks)> {
+async fn start_sinks(
+    output: &Output<'_>,
+    config: &PipelineConfig,
+) -> Result<(Sink, Option<Sink>, Acks)> {
     let (ack_tx, acks) = mpsc::unbounded_channel();
     let sink = output
         .start(config.sink.clone(), Some(ack_tx.clone()))

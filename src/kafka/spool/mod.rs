@@ -122,6 +122,14 @@ pub enum SpoolError {
         /// What is wrong with it.
         reason: &'static str,
     },
+    /// The output cluster is unreachable at start-up and the spool does not know the topic.
+    #[error("the output cluster is unreachable and the spool in {} has never seen topic `{topic}` (its partition count is learnt from the cluster): start once with the output cluster reachable", dir.display())]
+    NeverConnected {
+        /// Output topic.
+        topic: String,
+        /// The spool directory.
+        dir: PathBuf,
+    },
     /// The spool holds records for partitions the output topic does not have.
     #[error("spool holds records for {topic} partition {partition}, but the topic has {partitions} partitions; restore the partitions or move {} aside", dir.display())]
     PartitionGone {
@@ -263,10 +271,44 @@ impl Spool {
         partition: i32,
     ) -> Result<PartitionSpool, SpoolError> {
         PartitionSpool::open(
+            partition,
             self.partition_dir(topic, partition),
             format!("{topic}/{partition}"),
             Arc::clone(&self.shared),
         )
+    }
+
+    /// Notes how many partitions `topic` has, for a later start while the cluster is down.
+    pub(crate) fn remember_partitions(
+        &self,
+        topic: &str,
+        partitions: i32,
+    ) -> Result<(), SpoolError> {
+        let dir = self.config.dir.join(topic);
+        let path = dir.join("partitions");
+        let io_err = |source| SpoolError::Io {
+            what: "write",
+            path: path.clone(),
+            source,
+        };
+        fs::create_dir_all(&dir).map_err(io_err)?;
+        let tmp = dir.join("partitions.tmp");
+        fs::write(&tmp, format!("{partitions}\n"))
+            .and_then(|()| fs::rename(&tmp, &path))
+            .map_err(io_err)
+    }
+
+    /// The partition count [`remember_partitions`](Self::remember_partitions) noted.
+    pub(crate) fn remembered_partitions(&self, topic: &str) -> Result<i32, SpoolError> {
+        let path = self.config.dir.join(topic).join("partitions");
+        fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| t.trim().parse().ok())
+            .filter(|&n: &i32| n > 0)
+            .ok_or_else(|| SpoolError::NeverConnected {
+                topic: topic.to_string(),
+                dir: self.config.dir.clone(),
+            })
     }
 
     pub(crate) fn partition_dir(&self, topic: &str, partition: i32) -> PathBuf {

@@ -46,6 +46,7 @@ pub(crate) struct Peeked {
 /// The spool of one output partition (see the module docs).
 #[derive(Debug)]
 pub(crate) struct PartitionSpool {
+    id: i32,
     dir: PathBuf,
     label: String,
     segments: VecDeque<Segment>,
@@ -59,6 +60,7 @@ pub(crate) struct PartitionSpool {
 impl PartitionSpool {
     /// Opens (and recovers) the spool in `dir`, creating the directory if needed.
     pub(super) fn open(
+        id: i32,
         dir: PathBuf,
         label: String,
         shared: Arc<Shared>,
@@ -83,6 +85,7 @@ impl PartitionSpool {
         }
         seqs.sort_unstable();
         let mut spool = PartitionSpool {
+            id,
             dir,
             label,
             segments: VecDeque::new(),
@@ -121,6 +124,11 @@ impl PartitionSpool {
         }
         spool.publish_oldest();
         Ok(spool)
+    }
+
+    /// The output partition.
+    pub(crate) fn id(&self) -> i32 {
+        self.id
     }
 
     /// Records waiting to be sent.

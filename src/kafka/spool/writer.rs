@@ -66,11 +66,15 @@ enum Attempt {
     },
 }
 
-type Produce<'a> = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send + 'a>>;
+type Produce = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 
 /// Everything one partition writer uses.
 pub(crate) struct Writer {
-    pub pc: PartitionClient,
+    /// The partition's connection; `None` while the sink waits for its cluster
+    /// ([`Sink::start_offline`](crate::kafka::Sink::start_offline)): until `later` brings it,
+    /// every record goes to the spool.
+    pub pc: Option<Arc<PartitionClient>>,
+    pub later: Option<tokio::sync::oneshot::Receiver<PartitionClient>>,
     pub queue: mpsc::Receiver<OutputRecord>,
     pub config: SinkConfig,
     pub spool: Spool,
@@ -85,7 +89,8 @@ impl Writer {
     /// only on an error the spool cannot absorb.
     pub(crate) async fn run(self) -> Result<(), KafkaError> {
         let Writer {
-            pc,
+            mut pc,
+            mut later,
             mut queue,
             config,
             spool,
@@ -96,13 +101,19 @@ impl Writer {
         let shared: &Shared = &spool.shared;
         let timeout = spool.config.uplink_timeout;
         let retry_interval = spool.config.retry_interval;
-        let label = format!("{}/{}", config.topic, pc.partition());
+        let partition_id = partition.id();
+        let label = format!("{}/{}", config.topic, partition_id);
         let fail = |message: String| KafkaError::Request {
             operation: "produce",
             topic: config.topic.clone(),
-            partition: pc.partition(),
+            partition: partition_id,
             message,
         };
+        if pc.is_none() {
+            let since = shared.mark_down(&label);
+            tracing::warn!(spool = %label, down_since = %since.to_rfc3339(),
+                "output cluster unreachable at start-up; outputs go to the spool");
+        }
         let report = |batch: Vec<SourceCoordinates>| {
             if let Some(acks) = &acks {
                 let _ = acks.send(batch);
@@ -111,30 +122,33 @@ impl Writer {
 
         let mut held: VecDeque<Pending> = VecDeque::new();
         let mut queue_open = true;
-        let mut inflight: Option<(Attempt, Produce<'_>)> = None;
+        let mut inflight: Option<(Attempt, Produce)> = None;
         let mut retry_at: Option<Instant> = None;
         loop {
+            // Without a connection every record is spooled, as while the uplink is down.
+            let spooling = !partition.is_empty() || pc.is_none();
             if inflight.is_none() {
                 let due = retry_at.is_none_or(|t| Instant::now() >= t);
-                if !partition.is_empty() {
-                    if due {
-                        let mut peeked = blocking(|| {
-                            partition.peek(config.max_batch_records, config.max_batch_bytes as u64)
-                        })
-                        .map_err(|e| fail(e.to_string()))?;
-                        let records = std::mem::take(&mut peeked.records);
-                        let attempt = Attempt::Drain {
-                            records: records.len() as u64,
-                            next: peeked.next,
-                            bytes: peeked.bytes,
-                        };
-                        inflight = Some((attempt, Box::pin(produce(&pc, records, timeout))));
-                    } else if !queue_open && held.is_empty() {
+                if !queue_open && held.is_empty() && spooling && (pc.is_none() || !due) {
+                    if !partition.is_empty() {
                         tracing::info!(spool = %label, records = partition.records(),
                             "closing while the output cluster is unreachable; the spooled records are sent after the next start");
-                        return Ok(());
                     }
-                } else if due {
+                    return Ok(());
+                }
+                if let (false, Some(pc), true) = (partition.is_empty(), &pc, due) {
+                    let mut peeked = blocking(|| {
+                        partition.peek(config.max_batch_records, config.max_batch_bytes as u64)
+                    })
+                    .map_err(|e| fail(e.to_string()))?;
+                    let records = std::mem::take(&mut peeked.records);
+                    let attempt = Attempt::Drain {
+                        records: records.len() as u64,
+                        next: peeked.next,
+                        bytes: peeked.bytes,
+                    };
+                    inflight = Some((attempt, Box::pin(produce(Arc::clone(pc), records, timeout))));
+                } else if let (true, Some(pc), true) = (partition.is_empty(), &pc, due) {
                     if held.is_empty() {
                         if !queue_open {
                             return Ok(());
@@ -152,13 +166,14 @@ impl Writer {
                     let records = batch.iter().map(|p| p.record.clone()).collect();
                     inflight = Some((
                         Attempt::Direct(batch),
-                        Box::pin(produce(&pc, records, timeout)),
+                        Box::pin(produce(Arc::clone(pc), records, timeout)),
                     ));
                 }
             }
 
-            let waiting_for_room = !held.is_empty() && !partition.is_empty();
-            let accepting = queue_open && held.is_empty() && !partition.is_empty();
+            let spooling = !partition.is_empty() || pc.is_none();
+            let waiting_for_room = !held.is_empty() && spooling;
+            let accepting = queue_open && held.is_empty() && spooling;
             let retry_wait = inflight.is_none() && retry_at.is_some_and(|t| Instant::now() < t);
             tokio::select! {
                 result = in_flight(&mut inflight) => {
@@ -205,7 +220,7 @@ impl Writer {
                         (Attempt::Drain { .. }, Err(Failure::Refused(why))) => {
                             return Err(fail(format!(
                                 "the output cluster refuses the oldest spooled record ({why}); it stays in {}",
-                                spool.partition_dir(&config.topic, pc.partition()).display())));
+                                spool.partition_dir(&config.topic, partition_id).display())));
                         }
                     }
                 }
@@ -217,10 +232,22 @@ impl Writer {
                     None => queue_open = false,
                 },
                 _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_wait => {}
+                connected = async {
+                    match later.as_mut() {
+                        Some(rx) => rx.await.ok(),
+                        None => std::future::pending().await,
+                    }
+                }, if later.is_some() => {
+                    later = None;
+                    if let Some(client) = connected {
+                        pc = Some(Arc::new(client));
+                        retry_at = None;
+                    }
+                }
                 // The bound is shared by every partition: look again for room now and then.
                 _ = tokio::time::sleep(Duration::from_millis(50)), if waiting_for_room && !accepting => {}
             }
-            if !partition.is_empty() && !held.is_empty() {
+            if (!partition.is_empty() || pc.is_none()) && !held.is_empty() {
                 spool_held(&mut partition, &mut held, &stored, &report)
                     .map_err(|e| fail(e.to_string()))?;
             }
@@ -287,7 +314,7 @@ fn front_batch(held: &mut VecDeque<Pending>, config: &SinkConfig) -> Vec<Pending
 }
 
 /// The in-flight request's outcome; never ready without one.
-async fn in_flight(inflight: &mut Option<(Attempt, Produce<'_>)>) -> Result<(), Failure> {
+async fn in_flight(inflight: &mut Option<(Attempt, Produce)>) -> Result<(), Failure> {
     match inflight {
         Some((_, produce)) => produce.as_mut().await,
         None => std::future::pending().await,
@@ -296,7 +323,7 @@ async fn in_flight(inflight: &mut Option<(Attempt, Produce<'_>)>) -> Result<(), 
 
 /// One produce request, bounded by the uplink timeout.
 async fn produce(
-    pc: &PartitionClient,
+    pc: Arc<PartitionClient>,
     records: Vec<Record>,
     timeout: Duration,
 ) -> Result<(), Failure> {
