@@ -90,7 +90,6 @@ impl KafkaError {
                 | KafkaError::UnknownTopic { .. }
                 | KafkaError::UnknownPartition { .. }
                 | KafkaError::Security(_)
-                | KafkaError::Spool(_)
-        )
+        ) || matches!(self, KafkaError::Spool(e) if e.is_startup())
     }
 }

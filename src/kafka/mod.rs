@@ -9,6 +9,7 @@ mod lag;
 pub mod offsets;
 mod pacing;
 mod partitioner;
+mod record;
 pub mod security;
 mod sink;
 mod source;

@@ -5,11 +5,9 @@
 //! before sending the next. One request in flight per partition keeps the order of records
 //! within a partition even when a request is retried.
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use chrono::{DateTime, Utc};
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
 use rskafka::record::Record;
@@ -18,36 +16,10 @@ use tokio::task::JoinSet;
 
 use super::client::{topic_partitions, KafkaConfig};
 use super::partitioner::partition_for_key;
-use super::spool::{writer::Writer, Spool, SpoolError};
+pub use super::record::{OutputRecord, SourceCoordinates};
+use super::spool::writer::{Limits, Writer};
+use super::spool::{Spool, SpoolError};
 use super::KafkaError;
-
-/// Where an output record came from; reported back when the broker acknowledged it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceCoordinates {
-    /// Input topic.
-    pub topic: Arc<str>,
-    /// Input partition.
-    pub partition: i32,
-    /// Input offset.
-    pub offset: i64,
-    /// The input record's timestamp (end-to-end latency is measured from it).
-    pub timestamp: DateTime<Utc>,
-}
-
-/// A record to write.
-#[derive(Debug, Clone)]
-pub struct OutputRecord {
-    /// Record key; also decides the partition (murmur2, like the Java client).
-    pub key: Option<Vec<u8>>,
-    /// Record value.
-    pub value: Vec<u8>,
-    /// Record headers.
-    pub headers: BTreeMap<String, Vec<u8>>,
-    /// Record timestamp.
-    pub timestamp: DateTime<Utc>,
-    /// The input record this output answers, if any.
-    pub source: Option<SourceCoordinates>,
-}
 
 /// How the sink batches.
 #[derive(Debug, Clone)]
@@ -138,7 +110,7 @@ impl Sink {
             match &config.spool {
                 Some(spool) => {
                     let writer = sink.writer(config, spool, p as i32, rx, Some(pc), None)?;
-                    sink.tasks.spawn(writer.run());
+                    sink.tasks.spawn(writer.run_to_end());
                 }
                 None => {
                     sink.tasks.spawn(produce_partition(
@@ -189,7 +161,7 @@ impl Sink {
             let (give, take) = tokio::sync::oneshot::channel();
             handoffs.push(give);
             let writer = sink.writer(config, spool, p, rx, None, Some(take))?;
-            sink.tasks.spawn(writer.run());
+            sink.tasks.spawn(writer.run_to_end());
         }
         let topic = config.topic.clone();
         let retry = spool.config().retry_interval;
@@ -251,7 +223,12 @@ impl Sink {
             pc: pc.map(Arc::new),
             later,
             queue,
-            config: config.clone(),
+            limits: Limits {
+                topic: config.topic.clone(),
+                max_batch_records: config.max_batch_records,
+                max_batch_bytes: config.max_batch_bytes,
+                produces: config.produces.clone(),
+            },
             spool: spool.clone(),
             partition: spool.partition(&config.topic, partition)?,
             stored: Arc::clone(&self.acked),

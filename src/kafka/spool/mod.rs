@@ -130,6 +130,18 @@ pub enum SpoolError {
         /// The spool directory.
         dir: PathBuf,
     },
+    /// The output cluster refuses records (too large, not authorised, ...), or cannot be
+    /// reached while closing with a full spool: the records were not stored, so their inputs
+    /// are not committed and are read again by the next run.
+    #[error("output {topic}/{partition}: {reason}")]
+    Refused {
+        /// Output topic.
+        topic: String,
+        /// Output partition.
+        partition: i32,
+        /// What happened.
+        reason: String,
+    },
     /// The spool holds records for partitions the output topic does not have.
     #[error("spool holds records for {topic} partition {partition}, but the topic has {partitions} partitions; restore the partitions or move {} aside", dir.display())]
     PartitionGone {
@@ -142,6 +154,21 @@ pub enum SpoolError {
         /// The partition's spool directory.
         dir: PathBuf,
     },
+}
+
+impl SpoolError {
+    /// A setting or state a restart cannot fix (bound, directory, lock, topic); the others
+    /// happened while running.
+    pub fn is_startup(&self) -> bool {
+        matches!(
+            self,
+            SpoolError::TooSmall { .. }
+                | SpoolError::NotWritable { .. }
+                | SpoolError::Locked { .. }
+                | SpoolError::NeverConnected { .. }
+                | SpoolError::PartitionGone { .. }
+        )
+    }
 }
 
 /// The spool's figures, for metrics and health (cheap to clone; clones share them).

@@ -22,8 +22,8 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::{PartitionSpool, Shared, Spool, SpoolError};
-use crate::kafka::sink::{OutputRecord, SinkConfig, SourceCoordinates};
-use crate::kafka::KafkaError;
+use crate::kafka::record::{OutputRecord, SourceCoordinates};
+use crate::kafka::stats::RequestStats;
 
 /// A record taken from the queue and not yet stored (acknowledged or spooled).
 struct Pending {
@@ -68,6 +68,15 @@ enum Attempt {
 
 type Produce = Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>;
 
+/// How the sink batches (from its `SinkConfig`).
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub topic: String,
+    pub max_batch_records: usize,
+    pub max_batch_bytes: usize,
+    pub produces: RequestStats,
+}
+
 /// Everything one partition writer uses.
 pub(crate) struct Writer {
     /// The partition's connection; `None` while the sink waits for its cluster
@@ -76,7 +85,7 @@ pub(crate) struct Writer {
     pub pc: Option<Arc<PartitionClient>>,
     pub later: Option<tokio::sync::oneshot::Receiver<PartitionClient>>,
     pub queue: mpsc::Receiver<OutputRecord>,
-    pub config: SinkConfig,
+    pub limits: Limits,
     pub spool: Spool,
     pub partition: PartitionSpool,
     /// Records stored (acknowledged by the cluster, or synced into the spool).
@@ -85,14 +94,19 @@ pub(crate) struct Writer {
 }
 
 impl Writer {
+    /// [`run`](Self::run), with the sink's error type.
+    pub(crate) async fn run_to_end(self) -> Result<(), crate::kafka::KafkaError> {
+        Ok(self.run().await?)
+    }
+
     /// Runs until the sink closes its queue and everything taken is stored; returns early
     /// only on an error the spool cannot absorb.
-    pub(crate) async fn run(self) -> Result<(), KafkaError> {
+    pub(crate) async fn run(self) -> Result<(), SpoolError> {
         let Writer {
             mut pc,
             mut later,
             mut queue,
-            config,
+            limits: config,
             spool,
             mut partition,
             stored,
@@ -103,11 +117,10 @@ impl Writer {
         let retry_interval = spool.config.retry_interval;
         let partition_id = partition.id();
         let label = format!("{}/{}", config.topic, partition_id);
-        let fail = |message: String| KafkaError::Request {
-            operation: "produce",
+        let fail = |reason: String| SpoolError::Refused {
             topic: config.topic.clone(),
             partition: partition_id,
-            message,
+            reason,
         };
         if pc.is_none() {
             let since = shared.mark_down(&label);
@@ -139,8 +152,7 @@ impl Writer {
                 if let (false, Some(pc), true) = (partition.is_empty(), &pc, due) {
                     let mut peeked = blocking(|| {
                         partition.peek(config.max_batch_records, config.max_batch_bytes as u64)
-                    })
-                    .map_err(|e| fail(e.to_string()))?;
+                    })?;
                     let records = std::mem::take(&mut peeked.records);
                     let attempt = Attempt::Drain {
                         records: records.len() as u64,
@@ -195,7 +207,7 @@ impl Writer {
                             }
                             retry_at = Some(Instant::now() + retry_interval);
                             let n = spool_held(&mut partition, &mut held, &stored, &report)
-                                .map_err(|e| fail(e.to_string()))?;
+                                ?;
                             if n == 0 && !queue_open {
                                 return Err(fail(format!(
                                     "closing with the output cluster unreachable ({why}) and the spool full; \
@@ -205,7 +217,7 @@ impl Writer {
                         (Attempt::Drain { records, next, bytes }, Ok(())) => {
                             retry_at = None;
                             blocking(|| partition.consume(records, next))
-                                .map_err(|e| fail(e.to_string()))?;
+                                ?;
                             config.produces.add(records as usize, bytes as usize);
                             if partition.is_empty() {
                                 note_up(shared, &label, records);
@@ -248,8 +260,7 @@ impl Writer {
                 _ = tokio::time::sleep(Duration::from_millis(50)), if waiting_for_room && !accepting => {}
             }
             if (!partition.is_empty() || pc.is_none()) && !held.is_empty() {
-                spool_held(&mut partition, &mut held, &stored, &report)
-                    .map_err(|e| fail(e.to_string()))?;
+                spool_held(&mut partition, &mut held, &stored, &report)?;
             }
         }
     }
@@ -282,7 +293,7 @@ fn note_up(shared: &Shared, label: &str, drained: u64) {
 fn take_queued(
     held: &mut VecDeque<Pending>,
     queue: &mut mpsc::Receiver<OutputRecord>,
-    config: &SinkConfig,
+    config: &Limits,
 ) {
     let mut bytes: usize = held.iter().map(|p| p.bytes).sum();
     while held.len() < config.max_batch_records && bytes < config.max_batch_bytes {
@@ -298,7 +309,7 @@ fn take_queued(
 }
 
 /// Takes one produce request's worth of records from the front of `held`.
-fn front_batch(held: &mut VecDeque<Pending>, config: &SinkConfig) -> Vec<Pending> {
+fn front_batch(held: &mut VecDeque<Pending>, config: &Limits) -> Vec<Pending> {
     let mut batch = Vec::new();
     let mut bytes = 0;
     while let Some(p) = held.front() {
