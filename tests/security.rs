@@ -24,11 +24,15 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use futures::StreamExt;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 use serde_json::{json, Value};
+use streamtract::dataset::{
+    KafkaDataset, KafkaGroupDataset, OutputConfig, OutputItem, OutputSequence, SourceRecord,
+};
 use streamtract::kafka::group::{OffsetStore, TopicPartition};
 use streamtract::kafka::{connect, KafkaConfig, Password, SaslConfig, SaslMechanism, TlsConfig};
 
@@ -955,6 +959,207 @@ fn sasl_wrong_password_fails_with_a_clear_message() {
         assert!(
             err.contains("SASL PLAIN authentication failed for user `alice`")
                 && err.contains("may not enable PLAIN"),
+            "{err}"
+        );
+    });
+}
+
+// ---- tensorflow-io's `configuration` lists -----------------------------------------------------
+
+/// A tensorflow-io `configuration` list for `broker`: TLS with the test CA (`ca`) and SCRAM,
+/// nothing set through the typed API.
+fn rdkafka_configuration(
+    broker: &SecureBroker,
+    ca: &Path,
+    mechanism: &str,
+    password: &str,
+) -> Vec<String> {
+    vec![
+        format!("bootstrap.servers={}", broker.addr),
+        "security.protocol=SASL_SSL".into(),
+        format!("ssl.ca.location={}", path_str(ca)),
+        format!("sasl.mechanism={mechanism}"),
+        format!("sasl.username={USER}"),
+        format!("sasl.password={password}"),
+        "socket.connection.setup.timeout.ms=20000".into(),
+        "socket.timeout.ms=20000".into(),
+        // What ported lists carry for old brokers: accepted without effect.
+        "api.version.request=true".into(),
+    ]
+}
+
+fn key_of(r: &SourceRecord) -> String {
+    String::from_utf8_lossy(r.key.as_deref().unwrap_or_default()).into_owned()
+}
+
+fn value_of(r: &SourceRecord) -> String {
+    String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned()
+}
+
+#[test]
+fn datasets_and_output_sequences_configured_by_librdkafka_keys() {
+    const N: usize = 40;
+    let broker = SecureBroker::start("rdkafka-keys", false, Auth::Scram);
+    let client = broker.client();
+    client.create_topic("events", 2);
+    client.create_topic("results", 2);
+    let records: Vec<(String, String)> = (0..N)
+        .map(|i| (format!("k{i}"), json!({ "i": i }).to_string()))
+        .collect();
+    client.produce("events", &records);
+    let expected: HashMap<String, String> = records.iter().cloned().collect();
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        // tensorflow-io's KafkaDataset(configuration=[...]): SCRAM-SHA-256 over TLS.
+        let config = rdkafka_configuration(&broker, &broker.pki.ca, "SCRAM-SHA-256", PASSWORD);
+        let dataset = KafkaDataset::builder(["events"])
+            .configuration(&config)
+            .eof(true)
+            .open()
+            .await
+            .unwrap();
+        let read: Vec<SourceRecord> = tokio::time::timeout(
+            Duration::from_secs(60),
+            dataset.map(|r| r.unwrap()).collect(),
+        )
+        .await
+        .expect("the dataset did not end within 60 s");
+        let read: HashMap<String, String> = read.iter().map(|r| (key_of(r), value_of(r))).collect();
+        assert_eq!(read, expected);
+
+        // KafkaOutputSequence(topic, configuration=[...]) plus producer keys; set out of order.
+        let output = OutputConfig::new("results")
+            .unwrap()
+            .configuration(&config)
+            .configuration([
+                "acks=all",
+                "batch.num.messages=16",
+                "enable.idempotence=false",
+            ]);
+        let mut sequence = OutputSequence::open(&output).await.unwrap();
+        for (i, (key, value)) in records.iter().enumerate().rev() {
+            sequence
+                .set(i as u64, OutputItem::new(value.as_str()).key(key.as_str()))
+                .await
+                .unwrap();
+        }
+        assert_eq!(sequence.close().await.unwrap(), N as u64);
+
+        // KafkaGroupIODataset(configuration=[...]): SCRAM-SHA-512 (as `sasl.mechanisms`) with
+        // group keys; the group coordinator connection is secured too.
+        let mut group_config =
+            rdkafka_configuration(&broker, &broker.pki.ca, "SCRAM-SHA-512", PASSWORD);
+        group_config[3] = "sasl.mechanisms=SCRAM-SHA-512".into();
+        group_config.extend(
+            [
+                "session.timeout.ms=6000",
+                "heartbeat.interval.ms=500",
+                "conf.topic.auto.offset.reset=earliest",
+                "enable.auto.commit=false",
+            ]
+            .map(String::from),
+        );
+        let mut group = KafkaGroupDataset::builder(["events"], "configured-readers")
+            .configuration(&group_config)
+            .message_poll_timeout(Duration::from_millis(500))
+            .open()
+            .await
+            .unwrap();
+        let mut seen = HashMap::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < N {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let record = tokio::time::timeout(left, group.next())
+                .await
+                .expect("the group dataset did not deliver every record within 60 s")
+                .expect("the group dataset ended early")
+                .unwrap();
+            group.ack(&record);
+            seen.insert(key_of(&record), value_of(&record));
+        }
+        assert_eq!(seen, expected);
+        group.close().await.unwrap();
+        let kafka = broker.kafka_config().sasl(SaslConfig::new(
+            SaslMechanism::ScramSha256,
+            USER,
+            Password::new(PASSWORD),
+        ));
+        let store = OffsetStore::connect(&kafka, "configured-readers")
+            .await
+            .unwrap();
+        let partitions: Vec<TopicPartition> =
+            (0..2).map(|p| TopicPartition::new("events", p)).collect();
+        let committed = store.committed(&partitions).await.unwrap();
+        let total: i64 = committed.values().map(|o| o.unwrap_or(0)).sum();
+        assert_eq!(total, N as i64, "{committed:?}");
+    });
+
+    // The independent client reads back what the output sequence wrote.
+    let written = client.consume("results", N);
+    assert_eq!(written.len(), N, "{written:?}");
+    for (key, value) in &expected {
+        let value: Value = serde_json::from_str(value).unwrap();
+        assert_eq!(written.get(key), Some(&value), "{key}");
+    }
+}
+
+#[test]
+fn a_wrong_password_or_ca_in_a_configuration_list_fails_clearly() {
+    let broker = SecureBroker::start("rdkafka-wrong", false, Auth::Scram);
+    broker.client().create_topic("events", 1);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let wrong = "not the password";
+        let config = rdkafka_configuration(&broker, &broker.pki.ca, "SCRAM-SHA-256", wrong);
+        let started = Instant::now();
+        let dataset_err = KafkaDataset::builder(["events"])
+            .configuration(&config)
+            .eof(true)
+            .open()
+            .await
+            .unwrap_err()
+            .to_string();
+        let output = OutputConfig::new("events").unwrap().configuration(&config);
+        let output_err = OutputSequence::open(&output).await.unwrap_err().to_string();
+        let group_err = KafkaGroupDataset::builder(["events"], "g")
+            .configuration(&config)
+            .open()
+            .await
+            .unwrap_err()
+            .to_string();
+        for err in [&dataset_err, &output_err, &group_err] {
+            eprintln!("said: {err}");
+            assert!(
+                err.contains(&format!(
+                    "SASL SCRAM-SHA-256 authentication failed for user `{USER}` at broker {}",
+                    broker.addr
+                )),
+                "{err}"
+            );
+            assert!(!err.contains(wrong), "the password is in the error: {err}");
+        }
+        // A refused password is final: no waiting out the connect timeout, three times.
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "took {:?}",
+            started.elapsed()
+        );
+
+        // The right password with a CA that did not sign the broker's certificate.
+        let config =
+            rdkafka_configuration(&broker, &broker.pki.other_ca, "SCRAM-SHA-256", PASSWORD);
+        let err = KafkaDataset::builder(["events"])
+            .configuration(&config)
+            .open()
+            .await
+            .unwrap_err()
+            .to_string();
+        eprintln!("said: {err}");
+        assert!(
+            err.contains(&format!("TLS handshake with broker {} failed", broker.addr))
+                && err.contains("unknown issuer")
+                && err.contains("other-ca.pem"),
             "{err}"
         );
     });

@@ -22,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::acker::{Acker, Committed, Control, Shared};
 use super::batch::Batches;
 use super::blocking::Blocking;
-use super::connection::Connection;
+use super::connection::{Connection, Entry};
 use super::kafka_dataset::{KafkaDataset, Settings};
 use super::mini_batch::KafkaBatchDataset;
 use super::origin::{RecordSource, Revocation};
@@ -60,9 +60,19 @@ pub struct KafkaGroupDatasetBuilder {
     max_uncommitted: usize,
     /// A `configuration` entry that cannot work, reported by `open`.
     invalid: Option<(&'static str, String)>,
-    /// `configuration` keys without an equivalent, logged by `open`.
-    ignored: Vec<String>,
 }
+
+/// The `configuration` keys of a [`KafkaGroupDataset`] besides the connection's.
+const GROUP_KEYS: &[&str] = &[
+    "group.id",
+    "auto.offset.reset",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "max.poll.interval.ms",
+    "partition.assignment.strategy",
+    "auto.commit.interval.ms",
+    "enable.auto.commit",
+];
 
 impl KafkaGroupDatasetBuilder {
     super::connection::connection_setters!();
@@ -99,73 +109,88 @@ impl KafkaGroupDatasetBuilder {
     }
 
     /// tensorflow-io's `configuration`: librdkafka `key=value` settings, so a ported program can
-    /// keep its list. Understood: `auto.offset.reset` (also as `conf.topic.auto.offset.reset`;
+    /// keep its list.
+    ///
+    /// Accepted: the connection keys of [`Connection::configuration`] (brokers, client id,
+    /// timeouts, `security.protocol`, `ssl.*`, `sasl.*`), which has the table, and the group's
+    /// own: `group.id`, `auto.offset.reset` (also as `conf.topic.auto.offset.reset`;
     /// `earliest`/`smallest`/`beginning` or `latest`/`largest`/`end`), `session.timeout.ms`,
     /// `heartbeat.interval.ms`, `max.poll.interval.ms` (the rebalance timeout),
     /// `partition.assignment.strategy` (`range`, `roundrobin`), `auto.commit.interval.ms` (the
-    /// [`commit_interval`](Self::commit_interval)), `enable.auto.commit=false` (the only
-    /// behaviour here), `client.id`, `group.id` and `bootstrap.servers`. Other keys have no
-    /// equivalent and are ignored with a warning; a value that does not parse, or
-    /// `enable.auto.commit=true`, makes [`open`](Self::open) fail.
+    /// [`commit_interval`](Self::commit_interval)) and `enable.auto.commit=false` (the only
+    /// behaviour here). A few librdkafka keys with nothing to tune here (e.g.
+    /// `api.version.request`) are accepted without effect and logged. Any other key, a value
+    /// that does not parse, `enable.auto.commit=true`, or security keys that do not go together
+    /// make [`open`](Self::open) fail with [`DatasetError::InvalidOption`] naming the entry and
+    /// the accepted keys, before connecting.
+    ///
+    /// ```
+    /// use streamtract::dataset::KafkaGroupDataset;
+    /// let readers = KafkaGroupDataset::builder(["pixels"], "readers").configuration([
+    ///     "bootstrap.servers=broker.example.com:9093",
+    ///     "security.protocol=sasl_ssl",
+    ///     "ssl.ca.location=/etc/kafka/ca.pem",
+    ///     "sasl.mechanisms=SCRAM-SHA-512",
+    ///     "sasl.username=alice",
+    ///     "sasl.password=correct horse",
+    ///     "session.timeout.ms=7000",
+    ///     "auto.offset.reset=earliest",
+    /// ]);
+    /// # let _ = readers;
+    ///
+    /// let err = KafkaGroupDataset::builder(["pixels"], "readers")
+    ///     .configuration(["enable.partition.eof=true"])
+    ///     .open_blocking()
+    ///     .unwrap_err()
+    ///     .to_string();
+    /// assert!(err.contains("unknown key `enable.partition.eof`"), "{err}");
+    /// ```
     pub fn configuration(mut self, entries: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
         for entry in entries {
-            if let Err((option, reason)) = self.apply(entry.as_ref()) {
-                self.invalid.get_or_insert((option, reason));
+            let result = match self.connection.offer(entry.as_ref()) {
+                Ok(Some(entry)) => self.apply(&entry),
+                Ok(None) => Ok(()),
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = result {
+                self.invalid.get_or_insert(("configuration", reason));
             }
         }
         self
     }
 
-    fn apply(&mut self, entry: &str) -> Result<(), (&'static str, String)> {
-        let invalid = |reason: String| ("configuration", format!("`{entry}`: {reason}"));
-        let (key, value) = entry
-            .split_once('=')
-            .map(|(k, v)| (k.trim(), v.trim()))
-            .ok_or_else(|| invalid("expected `key=value`".into()))?;
-        let millis = || {
-            value
-                .parse::<u64>()
-                .map(Duration::from_millis)
-                .map_err(|_| invalid("expected a number of milliseconds".into()))
-        };
-        match key.strip_prefix("conf.topic.").unwrap_or(key) {
+    /// A key of the group's own; the error names the entry.
+    fn apply(&mut self, entry: &Entry<'_>) -> Result<(), String> {
+        match entry.key {
             "auto.offset.reset" => {
-                self.start = match value {
+                self.start = match entry.value {
                     "earliest" | "smallest" | "beginning" => StartPosition::Earliest,
                     "latest" | "largest" | "end" => StartPosition::Latest,
                     _ => {
-                        return Err(invalid(
-                            "expected `earliest` or `latest` (or librdkafka's `smallest`, `beginning`, `largest`, `end`)"
-                                .into(),
+                        return Err(entry.invalid(
+                            "expected `earliest` or `latest` (or librdkafka's `smallest`, `beginning`, `largest`, `end`)",
                         ))
                     }
                 }
             }
-            "session.timeout.ms" => self.group.session_timeout = millis()?,
-            "heartbeat.interval.ms" => self.group.heartbeat_interval = millis()?,
-            "max.poll.interval.ms" => self.group.rebalance_timeout = millis()?,
-            "auto.commit.interval.ms" => self.commit_interval = millis()?,
+            "session.timeout.ms" => self.group.session_timeout = entry.millis()?,
+            "heartbeat.interval.ms" => self.group.heartbeat_interval = entry.millis()?,
+            "max.poll.interval.ms" => self.group.rebalance_timeout = entry.millis()?,
+            "auto.commit.interval.ms" => self.commit_interval = entry.millis()?,
             "partition.assignment.strategy" => {
                 self.group.assignors =
-                    Assignor::parse_list(value).map_err(|e| invalid(e.to_string()))?;
+                    Assignor::parse_list(entry.value).map_err(|e| entry.invalid(e))?;
             }
-            "enable.auto.commit" => match value {
-                "false" => {}
-                "true" => {
-                    return Err(invalid(
+            "enable.auto.commit" => {
+                if entry.boolean()? {
+                    return Err(entry.invalid(
                         "records are committed once acknowledged (see `Acker`), never when fetched; \
-                         auto-commit on fetch is what lost records in tensorflow-io. Remove the entry"
-                            .into(),
-                    ))
+                         auto-commit on fetch is what lost records in tensorflow-io. Remove the entry",
+                    ));
                 }
-                _ => return Err(invalid("expected `true` or `false`".into())),
-            },
-            "client.id" => self.connection.kafka_mut().client_id = value.to_string(),
-            "group.id" => self.group.group_id = value.to_string(),
-            "bootstrap.servers" => {
-                self.connection = std::mem::take(&mut self.connection).with_servers(value)
             }
-            _ => self.ignored.push(key.to_string()),
+            "group.id" => self.group.group_id = entry.value.to_string(),
+            _ => return Err(entry.unknown("KafkaGroupDataset", GROUP_KEYS)),
         }
         Ok(())
     }
@@ -222,6 +247,7 @@ impl KafkaGroupDatasetBuilder {
         if let Some((option, reason)) = &self.invalid {
             return invalid(option, reason);
         }
+        self.connection.check()?;
         if self.topics.is_empty() {
             return invalid("topics", "no topic given; pass at least one topic name");
         }
@@ -259,11 +285,9 @@ impl KafkaGroupDatasetBuilder {
     ///
     /// Must be called inside a tokio runtime, which then runs the dataset's background task
     /// (heartbeats, fetches, commits) until [`KafkaGroupDataset::close`].
-    pub async fn open(self) -> Result<KafkaGroupDataset, DatasetError> {
+    pub async fn open(mut self) -> Result<KafkaGroupDataset, DatasetError> {
         self.check()?;
-        for key in &self.ignored {
-            tracing::warn!(key = %key, "configuration key has no equivalent in KafkaGroupDataset; ignored");
-        }
+        self.connection.prepare()?;
         let client = self.connection.connect().await?;
         let kafka = self.connection.kafka();
         for topic in &self.topics {
@@ -493,7 +517,6 @@ impl KafkaGroupDataset {
             commit_interval: DEFAULT_COMMIT_INTERVAL,
             max_uncommitted: DEFAULT_MAX_UNCOMMITTED,
             invalid: None,
-            ignored: Vec::new(),
         }
     }
 
@@ -847,7 +870,7 @@ mod tests {
         assert_eq!(b.start, StartPosition::Latest);
         assert_eq!(b.commit_interval, Duration::from_millis(250));
         assert_eq!(b.connection.kafka().brokers, vec!["a:1", "b:2"]);
-        assert_eq!(b.ignored, vec!["socket.keepalive.enable"]);
+        assert_eq!(b.connection.ignored_keys(), ["socket.keepalive.enable"]);
         b.check().unwrap();
     }
 
@@ -858,6 +881,13 @@ mod tests {
         assert!(refused(b().configuration(["enable.auto.commit=true"])).contains("acknowledged"));
         assert!(refused(b().configuration(["auto.offset.reset=error"])).contains("earliest"));
         assert!(refused(b().configuration(["session.timeout.ms"])).contains("key=value"));
+        // Keys without an equivalent were ignored with a warning; they are refused now.
+        assert!(refused(b().configuration(["fetch.wait.max.ms=10"]))
+            .contains("unknown key `fetch.wait.max.ms`: KafkaGroupDataset has no equivalent"));
+        assert!(
+            refused(b().configuration(["security.protocol=ssl", "sasl.username=a"]))
+                .contains("`sasl.username` is given but `security.protocol=ssl`")
+        );
         assert!(refused(b().message_poll_timeout(Duration::ZERO)).contains("message_poll_timeout"));
         assert!(refused(KafkaGroupDataset::builder(["t:0"], "g")).contains("topic names"));
         assert!(refused(KafkaGroupDataset::builder(["t"], "")).contains("group_id"));

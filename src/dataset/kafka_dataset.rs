@@ -11,7 +11,7 @@ use futures::stream::{Stream, StreamExt};
 
 use super::batch::Batches;
 use super::blocking::Blocking;
-use super::connection::Connection;
+use super::connection::{configuration_error, Connection, Entry};
 use super::origin::{into_stream, ChunkStream, RecordSource, Revocation, SpecReader};
 use super::preprocess::{Examples, Preprocess};
 use super::spec::TopicSpec;
@@ -35,7 +35,12 @@ pub struct KafkaDatasetBuilder {
     eof: bool,
     timeout: Duration,
     stream_timeout: Option<Duration>,
+    /// The first `configuration` entry that cannot work, reported by `open`.
+    invalid: Option<String>,
 }
+
+/// The `configuration` keys of a [`KafkaDataset`] besides the connection's.
+const DATASET_KEYS: &[&str] = &["group.id", "enable.auto.commit"];
 
 impl KafkaDatasetBuilder {
     /// The topic specs, as given.
@@ -84,13 +89,93 @@ impl KafkaDatasetBuilder {
         self
     }
 
+    /// tensorflow-io's `configuration` (and the old `KafkaDataset`'s `config_global` and
+    /// `config_topic`): librdkafka `key=value` entries, so a ported program keeps its list.
+    ///
+    /// Accepted: the connection keys of [`Connection::configuration`] (brokers, client id,
+    /// timeouts, `security.protocol`, `ssl.*`, `sasl.*`), which has the table; `group.id` (the
+    /// same as [`group`](Self::group)); and `enable.auto.commit=false`, which is what this
+    /// dataset does (it commits nothing; `true` is refused: committed reading is
+    /// [`KafkaGroupDataset`](super::KafkaGroupDataset)'s). tensorflow-io's `conf.topic.`
+    /// prefix is dropped. A few librdkafka keys with nothing to tune here (e.g.
+    /// `api.version.request`) are accepted without effect. Any other key, `auto.offset.reset`
+    /// included (the topic specs say where to start), a value that does not parse, or
+    /// security keys that do not go together make [`open`](Self::open) fail with
+    /// [`DatasetError::InvalidOption`] naming the entry and the accepted keys, before
+    /// connecting. Entries may be given in several calls; TLS and SASL come from the list
+    /// alone when it has any security key.
+    ///
+    /// ```
+    /// use streamtract::dataset::KafkaDataset;
+    /// let dataset = KafkaDataset::builder(["pixels:0:0:99"]).eof(true).configuration([
+    ///     "bootstrap.servers=broker.example.com:9093",
+    ///     "security.protocol=SASL_SSL",
+    ///     "ssl.ca.location=/etc/kafka/ca.pem",
+    ///     "sasl.mechanism=SCRAM-SHA-256",
+    ///     "sasl.username=alice",
+    ///     "sasl.password=correct horse",
+    /// ]);
+    /// # let _ = dataset;
+    ///
+    /// // Keys without an equivalent are refused (before anything connects).
+    /// let err = KafkaDataset::builder(["pixels"])
+    ///     .configuration(["fetch.min.bytes=1"])
+    ///     .open_blocking()
+    ///     .unwrap_err()
+    ///     .to_string();
+    /// assert!(err.contains("unknown key `fetch.min.bytes`"), "{err}");
+    /// assert!(err.contains("Accepted keys: group.id, enable.auto.commit, bootstrap.servers"), "{err}");
+    /// ```
+    pub fn configuration(mut self, entries: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
+        for text in entries {
+            let result = match self.connection.offer(text.as_ref()) {
+                Ok(Some(entry)) => self.apply(&entry),
+                Ok(None) => Ok(()),
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = result {
+                self.invalid.get_or_insert(reason);
+            }
+        }
+        self
+    }
+
+    /// A key of this builder's own; the error names the entry.
+    fn apply(&mut self, entry: &Entry<'_>) -> Result<(), String> {
+        match entry.key {
+            "group.id" => self.group = entry.value.to_string(),
+            "enable.auto.commit" => {
+                if entry.boolean()? {
+                    return Err(entry.invalid(
+                        "a KafkaDataset commits no offsets (its topic specs say what it reads); \
+                         for records committed once processed use KafkaGroupDataset. Remove the \
+                         entry",
+                    ));
+                }
+            }
+            "auto.offset.reset" => {
+                return Err(entry.invalid(
+                    "a KafkaDataset starts where its topic specs say (`topic:partition:offset`, \
+                     `earliest`, `latest`), and an offset outside a partition is an error naming \
+                     its range, never a silent reset. Remove the entry",
+                ))
+            }
+            _ => return Err(entry.unknown("KafkaDataset", DATASET_KEYS)),
+        }
+        Ok(())
+    }
+
     /// Connects (unless a [`client`](Self::client) was given), checks every spec against the
     /// cluster and takes the end offsets `eof` stops at. Records are fetched as the dataset is
     /// read, one spec after the other.
     ///
-    /// Fails before reading anything when a spec does not parse, a topic or partition does not
-    /// exist, or a start offset is outside its partition.
-    pub async fn open(self) -> Result<KafkaDataset, DatasetError> {
+    /// Fails before reading anything when a [`configuration`](Self::configuration) entry cannot
+    /// work, a spec does not parse, a topic or partition does not exist, or a start offset is
+    /// outside its partition.
+    pub async fn open(mut self) -> Result<KafkaDataset, DatasetError> {
+        if let Some(reason) = self.invalid.take() {
+            return Err(configuration_error(reason));
+        }
         if self.topics.is_empty() {
             return Err(DatasetError::InvalidOption {
                 option: "topics",
@@ -105,7 +190,7 @@ impl KafkaDatasetBuilder {
                 reason: "must be greater than zero (tensorflow-io: `Timeout value should be large than 0`)".into(),
             });
         }
-        self.connection.check()?;
+        self.connection.prepare()?;
         let specs = self
             .topics
             .iter()
@@ -245,6 +330,7 @@ impl KafkaDataset {
             eof: false,
             timeout: DEFAULT_TIMEOUT,
             stream_timeout: None,
+            invalid: None,
         }
     }
 

@@ -14,6 +14,7 @@
 //! | `KafkaBatchIODataset` | [`KafkaBatchDataset`] → [`MiniBatch`]es (over a group: [`KafkaGroupDataset::mini_batches`]) |
 //! | `KafkaOutputSequence(topic, servers)`, `setitem`, `flush` | [`OutputSequence::connect`], [`set`](OutputSequence::set), [`flush`](OutputSequence::flush) |
 //! | `write_kafka(message, topic, servers)` | [`KafkaWriter::write_kafka`] (one producer for every call), [`write_kafka`] (many messages) |
+//! | `configuration=[...]` (librdkafka `key=value`: `security.protocol`, `ssl.ca.location`, `sasl.*`, ...) | [`KafkaDatasetBuilder::configuration`], [`KafkaGroupDatasetBuilder::configuration`], [`OutputConfig::configuration`] (then [`OutputSequence::open`]); the connection keys are [`Connection::configuration`]'s. Unknown keys are refused, not ignored |
 //!
 //! and not its known problems: every record carries its key, partition, offset, timestamp and
 //! headers; a bare topic reads every partition; end-of-stream rules are stated (see

@@ -12,7 +12,7 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::mpsc;
 
 use super::blocking::Blocking;
-use super::connection::Connection;
+use super::connection::{configuration_error, Connection, Entry};
 use super::DatasetError;
 use crate::kafka::{OutputRecord, Sink, SinkConfig, SourceCoordinates};
 
@@ -115,7 +115,22 @@ pub struct OutputConfig {
     connection: Connection,
     flush_timeout: Option<Duration>,
     max_pending: usize,
+    max_batch_records: Option<usize>,
+    max_batch_bytes: Option<usize>,
+    /// The first `configuration` entry that cannot work, reported when opening.
+    invalid: Option<String>,
 }
+
+/// The `configuration` keys of an [`OutputConfig`] besides the connection's.
+const OUTPUT_KEYS: &[&str] = &[
+    "batch.num.messages",
+    "batch.size",
+    "acks",
+    "request.required.acks",
+    "enable.idempotence",
+    "compression.type",
+    "compression.codec",
+];
 
 impl OutputConfig {
     /// Writes to `topic` (`name` or `name:partition`) on `localhost:9092`.
@@ -144,6 +159,9 @@ impl OutputConfig {
             connection: Connection::default(),
             flush_timeout: None,
             max_pending: 100_000,
+            max_batch_records: None,
+            max_batch_bytes: None,
+            invalid: None,
         })
     }
 
@@ -162,6 +180,112 @@ impl OutputConfig {
     pub fn max_pending(mut self, max: usize) -> Self {
         self.max_pending = max.max(1);
         self
+    }
+
+    /// Most records in one produce request (librdkafka's `batch.num.messages`; default
+    /// 10 000). A request carries what was queued while the previous one was in flight, up to
+    /// this and [`max_batch_bytes`](Self::max_batch_bytes).
+    pub fn max_batch_records(mut self, records: usize) -> Self {
+        self.max_batch_records = Some(records.max(1));
+        self
+    }
+
+    /// Most bytes of keys, values and headers in one produce request (librdkafka's
+    /// `batch.size`; default 1 MiB).
+    pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
+        self.max_batch_bytes = Some(bytes.max(1));
+        self
+    }
+
+    /// tensorflow-io's `KafkaOutputSequence(topic, servers, configuration)`: librdkafka
+    /// `key=value` entries, so a ported program keeps its list.
+    ///
+    /// Accepted: the connection keys of [`Connection::configuration`] (brokers, client id,
+    /// timeouts, `security.protocol`, `ssl.*`, `sasl.*`), which has the table, and the
+    /// producer keys that say what this writer does: `batch.num.messages`
+    /// ([`max_batch_records`](Self::max_batch_records)), `batch.size`
+    /// ([`max_batch_bytes`](Self::max_batch_bytes)), `acks`/`request.required.acks` = `all`
+    /// or `-1` (the writer always waits for every in-sync replica), `enable.idempotence=false`
+    /// and `compression.type`/`compression.codec` = `none` (it writes uncompressed batches).
+    /// Other values of those are refused, and so is `linger.ms` (there is no linger timer). A
+    /// few librdkafka keys with nothing to tune here (e.g. `api.version.request`) are
+    /// accepted without effect. Any other key, a value that does not parse, or security keys
+    /// that do not go together make [`KafkaWriter::open`] (and the sequences' `open`) fail with
+    /// [`DatasetError::InvalidOption`] naming the entry and the accepted keys, before
+    /// connecting.
+    ///
+    /// ```
+    /// use streamtract::dataset::{BlockingOutputSequence, OutputConfig};
+    /// # fn main() -> Result<(), streamtract::dataset::DatasetError> {
+    /// let config = OutputConfig::new("predictions")?.configuration([
+    ///     "bootstrap.servers=broker.example.com:9093",
+    ///     "security.protocol=SSL",
+    ///     "ssl.ca.location=/etc/kafka/ca.pem",
+    ///     "batch.num.messages=1000",
+    ///     "acks=all",
+    /// ]);
+    /// # let _ = config;
+    ///
+    /// let config = OutputConfig::new("predictions")?.configuration(["linger.ms=5"]);
+    /// let err = BlockingOutputSequence::open(&config).unwrap_err().to_string();
+    /// assert!(err.contains("`linger.ms=5`: the writer has no linger timer"), "{err}");
+    /// # Ok(()) }
+    /// ```
+    pub fn configuration(mut self, entries: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
+        for text in entries {
+            let result = match self.connection.offer(text.as_ref()) {
+                Ok(Some(entry)) => self.apply(&entry),
+                Ok(None) => Ok(()),
+                Err(reason) => Err(reason),
+            };
+            if let Err(reason) = result {
+                self.invalid.get_or_insert(reason);
+            }
+        }
+        self
+    }
+
+    /// A producer key; the error names the entry.
+    fn apply(&mut self, entry: &Entry<'_>) -> Result<(), String> {
+        let value = entry.value.to_ascii_lowercase();
+        match entry.key {
+            "batch.num.messages" => self.max_batch_records = Some(entry.count()?),
+            "batch.size" => self.max_batch_bytes = Some(entry.count()?),
+            "acks" | "request.required.acks" => {
+                if value != "all" && value != "-1" {
+                    return Err(entry.invalid(
+                        "the writer always waits for every in-sync replica (`all`), so a flush \
+                         means the records are safe; remove the entry or set `all`",
+                    ));
+                }
+            }
+            "enable.idempotence" => {
+                if entry.boolean()? {
+                    return Err(entry.invalid(
+                        "the writer is not an idempotent producer: a produce request retried \
+                         after a lost answer may write its records twice (at-least-once); \
+                         remove the entry or set `false`",
+                    ));
+                }
+            }
+            "compression.type" | "compression.codec" => {
+                if value != "none" {
+                    return Err(entry.invalid(
+                        "the writer produces uncompressed batches (compressed ones are only \
+                         read); remove the entry or set `none`",
+                    ));
+                }
+            }
+            "linger.ms" | "queue.buffering.max.ms" => {
+                return Err(entry.invalid(
+                    "the writer has no linger timer: each produce request carries what was \
+                     queued while the previous one was in flight (up to `batch.num.messages` \
+                     and `batch.size`); remove the entry",
+                ))
+            }
+            _ => return Err(entry.unknown("an output sequence", OUTPUT_KEYS)),
+        }
+        Ok(())
     }
 
     /// The topic name (without a partition).
@@ -212,11 +336,16 @@ impl fmt::Debug for KafkaWriter {
 impl KafkaWriter {
     /// Connects (unless the config carries a client) and starts a producer for the topic.
     ///
-    /// Fails if the topic, or the partition the config names, does not exist.
+    /// Fails if a [`configuration`](OutputConfig::configuration) entry cannot work (before
+    /// connecting), or if the topic, or the partition the config names, does not exist.
     pub async fn open(config: &OutputConfig) -> Result<KafkaWriter, DatasetError> {
-        config.connection.check()?;
+        if let Some(reason) = &config.invalid {
+            return Err(configuration_error(reason.clone()));
+        }
+        let mut config = config.clone();
+        config.connection.prepare()?;
         let client = config.connection.connect().await?;
-        let (sink, acks) = Self::start_sink(&client, config).await?;
+        let (sink, acks) = Self::start_sink(&client, &config).await?;
         let partitions = sink.partitions();
         if let Some(p) = config.partition {
             if p >= partitions {
@@ -231,7 +360,7 @@ impl KafkaWriter {
         }
         Ok(KafkaWriter {
             topic: Arc::from(config.topic.as_str()),
-            config: config.clone(),
+            config,
             client,
             sink: Some(sink),
             acks,
@@ -247,10 +376,17 @@ impl KafkaWriter {
         config: &OutputConfig,
     ) -> Result<(Sink, mpsc::UnboundedReceiver<Vec<SourceCoordinates>>), DatasetError> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let mut sink_config = SinkConfig::new(config.topic.clone());
+        if let Some(records) = config.max_batch_records {
+            sink_config.max_batch_records = records;
+        }
+        if let Some(bytes) = config.max_batch_bytes {
+            sink_config.max_batch_bytes = bytes;
+        }
         let sink = Sink::start(
             Arc::clone(client),
             config.connection.kafka(),
-            &SinkConfig::new(config.topic.clone()),
+            &sink_config,
             Some(tx),
         )
         .await?;
@@ -722,6 +858,34 @@ mod tests {
         assert!(e.to_string().contains("wait for index 0"), "{e}");
         // The missing index itself is always accepted.
         order.insert(0, ()).unwrap();
+    }
+
+    #[test]
+    fn configuration_maps_producer_keys() {
+        let config = OutputConfig::new("out").unwrap().configuration([
+            "bootstrap.servers=a:1",
+            "batch.num.messages=50",
+            "batch.size=4096",
+            "acks=all",
+            "request.required.acks=-1",
+            "enable.idempotence=false",
+            "compression.type=none",
+            "conf.topic.compression.codec=NONE",
+            "api.version.request=true",
+        ]);
+        assert!(config.invalid.is_none(), "{:?}", config.invalid);
+        assert_eq!(config.max_batch_records, Some(50));
+        assert_eq!(config.max_batch_bytes, Some(4096));
+        assert_eq!(config.connection.kafka().brokers, ["a:1"]);
+        // The first refusal is kept; later entries are still read.
+        let config = OutputConfig::new("out").unwrap().configuration([
+            "acks=0",
+            "linger.ms=1",
+            "batch.size=10",
+        ]);
+        let reason = config.invalid.as_deref().unwrap_or_default();
+        assert!(reason.starts_with("`acks=0`: "), "{reason}");
+        assert_eq!(config.max_batch_bytes, Some(10));
     }
 
     #[test]
