@@ -775,6 +775,29 @@ fn describe(e: SecurityError) -> String {
     }
 }
 
+/// Feeds tensorflow-io `configuration` entries to a builder: connection keys to its
+/// [`Connection`] (`connection` finds it), every other key to its own `apply`. Returns the
+/// first refusal, which the builder keeps for `open` to report.
+pub(crate) fn take_configuration<B>(
+    builder: &mut B,
+    entries: impl IntoIterator<Item = impl AsRef<str>>,
+    connection: fn(&mut B) -> &mut Connection,
+    apply: fn(&mut B, &Entry<'_>) -> Result<(), String>,
+) -> Option<String> {
+    let mut first = None;
+    for text in entries {
+        let result = match connection(builder).offer(text.as_ref()) {
+            Ok(Some(entry)) => apply(builder, &entry),
+            Ok(None) => Ok(()),
+            Err(reason) => Err(reason),
+        };
+        if let Err(reason) = result {
+            first.get_or_insert(reason);
+        }
+    }
+    first
+}
+
 /// The connection setters every dataset builder has, on a builder with a `connection:
 /// Connection` field: tensorflow-io's `servers`, the whole [`KafkaConfig`], a client to reuse,
 /// and the [`Connection`] itself. One definition, so the three builders cannot drift apart.

@@ -22,7 +22,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use super::acker::{Acker, Committed, Control, Shared};
 use super::batch::Batches;
 use super::blocking::Blocking;
-use super::connection::{Connection, Entry};
+use super::connection::{take_configuration, Connection, Entry};
 use super::kafka_dataset::{KafkaDataset, Settings};
 use super::mini_batch::KafkaBatchDataset;
 use super::origin::{RecordSource, Revocation};
@@ -146,15 +146,9 @@ impl KafkaGroupDatasetBuilder {
     /// assert!(err.contains("unknown key `enable.partition.eof`"), "{err}");
     /// ```
     pub fn configuration(mut self, entries: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
-        for entry in entries {
-            let result = match self.connection.offer(entry.as_ref()) {
-                Ok(Some(entry)) => self.apply(&entry),
-                Ok(None) => Ok(()),
-                Err(reason) => Err(reason),
-            };
-            if let Err(reason) = result {
-                self.invalid.get_or_insert(("configuration", reason));
-            }
+        let refused = take_configuration(&mut self, entries, |b| &mut b.connection, Self::apply);
+        if let Some(reason) = refused {
+            self.invalid.get_or_insert(("configuration", reason));
         }
         self
     }

@@ -11,7 +11,7 @@ use futures::stream::{Stream, StreamExt};
 
 use super::batch::Batches;
 use super::blocking::Blocking;
-use super::connection::{configuration_error, Connection, Entry};
+use super::connection::{configuration_error, take_configuration, Connection, Entry};
 use super::origin::{into_stream, ChunkStream, RecordSource, Revocation, SpecReader};
 use super::preprocess::{Examples, Preprocess};
 use super::spec::TopicSpec;
@@ -127,15 +127,9 @@ impl KafkaDatasetBuilder {
     /// assert!(err.contains("Accepted keys: group.id, enable.auto.commit, bootstrap.servers"), "{err}");
     /// ```
     pub fn configuration(mut self, entries: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
-        for text in entries {
-            let result = match self.connection.offer(text.as_ref()) {
-                Ok(Some(entry)) => self.apply(&entry),
-                Ok(None) => Ok(()),
-                Err(reason) => Err(reason),
-            };
-            if let Err(reason) = result {
-                self.invalid.get_or_insert(reason);
-            }
+        let refused = take_configuration(&mut self, entries, |b| &mut b.connection, Self::apply);
+        if let Some(reason) = refused {
+            self.invalid.get_or_insert(reason);
         }
         self
     }

@@ -12,7 +12,7 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::mpsc;
 
 use super::blocking::Blocking;
-use super::connection::{configuration_error, Connection, Entry};
+use super::connection::{configuration_error, take_configuration, Connection, Entry};
 use super::DatasetError;
 use crate::kafka::{OutputRecord, Sink, SinkConfig, SourceCoordinates};
 
@@ -232,15 +232,9 @@ impl OutputConfig {
     /// # Ok(()) }
     /// ```
     pub fn configuration(mut self, entries: impl IntoIterator<Item = impl AsRef<str>>) -> Self {
-        for text in entries {
-            let result = match self.connection.offer(text.as_ref()) {
-                Ok(Some(entry)) => self.apply(&entry),
-                Ok(None) => Ok(()),
-                Err(reason) => Err(reason),
-            };
-            if let Err(reason) = result {
-                self.invalid.get_or_insert(reason);
-            }
+        let refused = take_configuration(&mut self, entries, |b| &mut b.connection, Self::apply);
+        if let Some(reason) = refused {
+            self.invalid.get_or_insert(reason);
         }
         self
     }
