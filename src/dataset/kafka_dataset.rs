@@ -11,7 +11,8 @@ use futures::stream::{Stream, StreamExt};
 
 use super::batch::Batches;
 use super::blocking::Blocking;
-use super::connection::{configuration_error, take_configuration, Connection, Entry};
+use super::connection::{configuration_error, take_configuration, Connection};
+use super::librdkafka::Entry;
 use super::origin::{into_stream, ChunkStream, RecordSource, Revocation, SpecReader};
 use super::preprocess::{Examples, Preprocess};
 use super::spec::TopicSpec;

@@ -62,6 +62,7 @@ mod connection;
 mod error;
 mod group_dataset;
 mod kafka_dataset;
+mod librdkafka;
 mod mini_batch;
 mod origin;
 mod output;

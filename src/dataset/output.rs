@@ -12,7 +12,8 @@ use tokio::runtime::{Handle, Runtime};
 use tokio::sync::mpsc;
 
 use super::blocking::Blocking;
-use super::connection::{configuration_error, take_configuration, Connection, Entry};
+use super::connection::{configuration_error, take_configuration, Connection};
+use super::librdkafka::Entry;
 use super::DatasetError;
 use crate::kafka::{OutputRecord, Sink, SinkConfig, SourceCoordinates};
 
