@@ -102,184 +102,271 @@ impl Writer {
     /// Runs until the sink closes its queue and everything taken is stored; returns early
     /// only on an error the spool cannot absorb.
     pub(crate) async fn run(self) -> Result<(), SpoolError> {
-        let Writer {
-            mut pc,
-            mut later,
-            mut queue,
-            limits: config,
-            spool,
-            mut partition,
-            stored,
-            acks,
-        } = self;
-        let shared: &Shared = &spool.shared;
-        let timeout = spool.config.uplink_timeout;
-        let retry_interval = spool.config.retry_interval;
-        let partition_id = partition.id();
-        let label = format!("{}/{}", config.topic, partition_id);
-        let fail = |reason: String| SpoolError::Refused {
-            topic: config.topic.clone(),
-            partition: partition_id,
-            reason,
-        };
-        if pc.is_none() {
-            let since = shared.mark_down(&label);
-            tracing::warn!(spool = %label, down_since = %since.to_rfc3339(),
-                "output cluster unreachable at start-up; outputs go to the spool");
-        }
-        let report = |batch: Vec<SourceCoordinates>| {
-            if let Some(acks) = &acks {
-                let _ = acks.send(batch);
-            }
-        };
-
-        let mut held: VecDeque<Pending> = VecDeque::new();
-        let mut queue_open = true;
-        let mut inflight: Option<(Attempt, Produce)> = None;
-        let mut retry_at: Option<Instant> = None;
+        let mut flow = Flow::new(self);
         loop {
-            // Without a connection every record is spooled, as while the uplink is down.
-            let spooling = !partition.is_empty() || pc.is_none();
-            if inflight.is_none() {
-                let due = retry_at.is_none_or(|t| Instant::now() >= t);
-                if !queue_open && held.is_empty() && spooling && (pc.is_none() || !due) {
-                    if !partition.is_empty() {
-                        tracing::info!(spool = %label, records = partition.records(),
-                            "closing while the output cluster is unreachable; the spooled records are sent after the next start");
-                    }
-                    return Ok(());
-                }
-                if let (false, Some(pc), true) = (partition.is_empty(), &pc, due) {
-                    let mut peeked = blocking(|| {
-                        partition.peek(config.max_batch_records, config.max_batch_bytes as u64)
-                    })?;
-                    let records = std::mem::take(&mut peeked.records);
-                    let attempt = Attempt::Drain {
-                        records: records.len() as u64,
-                        next: peeked.next,
-                        bytes: peeked.bytes,
-                    };
-                    inflight = Some((attempt, Box::pin(produce(Arc::clone(pc), records, timeout))));
-                } else if let (true, Some(pc), true) = (partition.is_empty(), &pc, due) {
-                    if held.is_empty() {
-                        if !queue_open {
-                            return Ok(());
-                        }
-                        match queue.recv().await {
-                            Some(r) => held.push_back(r.into()),
-                            None => {
-                                queue_open = false;
-                                continue;
-                            }
-                        }
-                    }
-                    take_queued(&mut held, &mut queue, &config);
-                    let batch = front_batch(&mut held, &config);
-                    let records = batch.iter().map(|p| p.record.clone()).collect();
-                    inflight = Some((
-                        Attempt::Direct(batch),
-                        Box::pin(produce(Arc::clone(pc), records, timeout)),
-                    ));
+            if flow.inflight.is_none() {
+                match flow.start_attempt().await? {
+                    Step::Done => return Ok(()),
+                    Step::Again => continue,
+                    Step::Wait => {}
                 }
             }
-
-            let spooling = !partition.is_empty() || pc.is_none();
-            let waiting_for_room = !held.is_empty() && spooling;
-            let accepting = queue_open && held.is_empty() && spooling;
-            let retry_wait = inflight.is_none() && retry_at.is_some_and(|t| Instant::now() < t);
-            tokio::select! {
-                result = in_flight(&mut inflight) => {
-                    let Some((attempt, _)) = inflight.take() else { continue };
-                    match (attempt, result) {
-                        (Attempt::Direct(batch), Ok(())) => {
-                            retry_at = None;
-                            note_up(shared, &label, 0);
-                            config.produces.add(batch.len(), batch.iter().map(|p| p.bytes).sum());
-                            stored.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                            report(batch.into_iter().filter_map(|p| p.source).collect());
-                        }
-                        (Attempt::Direct(batch), Err(Failure::Unavailable(why))) => {
-                            let since = shared.mark_down(&label);
-                            tracing::warn!(spool = %label, records = batch.len(), error = %why,
-                                down_since = %since.to_rfc3339(), "the output cluster did not take a batch; spooling");
-                            for p in batch.into_iter().rev() {
-                                held.push_front(p);
-                            }
-                            retry_at = Some(Instant::now() + retry_interval);
-                            let n = spool_held(&mut partition, &mut held, &stored, &report)
-                                ?;
-                            if n == 0 && !queue_open {
-                                return Err(fail(format!(
-                                    "closing with the output cluster unreachable ({why}) and the spool full; \
-                                     {} records were not written and their input will be read again", held.len())));
-                            }
-                        }
-                        (Attempt::Drain { records, next, bytes }, Ok(())) => {
-                            retry_at = None;
-                            blocking(|| partition.consume(records, next))
-                                ?;
-                            config.produces.add(records as usize, bytes as usize);
-                            if partition.is_empty() {
-                                note_up(shared, &label, records);
-                            }
-                        }
-                        (Attempt::Drain { .. }, Err(Failure::Unavailable(why))) => {
-                            shared.mark_down(&label);
-                            tracing::debug!(spool = %label, error = %why, "output cluster still unreachable");
-                            retry_at = Some(Instant::now() + retry_interval);
-                        }
-                        (Attempt::Direct(_), Err(Failure::Refused(why))) => return Err(fail(why)),
-                        (Attempt::Drain { .. }, Err(Failure::Refused(why))) => {
-                            return Err(fail(format!(
-                                "the output cluster refuses the oldest spooled record ({why}); it stays in {}",
-                                spool.partition_dir(&config.topic, partition_id).display())));
-                        }
-                    }
-                }
-                r = queue.recv(), if accepting => match r {
-                    Some(r) => {
-                        held.push_back(r.into());
-                        take_queued(&mut held, &mut queue, &config);
-                    }
-                    None => queue_open = false,
-                },
-                _ = tokio::time::sleep_until(retry_at.unwrap_or_else(Instant::now)), if retry_wait => {}
-                connected = async {
-                    match later.as_mut() {
-                        Some(rx) => rx.await.ok(),
-                        None => std::future::pending().await,
-                    }
-                }, if later.is_some() => {
-                    later = None;
-                    if let Some(client) = connected {
-                        pc = Some(Arc::new(client));
-                        retry_at = None;
-                    }
-                }
-                // The bound is shared by every partition: look again for room now and then.
-                _ = tokio::time::sleep(Duration::from_millis(50)), if waiting_for_room && !accepting => {}
-            }
-            if (!partition.is_empty() || pc.is_none()) && !held.is_empty() {
-                spool_held(&mut partition, &mut held, &stored, &report)?;
+            flow.wait().await?;
+            if flow.spooling() && !flow.held.is_empty() {
+                flow.spool_held()?;
             }
         }
     }
 }
 
-/// Appends what the bound has room for of `held` to the spool; those records count as
-/// stored. Returns how many.
-fn spool_held(
-    partition: &mut PartitionSpool,
-    held: &mut VecDeque<Pending>,
-    stored: &AtomicU64,
-    report: &impl Fn(Vec<SourceCoordinates>),
-) -> Result<usize, SpoolError> {
-    let n = blocking(|| partition.append(held.iter().map(|p| &p.record)))?;
-    if n > 0 {
-        stored.fetch_add(n as u64, Ordering::Relaxed);
-        report(held.drain(..n).filter_map(|p| p.source).collect());
+/// What [`Flow::start_attempt`] leads to.
+enum Step {
+    /// The queue is closed and everything taken is stored (or stays in the spool).
+    Done,
+    /// Look again (the queue just closed).
+    Again,
+    /// Wait for the attempt, a record, the retry time or the connection.
+    Wait,
+}
+
+/// A partition writer's state while it runs.
+struct Flow {
+    w: Writer,
+    label: String,
+    /// Records taken from the queue and not stored yet, oldest first (before the queue's).
+    held: VecDeque<Pending>,
+    queue_open: bool,
+    inflight: Option<(Attempt, Produce)>,
+    /// After a failed request, when to try again.
+    retry_at: Option<Instant>,
+}
+
+impl Flow {
+    fn new(w: Writer) -> Flow {
+        let label = format!("{}/{}", w.limits.topic, w.partition.id());
+        if w.pc.is_none() {
+            let since = w.spool.shared.mark_down(&label);
+            tracing::warn!(spool = %label, down_since = %since.to_rfc3339(),
+                "output cluster unreachable at start-up; outputs go to the spool");
+        }
+        Flow {
+            w,
+            label,
+            held: VecDeque::new(),
+            queue_open: true,
+            inflight: None,
+            retry_at: None,
+        }
     }
-    Ok(n)
+
+    /// Records go to the spool: it holds older ones, or there is no connection yet.
+    fn spooling(&self) -> bool {
+        !self.w.partition.is_empty() || self.w.pc.is_none()
+    }
+
+    fn due(&self) -> bool {
+        self.retry_at.is_none_or(|t| Instant::now() >= t)
+    }
+
+    /// Starts the next request: the front of the spool while it holds records, else the next
+    /// records from the queue; or finds that there is nothing left to do.
+    async fn start_attempt(&mut self) -> Result<Step, SpoolError> {
+        let due = self.due();
+        if !self.queue_open
+            && self.held.is_empty()
+            && self.spooling()
+            && (self.w.pc.is_none() || !due)
+        {
+            if !self.w.partition.is_empty() {
+                tracing::info!(spool = %self.label, records = self.w.partition.records(),
+                    "closing while the output cluster is unreachable; the spooled records are sent after the next start");
+            }
+            return Ok(Step::Done);
+        }
+        let Some(pc) = self.w.pc.clone().filter(|_| due) else {
+            return Ok(Step::Wait);
+        };
+        let timeout = self.w.spool.config.uplink_timeout;
+        if !self.w.partition.is_empty() {
+            let limits = &self.w.limits;
+            let partition = &self.w.partition;
+            let mut peeked = blocking(|| {
+                partition.peek(limits.max_batch_records, limits.max_batch_bytes as u64)
+            })?;
+            let records = std::mem::take(&mut peeked.records);
+            let attempt = Attempt::Drain {
+                records: records.len() as u64,
+                next: peeked.next,
+                bytes: peeked.bytes,
+            };
+            self.inflight = Some((attempt, Box::pin(produce(pc, records, timeout))));
+            return Ok(Step::Wait);
+        }
+        if self.held.is_empty() {
+            if !self.queue_open {
+                return Ok(Step::Done);
+            }
+            match self.w.queue.recv().await {
+                Some(r) => self.held.push_back(r.into()),
+                None => {
+                    self.queue_open = false;
+                    return Ok(Step::Again);
+                }
+            }
+        }
+        take_queued(&mut self.held, &mut self.w.queue, &self.w.limits);
+        let batch = front_batch(&mut self.held, &self.w.limits);
+        let records = batch.iter().map(|p| p.record.clone()).collect();
+        self.inflight = Some((
+            Attempt::Direct(batch),
+            Box::pin(produce(pc, records, timeout)),
+        ));
+        Ok(Step::Wait)
+    }
+
+    /// Waits for whichever comes first: the request's outcome, a record to spool, the retry
+    /// time, room in the spool, or the connection of a sink started offline.
+    async fn wait(&mut self) -> Result<(), SpoolError> {
+        let spooling = self.spooling();
+        let waiting_for_room = !self.held.is_empty() && spooling;
+        let accepting = self.queue_open && self.held.is_empty() && spooling;
+        let retry_wait = self.inflight.is_none() && !self.due();
+        let retry_at = self.retry_at.unwrap_or_else(Instant::now);
+        tokio::select! {
+            result = in_flight(&mut self.inflight) => {
+                if let Some((attempt, _)) = self.inflight.take() {
+                    self.on_result(attempt, result)?;
+                }
+            }
+            r = self.w.queue.recv(), if accepting => match r {
+                Some(r) => {
+                    self.held.push_back(r.into());
+                    take_queued(&mut self.held, &mut self.w.queue, &self.w.limits);
+                }
+                None => self.queue_open = false,
+            },
+            _ = tokio::time::sleep_until(retry_at), if retry_wait => {}
+            // The bound is shared by every partition: look again for room now and then.
+            _ = tokio::time::sleep(Duration::from_millis(50)), if waiting_for_room && !accepting => {}
+            connected = connection(&mut self.w.later), if self.w.later.is_some() => {
+                self.w.later = None;
+                if let Some(client) = connected {
+                    self.w.pc = Some(Arc::new(client));
+                    self.retry_at = None;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// What a request's outcome means for the records it carried.
+    fn on_result(
+        &mut self,
+        attempt: Attempt,
+        result: Result<(), Failure>,
+    ) -> Result<(), SpoolError> {
+        let shared = &self.w.spool.shared;
+        match (attempt, result) {
+            (Attempt::Direct(batch), Ok(())) => {
+                self.retry_at = None;
+                note_up(shared, &self.label, 0);
+                let bytes = batch.iter().map(|p| p.bytes).sum();
+                self.w.limits.produces.add(batch.len(), bytes);
+                self.w
+                    .stored
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                self.report(batch.into_iter().filter_map(|p| p.source).collect());
+            }
+            (Attempt::Direct(batch), Err(Failure::Unavailable(why))) => {
+                let since = shared.mark_down(&self.label);
+                tracing::warn!(spool = %self.label, records = batch.len(), error = %why,
+                    down_since = %since.to_rfc3339(), "the output cluster did not take a batch; spooling");
+                for p in batch.into_iter().rev() {
+                    self.held.push_front(p);
+                }
+                self.retry_at = Some(Instant::now() + self.w.spool.config.retry_interval);
+                if self.spool_held()? == 0 && !self.queue_open {
+                    return Err(self.refused(format!(
+                        "closing with the output cluster unreachable ({why}) and the spool full; \
+                         {} records were not written and their input will be read again",
+                        self.held.len()
+                    )));
+                }
+            }
+            (
+                Attempt::Drain {
+                    records,
+                    next,
+                    bytes,
+                },
+                Ok(()),
+            ) => {
+                self.retry_at = None;
+                let partition = &mut self.w.partition;
+                blocking(|| partition.consume(records, next))?;
+                self.w.limits.produces.add(records as usize, bytes as usize);
+                if self.w.partition.is_empty() {
+                    note_up(shared, &self.label, records);
+                }
+            }
+            (Attempt::Drain { .. }, Err(Failure::Unavailable(why))) => {
+                shared.mark_down(&self.label);
+                tracing::debug!(spool = %self.label, error = %why, "output cluster still unreachable");
+                self.retry_at = Some(Instant::now() + self.w.spool.config.retry_interval);
+            }
+            (Attempt::Direct(_), Err(Failure::Refused(why))) => return Err(self.refused(why)),
+            (Attempt::Drain { .. }, Err(Failure::Refused(why))) => {
+                let dir = self
+                    .w
+                    .spool
+                    .partition_dir(&self.w.limits.topic, self.w.partition.id());
+                return Err(self.refused(format!(
+                    "the output cluster refuses the oldest spooled record ({why}); it stays in {}",
+                    dir.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Appends what the bound has room for of `held` to the spool; those records count as
+    /// stored. Returns how many.
+    fn spool_held(&mut self) -> Result<usize, SpoolError> {
+        let partition = &mut self.w.partition;
+        let held = &self.held;
+        let n = blocking(|| partition.append(held.iter().map(|p| &p.record)))?;
+        if n > 0 {
+            self.w.stored.fetch_add(n as u64, Ordering::Relaxed);
+            let sources = self.held.drain(..n).filter_map(|p| p.source).collect();
+            self.report(sources);
+        }
+        Ok(n)
+    }
+
+    /// Tells the pipeline which inputs' outputs are stored.
+    fn report(&self, batch: Vec<SourceCoordinates>) {
+        if let Some(acks) = &self.w.acks {
+            let _ = acks.send(batch);
+        }
+    }
+
+    fn refused(&self, reason: String) -> SpoolError {
+        SpoolError::Refused {
+            topic: self.w.limits.topic.clone(),
+            partition: self.w.partition.id(),
+            reason,
+        }
+    }
+}
+
+/// The connection handed to a sink started offline; never ready without one to wait for.
+async fn connection(
+    later: &mut Option<tokio::sync::oneshot::Receiver<PartitionClient>>,
+) -> Option<PartitionClient> {
+    match later.as_mut() {
+        Some(rx) => rx.await.ok(),
+        None => std::future::pending().await,
+    }
 }
 
 fn note_up(shared: &Shared, label: &str, drained: u64) {
