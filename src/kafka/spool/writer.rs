@@ -255,6 +255,8 @@ impl Flow {
                     self.retry_at = None;
                 }
             }
+            // Not reached by the states above; a pause rather than a panic if it ever is.
+            else => tokio::time::sleep(Duration::from_millis(50)).await,
         }
         Ok(())
     }
