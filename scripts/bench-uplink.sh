@@ -93,20 +93,25 @@ spool_bytes() { du -sb "$1" | cut -f1; }
 
 SPOOL1="$DIR/spool1" SPOOL2="$DIR/spool2"
 SPOOL_ARGS=(--spool-max-bytes 1073741824 --uplink-timeout-ms 2000)
-read -r t_none rss_none <<<"$(run none input out-none)"
+# Each assignment on its own line, so that a failed run stops the script (set -e).
+r=$(run none input out-none); read -r t_none rss_none <<<"$r"
 expect out-none "$RECORDS"
-read -r t_idle rss_idle <<<"$(run idle input out-idle --spool-dir "$SPOOL1" "${SPOOL_ARGS[@]}")"
+r=$(run idle input out-idle --spool-dir "$SPOOL1" "${SPOOL_ARGS[@]}"); read -r t_idle rss_idle <<<"$r"
 expect out-idle "$RECORDS"
+# A spool learns an output topic's partition count while the cluster is up (a run that reads
+# nothing), as a box must have started once with its uplink before an outage.
+r=$(run learn1 empty out-outage1 --spool-dir "$SPOOL1" "${SPOOL_ARGS[@]}")
+r=$(run learn2 empty out-outage2 --spool-dir "$SPOOL2" "${SPOOL_ARGS[@]}")
 
 scripts/broker.sh stop "$DIR/central" >/dev/null
-read -r t_spooling rss_spooling <<<"$(run spooling input out-outage1 --spool-dir "$SPOOL1" "${SPOOL_ARGS[@]}")"
+r=$(run spooling input out-outage1 --spool-dir "$SPOOL1" "${SPOOL_ARGS[@]}"); read -r t_spooling rss_spooling <<<"$r"
 spooled_bytes=$(spool_bytes "$SPOOL1")
-read -r _ _ <<<"$(run spooling2 input out-outage2 --spool-dir "$SPOOL2" "${SPOOL_ARGS[@]}")"
+r=$(run spooling2 input out-outage2 --spool-dir "$SPOOL2" "${SPOOL_ARGS[@]}")
 scripts/broker.sh start "$DIR/central" >/dev/null
 
-read -r t_drain rss_drain <<<"$(run drain empty out-outage1 --spool-dir "$SPOOL1" "${SPOOL_ARGS[@]}")"
+r=$(run drain empty out-outage1 --spool-dir "$SPOOL1" "${SPOOL_ARGS[@]}"); read -r t_drain rss_drain <<<"$r"
 expect out-outage1 "$RECORDS"
-read -r t_draining rss_draining <<<"$(run draining input out-outage2 --spool-dir "$SPOOL2" "${SPOOL_ARGS[@]}")"
+r=$(run draining input out-outage2 --spool-dir "$SPOOL2" "${SPOOL_ARGS[@]}"); read -r t_draining rss_draining <<<"$r"
 expect out-outage2 "$((2 * RECORDS))"
 
 echo "$RECORDS records of data/digits.csv, 1 partition, model $MODEL, two tansu $(tansu --version 2>/dev/null | awk '{print $2}') brokers (SQLite) on loopback, $(nproc) cores"
