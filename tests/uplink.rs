@@ -482,3 +482,69 @@ fn bad_spool_and_output_settings_fail_at_start_up_with_what_to_do() {
     }
     let _ = fs::remove_file(&file);
 }
+
+/// The library's writer (tensorflow-io's `KafkaOutputSequence` side) with a spool: writes and
+/// `flush` go on while its cluster is down, and the spooled records arrive, in order per
+/// partition, when it is back.
+#[test]
+fn the_library_writer_spools_through_an_outage() {
+    use streamtract::dataset::{KafkaWriter, OutputConfig, OutputItem};
+    use streamtract::kafka::{Spool, SpoolConfig};
+
+    let mut central = Broker::start("uplink-writer");
+    central.create_topic("predictions", 2);
+    let mut options = SpoolConfig::new(central.dir.join("writer-spool"), 16 << 20);
+    options.uplink_timeout = Duration::from_secs(1);
+    let spool = Spool::open(options).unwrap();
+    let item = |i: usize| OutputItem::new(format!("v{i}")).key(format!("k{}", i % 20));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let config = OutputConfig::new("predictions")
+            .unwrap()
+            .servers(&central.addr)
+            .spool(spool.clone());
+        let mut writer = KafkaWriter::open(&config).await.unwrap();
+        for i in 0..200 {
+            writer.write(item(i)).await.unwrap();
+        }
+        writer.flush().await.unwrap();
+        central.stop();
+        for i in 200..700 {
+            writer.write(item(i)).await.unwrap();
+        }
+        tokio::time::timeout(Duration::from_secs(60), writer.flush())
+            .await
+            .expect("flush returns once the records are in the spool")
+            .unwrap();
+        let reading = spool.status().read();
+        assert_eq!(reading.records, 500, "{reading:?}");
+        assert!(reading.uplink_down_since.is_some());
+
+        central.start_again();
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while spool.status().read().records > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "spool not drained: {:?}",
+                spool.status().read()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(writer.close().await.unwrap(), 700);
+    });
+    let outputs = central.consume("predictions", 700, Duration::from_secs(60));
+    let mut last: HashMap<String, usize> = HashMap::new();
+    let mut seen = HashSet::new();
+    for o in &outputs {
+        let i: usize = o.value_str().unwrap()[1..].parse().unwrap();
+        if !seen.insert(i) {
+            continue;
+        }
+        let key = o.key_str().unwrap();
+        if let Some(&before) = last.get(&key) {
+            assert!(before < i, "key {key}: v{i} after v{before}");
+        }
+        last.insert(key, i);
+    }
+    assert_eq!(seen.len(), 700, "{} of 700 items arrived", seen.len());
+}

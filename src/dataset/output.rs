@@ -15,7 +15,7 @@ use super::blocking::Blocking;
 use super::connection::{configuration_error, take_configuration, Connection};
 use super::librdkafka::Entry;
 use super::DatasetError;
-use crate::kafka::{OutputRecord, Sink, SinkConfig, SourceCoordinates};
+use crate::kafka::{OutputRecord, Sink, SinkConfig, SourceCoordinates, Spool};
 
 /// One record to write: a value, and optionally a key, headers and a timestamp.
 ///
@@ -118,6 +118,7 @@ pub struct OutputConfig {
     max_pending: usize,
     max_batch_records: Option<usize>,
     max_batch_bytes: Option<usize>,
+    spool: Option<Spool>,
     /// The first `configuration` entry that cannot work, reported when opening.
     invalid: Option<String>,
 }
@@ -162,6 +163,7 @@ impl OutputConfig {
             max_pending: 100_000,
             max_batch_records: None,
             max_batch_bytes: None,
+            spool: None,
             invalid: None,
         })
     }
@@ -195,6 +197,29 @@ impl OutputConfig {
     /// `batch.size`; default 1 MiB).
     pub fn max_batch_bytes(mut self, bytes: usize) -> Self {
         self.max_batch_bytes = Some(bytes.max(1));
+        self
+    }
+
+    /// Writes through a disk spool while the cluster does not take records (see
+    /// [`crate::kafka::spool`]): a write counts as done, and [`flush`](KafkaWriter::flush)
+    /// returns, once the record is acknowledged by the cluster or synced into the spool;
+    /// spooled records are sent first, in order per partition, when the cluster answers
+    /// again, and [`close`](KafkaWriter::close) waits for that only while it answers. The
+    /// cluster must be reachable when the writer opens.
+    ///
+    /// ```no_run
+    /// use streamtract::dataset::{KafkaWriter, OutputConfig};
+    /// use streamtract::kafka::{Spool, SpoolConfig};
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let spool = Spool::open(SpoolConfig::new("/var/lib/app/spool", 256 << 20))?;
+    /// let config = OutputConfig::new("predictions")?.servers("central:9092").spool(spool);
+    /// let mut writer = KafkaWriter::open(&config).await?;
+    /// writer.write("0.97").await?;
+    /// writer.flush().await?; // acknowledged, or on disk if the uplink is down
+    /// # Ok(()) }
+    /// ```
+    pub fn spool(mut self, spool: Spool) -> Self {
+        self.spool = Some(spool);
         self
     }
 
@@ -378,6 +403,7 @@ impl KafkaWriter {
         if let Some(bytes) = config.max_batch_bytes {
             sink_config.max_batch_bytes = bytes;
         }
+        sink_config.spool = config.spool.clone();
         let sink = Sink::start(
             Arc::clone(client),
             config.connection.kafka(),
