@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
+use rskafka::record::Record;
 
 /// Where an output record came from; reported back when the broker acknowledged it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,4 +32,17 @@ pub struct OutputRecord {
     pub timestamp: DateTime<Utc>,
     /// The input record this output answers, if any.
     pub source: Option<SourceCoordinates>,
+}
+
+impl OutputRecord {
+    /// The record as it goes on the wire, and where it came from.
+    pub(crate) fn into_parts(self) -> (Record, Option<SourceCoordinates>) {
+        let record = Record {
+            key: self.key,
+            value: Some(self.value),
+            headers: self.headers,
+            timestamp: self.timestamp,
+        };
+        (record, self.source)
+    }
 }

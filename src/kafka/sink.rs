@@ -10,7 +10,6 @@ use std::sync::Arc;
 
 use rskafka::client::partition::{Compression, PartitionClient, UnknownTopicHandling};
 use rskafka::client::Client;
-use rskafka::record::Record;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -98,11 +97,7 @@ impl Sink {
             check_spooled_partitions(spool, &config.topic, partitions)?;
             spool.remember_partitions(&config.topic, partitions)?;
         }
-        // Partition numbers of a Kafka topic are 0..n; the partitioner relies on that.
-        let mut clients = Vec::new();
-        for p in 0..partitions {
-            clients.push(partition_client(&client, &config.topic, p).await?);
-        }
+        let clients = partition_clients(&client, &config.topic, partitions).await?;
         let mut sink = Sink::assemble(config, acks, partitions);
         for (p, pc) in clients.into_iter().enumerate() {
             let (tx, rx) = mpsc::channel(config.queue_per_partition.max(1));
@@ -167,25 +162,17 @@ impl Sink {
         let retry = spool.config().retry_interval;
         sink.connector = Some(tokio::spawn(async move {
             loop {
-                match connect().await {
-                    Ok(client) => {
-                        let mut clients = Vec::new();
-                        for p in 0..partitions {
-                            match partition_client(&client, &topic, p).await {
-                                Ok(pc) => clients.push(pc),
-                                Err(e) => {
-                                    tracing::warn!(error = %e, "output cluster reached, but not its partitions yet");
-                                    break;
-                                }
-                            }
+                let clients = match connect().await {
+                    Ok(client) => partition_clients(&client, &topic, partitions).await,
+                    Err(e) => Err(e),
+                };
+                match clients {
+                    Ok(clients) => {
+                        tracing::info!(topic = %topic, "output cluster reached; sending the spool");
+                        for (give, pc) in handoffs.into_iter().zip(clients) {
+                            let _ = give.send(pc);
                         }
-                        if clients.len() == partitions as usize {
-                            tracing::info!(topic = %topic, "output cluster reached; sending the spool");
-                            for (give, pc) in handoffs.into_iter().zip(clients) {
-                                let _ = give.send(pc);
-                            }
-                            return;
-                        }
+                        return;
                     }
                     Err(e) => tracing::debug!(error = %e, "output cluster still unreachable"),
                 }
@@ -310,15 +297,22 @@ impl Sink {
     }
 }
 
-async fn partition_client(
+/// A connection to the leader of each partition of `topic`, in partition order (partition
+/// numbers of a Kafka topic are 0..n; the partitioner relies on that).
+async fn partition_clients(
     client: &Client,
     topic: &str,
-    partition: i32,
-) -> Result<PartitionClient, KafkaError> {
-    client
-        .partition_client(topic.to_string(), partition, UnknownTopicHandling::Retry)
-        .await
-        .map_err(|e| KafkaError::request("connect to leader", topic, partition, e))
+    partitions: i32,
+) -> Result<Vec<PartitionClient>, KafkaError> {
+    let mut clients = Vec::with_capacity(partitions.max(0) as usize);
+    for p in 0..partitions {
+        let pc = client
+            .partition_client(topic.to_string(), p, UnknownTopicHandling::Retry)
+            .await
+            .map_err(|e| KafkaError::request("connect to leader", topic, p, e))?;
+        clients.push(pc);
+    }
+    Ok(clients)
 }
 
 /// Refuses a spool holding records for partitions the topic no longer has: they could not be
@@ -354,15 +348,8 @@ async fn produce_partition(
         // Take what is already queued: while a request is in flight the queue fills, so the
         // batch size follows the load without a linger timer.
         while let Some(r) = next.take() {
-            if let Some(s) = r.source {
-                sources.push(s);
-            }
-            let record = Record {
-                key: r.key,
-                value: Some(r.value),
-                headers: r.headers,
-                timestamp: r.timestamp,
-            };
+            let (record, source) = r.into_parts();
+            sources.extend(source);
             bytes += record.approximate_size();
             batch.push(record);
             if batch.len() < config.max_batch_records && bytes < config.max_batch_bytes {

@@ -34,16 +34,11 @@ struct Pending {
 
 impl From<OutputRecord> for Pending {
     fn from(r: OutputRecord) -> Pending {
-        let record = Record {
-            key: r.key,
-            value: Some(r.value),
-            headers: r.headers,
-            timestamp: r.timestamp,
-        };
+        let (record, source) = r.into_parts();
         Pending {
             bytes: record.approximate_size(),
             record,
-            source: r.source,
+            source,
         }
     }
 }
