@@ -782,8 +782,6 @@ async fn check_registry(config: &PipelineConfig, serving: &Serving) -> Result<()
 /// Acknowledged outputs of the sink and the dead-letter sink, as source coordinates.
 type Acks = mpsc::UnboundedReceiver<Vec<kafka::SourceCoordinates>>;
 
-/// Starts the output sink and the dead-letter sink; both report acknowledged records on the
-/// returned channel, which is what commits follow.
 /// Where outputs go: the output cluster's client (none while it cannot be reached and a
 /// spool takes the outputs), its settings, and the spool if any.
 struct Output<'a> {
@@ -837,8 +835,8 @@ async fn connect_output(
     }
 }
 
-/// Opens the spool (a bad directory or bound fails here, before anything is read) and says
-/// what an earlier run left in it.
+/// Opens the spool (a bad directory or bound fails here, before anything is read) and has
+/// the metrics watch it. What an earlier run left is logged as each sink opens it.
 fn open_spool(config: &PipelineConfig) -> Result<Option<Spool>> {
     let spool = match (&config.spool, &config.sink.spool) {
         (Some(options), _) => Spool::open(options.clone()).map_err(kafka::KafkaError::from)?,
@@ -846,12 +844,14 @@ fn open_spool(config: &PipelineConfig) -> Result<Option<Spool>> {
         (None, None) => return Ok(None),
     };
     config.metrics.watch_spool(spool.status());
-    let r = spool.status().read();
-    tracing::info!(dir = %spool.config().dir.display(), max_bytes = r.max_bytes,
-        uplink_timeout_ms = spool.config().uplink_timeout.as_millis() as u64, "output spool ready");
+    let options = spool.config();
+    tracing::info!(dir = %options.dir.display(), max_bytes = options.max_bytes,
+        uplink_timeout_ms = options.uplink_timeout.as_millis() as u64, "output spool ready");
     Ok(Some(spool))
 }
 
+/// Starts the output sink and the dead-letter sink; both report acknowledged records on the
+/// returned channel, which is what commits follow.
 async fn start_sinks(
     output: &Output<'_>,
     config: &PipelineConfig,

@@ -221,8 +221,8 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Checks the configuration, creates the directory, takes its lock and counts what an
-    /// earlier run left in it.
+    /// Checks the configuration, creates the directory and takes its lock. What an earlier
+    /// run left is recovered and counted when a sink opens each partition's spool.
     ///
     /// Errors: a bound below [`MIN_SPOOL_BYTES`], a directory that cannot be created or written,
     /// a directory another process uses.

@@ -167,9 +167,13 @@ impl PartitionSpool {
             self.shared.release(buf.len() as u64, 0);
             return Err(e);
         }
+        if self.records == 0 {
+            // The oldest waiting record is the first one just written; it only changes on an
+            // append into an empty spool (no file read needed).
+            self.shared.set_oldest(&self.label, Some(now));
+        }
         self.records += n as u64;
         self.shared.add_records(n as u64);
-        self.publish_oldest();
         Ok(n)
     }
 
@@ -245,6 +249,8 @@ impl PartitionSpool {
                 pos: self.head,
             },
         };
+        // One frame's bytes at a time, in a buffer kept across frames.
+        let mut buf = Vec::new();
         for (i, segment) in self.segments.iter().enumerate() {
             let mut pos = if i == 0 { self.head } else { 0 };
             if pos >= segment.len {
@@ -259,7 +265,7 @@ impl PartitionSpool {
             file.seek(SeekFrom::Start(pos)).map_err(io_err)?;
             let mut reader = BufReader::with_capacity(256 << 10, file);
             while pos < segment.len {
-                let mut buf = vec![0; frame::HEADER_BYTES];
+                buf.resize(frame::HEADER_BYTES, 0);
                 reader.read_exact(&mut buf).map_err(io_err)?;
                 let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as u64;
                 let total = frame::HEADER_BYTES as u64 + len;
